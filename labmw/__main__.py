@@ -1,0 +1,3 @@
+from labmw.cli import main
+
+main()

@@ -1,0 +1,61 @@
+"""The ``labmw`` command line: a root Typer app, a global ``--config``, one module per command group.
+
+Commands are thin: they parse options, call one function in config_edit, daemon or store, and
+print. Any :class:`LabmwError` becomes one line on stderr and exit code 1 (see :class:`_Group`),
+never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+
+import typer
+from typer.core import TyperGroup
+
+from labmw.errors import LabmwError
+
+
+class _Group(TyperGroup):
+    """Root group whose invoke turns labmw's own errors into a clear one-line message."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LabmwError as exc:
+            typer.echo(f"labmw: error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  help="labmw: lab-instrument middleware between analyzers (ASTM, HL7) and the LIS.")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(
+        "--config", envvar="LABMW_CONFIG",
+        help="Configuration file (TOML). Default: $LABMW_CONFIG, else /etc/labmw/labmw.toml.")] = None,
+) -> None:
+    from labmw.config import config_path
+
+    ctx.obj = config_path(config)
+
+
+def register() -> None:
+    from labmw.cli import audit_cmd, config_cmd, queue_cmd, run_cmd
+
+    config_cmd.register(app)
+    run_cmd.register(app)
+    audit_cmd.register(app)
+    queue_cmd.register(app)
+
+
+register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,394 @@
+"""`labmw init`, `config validate|show`, `lis set`, `analyzer ...`, `method ...`, `range add`, `delta set`."""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import tomlkit
+import typer
+from tomlkit.toml_document import TOMLDocument
+
+from labmw import config_edit
+from labmw.cli.common import config_file, print_json, print_table, settings
+from labmw.config import (
+    CHECKSUM_POLICIES,
+    DELTA_ACTIONS,
+    PROTOCOLS,
+    TRANSPORTS,
+    AnalyzerSettings,
+    parse_decimal,
+    parse_endpoint,
+    parse_interval,
+)
+from labmw.errors import RuleError, UsageError
+from labmw.model import Method
+from labmw.rules.age import parse_age
+
+config_app = typer.Typer(no_args_is_help=True, help="Check or print the configuration.")
+analyzer_app = typer.Typer(no_args_is_help=True, help="Analyzers: how they connect and which codes map to which methods.")
+lis_app = typer.Typer(no_args_is_help=True, help="Where results go (HL7 v2.5.1 ORU^R01 over MLLP).")
+method_app = typer.Typer(no_args_is_help=True, help="Assay methods and their limits.")
+range_app = typer.Typer(no_args_is_help=True, help="Reference ranges by sex and age.")
+delta_app = typer.Typer(no_args_is_help=True, help="Delta checks against the patient's earlier result.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.add_typer(config_app, name="config")
+    app.add_typer(analyzer_app, name="analyzer")
+    app.add_typer(lis_app, name="lis")
+    app.add_typer(method_app, name="method")
+    app.add_typer(range_app, name="range")
+    app.add_typer(delta_app, name="delta")
+
+
+def _endpoint(option: str, text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return str(parse_endpoint(text))
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def _number(option: str, text: str | None) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        return parse_decimal(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def _toml_number(value: Decimal) -> int | float:
+    # TOML has no decimal type; integers stay integers, others keep their shortest float text.
+    return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
+
+
+# --- init / config --------------------------------------------------------------------------------
+def init(
+    ctx: typer.Context,
+    data_dir: Annotated[str, typer.Option(help="Data directory (database, audit trail).")] = "data",
+    force: Annotated[bool, typer.Option(help="Overwrite an existing configuration file.")] = False,
+) -> None:
+    """Write a new configuration file with the shipped method library, no analyzers, no LIS."""
+    path = config_file(ctx)
+    if not os.path.isabs(data_dir):
+        # Stored relative to the config file, so the daemon finds it whatever its working directory.
+        data_dir = os.path.relpath(Path(data_dir).resolve(), path.resolve().parent)
+    cfg = config_edit.init_config(path, data_dir=data_dir, force=force)
+    typer.echo(f"wrote {path} ({len(cfg.methods)} methods); data directory {cfg.data_dir}")
+
+
+@config_app.command("validate")
+def config_validate(ctx: typer.Context) -> None:
+    """Check the configuration file; errors name the file, the key and what is expected."""
+    cfg = settings(ctx)
+    typer.echo(f"{cfg.path}: ok ({len(cfg.analyzers)} analyzers, {len(cfg.methods)} methods, "
+               f"LIS {cfg.lis.connect if cfg.lis else 'not set'})")
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context) -> None:
+    """Print the effective configuration (defaults filled in, paths resolved) as JSON."""
+    cfg = settings(ctx)
+    print_json({
+        "path": str(cfg.path), "data_dir": str(cfg.data_dir), "retention_years": cfg.retention_years,
+        "lis": None if cfg.lis is None else {**_plain(cfg.lis), "connect": str(cfg.lis.connect)},
+        "analyzers": [_analyzer_json(a) for a in cfg.analyzers.values()],
+        "methods": [method_json(m) for m in cfg.methods.values()],
+    })
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+# --- lis --------------------------------------------------------------------------------------------
+@lis_app.command("set")
+def lis_set(
+    ctx: typer.Context,
+    connect: Annotated[str, typer.Option(help="LIS MLLP listener, HOST:PORT.")],
+    ack_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the LIS's ACK.")] = None,
+) -> None:
+    """Set where results are delivered."""
+    endpoint = _endpoint("--connect", connect)
+
+    def change(doc: TOMLDocument) -> None:
+        lis = config_edit.table_at(doc, "lis")
+        lis["connect"] = endpoint
+        if ack_timeout is not None:
+            lis["ack_timeout"] = ack_timeout
+
+    config_edit.edit(config_file(ctx), "lis set", "lis", change)
+    typer.echo(f"LIS set to {endpoint}")
+
+
+# --- analyzers --------------------------------------------------------------------------------------
+def _analyzer_json(a: AnalyzerSettings) -> dict[str, Any]:
+    out = _plain(a)
+    out["listen"] = str(a.listen) if a.listen else None
+    out["connect"] = str(a.connect) if a.connect else None
+    out["map"] = dict(a.map)
+    out["allow"] = list(a.allow)
+    return out
+
+
+@analyzer_app.command("add")
+def analyzer_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A short name for the analyzer, e.g. c501.")],
+    protocol: Annotated[str, typer.Option(help="astm or hl7.")],
+    transport: Annotated[str, typer.Option(help="tcp-server, tcp-client or serial.")],
+    listen: Annotated[str | None, typer.Option(help="HOST:PORT to listen on (tcp-server).")] = None,
+    connect: Annotated[str | None, typer.Option(help="HOST:PORT to connect to (tcp-client).")] = None,
+    device: Annotated[str | None, typer.Option(help="Serial device path (serial).")] = None,
+    baud: Annotated[int | None, typer.Option(help="Serial speed.")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help="CODE=METHOD, repeatable.")] = None,
+    encoding: Annotated[str | None, typer.Option(help="Character encoding (default latin-1).")] = None,
+    test_code_component: Annotated[int | None, typer.Option(help="R-3 component holding the test code.")] = None,
+    specimen_component: Annotated[int | None, typer.Option(help="O-3 component holding the specimen ID.")] = None,
+    checksum_policy: Annotated[str | None, typer.Option(help="strict, warn or ignore.")] = None,
+) -> None:
+    """Add an analyzer; --map ties its test code to a method."""
+    cfg = settings(ctx)
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise UsageError(f"analyzer name: expected letters, digits, '-' or '_', got {name!r}")
+    if name in cfg.analyzers:
+        raise UsageError(f"analyzer {name!r} already exists (remove it first with `labmw analyzer remove {name}`)")
+    for option, value, choices in (("--protocol", protocol, PROTOCOLS), ("--transport", transport, TRANSPORTS),
+                                   ("--checksum-policy", checksum_policy, CHECKSUM_POLICIES)):
+        if value is not None and value not in choices:
+            raise UsageError(f"{option}: expected one of {', '.join(choices)}, got {value!r}")
+    mapping: dict[str, str] = {}
+    for item in map_ or []:
+        code, sep, method = item.partition("=")
+        if not sep or not code or not method:
+            raise UsageError(f"--map: expected CODE=METHOD, got {item!r}")
+        if method not in cfg.methods:
+            raise UsageError(f"--map {item}: unknown method {method!r} (configured: {', '.join(sorted(cfg.methods))})")
+        mapping[code] = method
+    table: dict[str, Any] = {"protocol": protocol, "transport": transport}
+    for key, value in (("listen", _endpoint("--listen", listen)), ("connect", _endpoint("--connect", connect)),
+                       ("device", device), ("baud", baud), ("encoding", encoding),
+                       ("test_code_component", test_code_component), ("specimen_component", specimen_component),
+                       ("checksum_policy", checksum_policy)):
+        if value is not None:
+            table[key] = value
+
+    def change(doc: TOMLDocument) -> None:
+        analyzers = config_edit.table_at(doc, "analyzers")
+        entry = tomlkit.table()
+        for key, value in table.items():
+            entry[key] = value
+        codes = tomlkit.table()
+        for code, method in mapping.items():
+            codes[code] = method
+        entry["map"] = codes
+        analyzers[name] = entry
+
+    config_edit.edit(config_file(ctx), "analyzer add", f"analyzers.{name}", change)
+    typer.echo(f"analyzer {name} added")
+
+
+@analyzer_app.command("list")
+def analyzer_list(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
+    """List configured analyzers."""
+    analyzers = list(settings(ctx).analyzers.values())
+    if json_:
+        print_json([_analyzer_json(a) for a in analyzers])
+        return
+    print_table(("NAME", "PROTOCOL", "TRANSPORT", "ENDPOINT", "MAP"),
+                [(a.name, a.protocol, a.transport, a.listen or a.connect or a.device,
+                  " ".join(f"{k}={v}" for k, v in a.map.items())) for a in analyzers])
+
+
+@analyzer_app.command("show")
+def analyzer_show(ctx: typer.Context, name: str) -> None:
+    """Show one analyzer's settings as JSON."""
+    cfg = settings(ctx)
+    if name not in cfg.analyzers:
+        raise UsageError(f"no analyzer named {name!r} (configured: {', '.join(sorted(cfg.analyzers)) or 'none'})")
+    print_json(_analyzer_json(cfg.analyzers[name]))
+
+
+@analyzer_app.command("remove")
+def analyzer_remove(ctx: typer.Context, name: str) -> None:
+    """Remove an analyzer."""
+    if name not in settings(ctx).analyzers:
+        raise UsageError(f"no analyzer named {name!r}")
+
+    def change(doc: TOMLDocument) -> None:
+        del config_edit.table_at(doc, "analyzers", create=False)[name]
+
+    config_edit.edit(config_file(ctx), "analyzer remove", f"analyzers.{name}", change)
+    typer.echo(f"analyzer {name} removed")
+
+
+# --- methods, ranges, deltas --------------------------------------------------------------------------
+def method_json(m: Method) -> dict[str, Any]:
+    def text(value: Decimal | None) -> str | None:
+        return None if value is None else str(value)
+
+    return {
+        "name": m.name, "analyte": m.analyte, "loinc": m.loinc, "units": m.units,
+        "measuring_range": None if m.measuring_low is None else f"{m.measuring_low}-{m.measuring_high}",
+        "critical_low": text(m.critical_low), "critical_high": text(m.critical_high),
+        "status": m.status, "source": m.source,
+        "ranges": [{"sex": r.sex, "age_min": str(r.age_min) if r.age_min else None,
+                    "age_max": str(r.age_max) if r.age_max else None, "low": str(r.low), "high": str(r.high),
+                    "source": r.source} for r in m.ranges],
+        "delta": None if m.delta is None else {"abs": text(m.delta.abs_change), "pct": text(m.delta.pct_change),
+                                               "window_days": str(m.delta.window_days), "action": m.delta.action},
+    }
+
+
+@method_app.command("add")
+def method_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Method name, e.g. ALT-T.")],
+    analyte: Annotated[str, typer.Option(help="Analyte, e.g. ALT.")],
+    units: Annotated[str, typer.Option(help="Units, e.g. U/L.")],
+    loinc: Annotated[str | None, typer.Option(help="LOINC code, e.g. 1743-4.")] = None,
+    measuring_range: Annotated[str | None, typer.Option(help="LOW-HIGH the method can measure.")] = None,
+    critical_low: Annotated[str | None, typer.Option(help="Critical (panic) low limit.")] = None,
+    critical_high: Annotated[str | None, typer.Option(help="Critical (panic) high limit.")] = None,
+    source: Annotated[str | None, typer.Option(help="Where the numbers come from.")] = None,
+) -> None:
+    """Add a method."""
+    cfg = settings(ctx)
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise UsageError(f"method name: expected letters, digits, '-' or '_', got {name!r}")
+    if name in cfg.methods:
+        raise UsageError(f"method {name!r} already exists")
+    table: dict[str, Any] = {"analyte": analyte, "units": units}
+    if loinc:
+        table["loinc"] = loinc
+    if measuring_range is not None:
+        try:
+            low, high = parse_interval(measuring_range)
+        except ValueError as exc:
+            raise UsageError(f"--measuring-range: {exc}") from None
+        table["measuring_range"] = f"{low}-{high}"
+    crit_low, crit_high = _number("--critical-low", critical_low), _number("--critical-high", critical_high)
+    if crit_low is not None and crit_high is not None and crit_low >= crit_high:
+        raise UsageError(f"--critical-low {crit_low} must be below --critical-high {crit_high}")
+    for key, value in (("critical_low", crit_low), ("critical_high", crit_high)):
+        if value is not None:
+            table[key] = _toml_number(value)
+    if source:
+        table["source"] = source
+
+    def change(doc: TOMLDocument) -> None:
+        entry = tomlkit.table()
+        for key, value in table.items():
+            entry[key] = value
+        config_edit.table_at(doc, "methods")[name] = entry
+
+    config_edit.edit(config_file(ctx), "method add", f"methods.{name}", change)
+    typer.echo(f"method {name} added")
+
+
+@method_app.command("list")
+def method_list(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
+    """List methods with their limits and ranges."""
+    methods = list(settings(ctx).methods.values())
+    if json_:
+        print_json([method_json(m) for m in methods])
+        return
+    print_table(("NAME", "ANALYTE", "UNITS", "LOINC", "MEASURING", "CRITICAL", "RANGES", "STATUS"),
+                [(m.name, m.analyte, m.units, m.loinc,
+                  f"{m.measuring_low}-{m.measuring_high}" if m.measuring_low is not None else "",
+                  f"{m.critical_low or ''}/{m.critical_high or ''}", len(m.ranges), m.status) for m in methods])
+
+
+@method_app.command("show")
+def method_show(ctx: typer.Context, name: str) -> None:
+    """Show one method as JSON."""
+    cfg = settings(ctx)
+    if name not in cfg.methods:
+        raise UsageError(f"no method named {name!r} (configured: {', '.join(sorted(cfg.methods))})")
+    print_json(method_json(cfg.methods[name]))
+
+
+def _require_method(ctx: typer.Context, method: str) -> None:
+    cfg = settings(ctx)
+    if method not in cfg.methods:
+        raise UsageError(f"unknown method {method!r} (configured: {', '.join(sorted(cfg.methods)) or 'none'})")
+
+
+@range_app.command("add")
+def range_add(
+    ctx: typer.Context,
+    method: Annotated[str, typer.Argument(help="The method the range belongs to.")],
+    low: Annotated[str, typer.Option(help="Lower reference limit.")],
+    high: Annotated[str, typer.Option(help="Upper reference limit.")],
+    sex: Annotated[str | None, typer.Option(help="M or F; omit for both.")] = None,
+    age_min: Annotated[str | None, typer.Option(help="From this age: 30d, 6m, 18y (bare number = years).")] = None,
+    age_max: Annotated[str | None, typer.Option(help="Below this age: 30d, 6m, 18y.")] = None,
+    source: Annotated[str | None, typer.Option(help="Where the numbers come from.")] = None,
+) -> None:
+    """Add a reference range; the most specific matching range applies."""
+    _require_method(ctx, method)
+    low_d, high_d = _number("--low", low), _number("--high", high)
+    assert low_d is not None and high_d is not None  # noqa: S101 - both options are required
+    if low_d >= high_d:
+        raise UsageError(f"--low {low_d} must be below --high {high_d}")
+    if sex is not None and sex not in ("M", "F"):
+        raise UsageError(f"--sex: expected M or F (omit for both), got {sex!r}")
+    entry: dict[str, Any] = {}
+    if sex:
+        entry["sex"] = sex
+    for option, value, key in (("--age-min", age_min, "age_min"), ("--age-max", age_max, "age_max")):
+        if value is not None:
+            try:
+                entry[key] = str(parse_age(value))
+            except RuleError as exc:
+                raise UsageError(f"{option}: {exc}") from None
+    entry["low"], entry["high"] = _toml_number(low_d), _toml_number(high_d)
+    if source:
+        entry["source"] = source
+
+    def change(doc: TOMLDocument) -> None:
+        tbl = config_edit.table_at(doc, "methods", method, create=False)
+        if "ranges" not in tbl:
+            tbl["ranges"] = tomlkit.aot()
+        tbl["ranges"].append(tomlkit.item(entry))
+
+    config_edit.edit(config_file(ctx), "range add", f"methods.{method}.ranges", change)
+    typer.echo(f"range {low_d}-{high_d} added to {method}")
+
+
+@delta_app.command("set")
+def delta_set(
+    ctx: typer.Context,
+    method: Annotated[str, typer.Argument(help="The method to check.")],
+    abs_: Annotated[str | None, typer.Option("--abs", help="Minimum absolute change.")] = None,
+    pct: Annotated[str | None, typer.Option(help="Minimum change in percent of the earlier value.")] = None,
+    window_days: Annotated[str | None, typer.Option(help="Look back this many days (default 7).")] = None,
+    action: Annotated[str, typer.Option(help="flag (U/D) or hold (review).")] = "flag",
+) -> None:
+    """Compare with the same patient's latest earlier result of the method within the window."""
+    _require_method(ctx, method)
+    if action not in DELTA_ACTIONS:
+        raise UsageError(f"--action: expected one of {', '.join(DELTA_ACTIONS)}, got {action!r}")
+    entry: dict[str, Any] = {"action": action}
+    for option, text, key in (("--abs", abs_, "abs"), ("--pct", pct, "pct"), ("--window-days", window_days,
+                                                                                "window_days")):
+        value = _number(option, text)
+        if value is not None:
+            if value <= 0:
+                raise UsageError(f"{option}: expected a positive number, got {value}")
+            entry[key] = _toml_number(value)
+    if "abs" not in entry and "pct" not in entry:
+        raise UsageError("give at least one threshold: --abs and/or --pct")
+
+    def change(doc: TOMLDocument) -> None:
+        tbl = config_edit.table_at(doc, "methods", method, create=False)
+        tbl["delta"] = tomlkit.item(entry)
+
+    config_edit.edit(config_file(ctx), "delta set", f"methods.{method}.delta", change)
+    typer.echo(f"delta check set for {method}")

@@ -1,0 +1,391 @@
+"""The configuration file: TOML read into frozen settings, with errors that name file, key and expectation.
+
+The file is written and edited by the CLI (see :mod:`labmw.config_edit`, which keeps comments); the
+daemon only reads it. Every clinical number lives here, never in code, with its source beside it.
+
+Layout (all sections optional except what the daemon needs to run)::
+
+    [service]      data_dir, retention_years
+    [lis]          connect = "HOST:PORT", ack_timeout, connect_timeout, retry_initial, retry_max, ...
+    [analyzers.NAME]  protocol, transport, listen/connect/device..., [analyzers.NAME.map] CODE = "METHOD"
+    [methods.NAME]    analyte, units, loinc, measuring_range, critical_low/high, [[methods.NAME.ranges]], [methods.NAME.delta]
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from labmw.errors import ConfigError, RuleError
+from labmw.model import AgeBound, DeltaRule, Method, RangeRule
+from labmw.rules.age import parse_age
+
+DEFAULT_CONFIG = Path("/etc/labmw/labmw.toml")
+PROTOCOLS = ("astm", "hl7")
+TRANSPORTS = ("tcp-server", "tcp-client", "serial")
+CHECKSUM_POLICIES = ("strict", "warn", "ignore")
+DELTA_ACTIONS = ("flag", "hold")
+MIN_RETENTION_YEARS = 6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnalyzerSettings:
+    name: str
+    protocol: str
+    transport: str
+    listen: Endpoint | None = None
+    connect: Endpoint | None = None
+    device: str = ""
+    baud: int = 9600
+    bytesize: int = 8
+    parity: str = "N"
+    stopbits: int = 1
+    map: Mapping[str, str] = field(default_factory=dict)
+    encoding: str = "latin-1"
+    test_code_component: int = 4
+    specimen_component: int = 1
+    checksum_policy: str = "strict"
+    max_frame_text: int = 240
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LisSettings:
+    connect: Endpoint
+    ack_timeout: float = 30.0
+    connect_timeout: float = 5.0
+    retry_initial: float = 1.0
+    retry_max: float = 300.0
+    sending_application: str = "LABMW"
+    sending_facility: str = ""
+    receiving_application: str = "LIS"
+    receiving_facility: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    path: Path
+    data_dir: Path
+    retention_years: int = 10
+    lis: LisSettings | None = None
+    analyzers: Mapping[str, AnalyzerSettings] = field(default_factory=dict)
+    methods: Mapping[str, Method] = field(default_factory=dict)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "labmw.sqlite3"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.data_dir / "labmw.sock"
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """The config file to use: ``--config``, else ``$LABMW_CONFIG``, else ``/etc/labmw/labmw.toml``."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("LABMW_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse the file; a missing or unparseable file raises ConfigError naming it."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found (create it with `labmw init`)") from None
+    except PermissionError:
+        raise ConfigError(path, None, "permission denied") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+
+
+def load(path: Path) -> Settings:
+    """Read and validate the configuration at ``path``.
+
+    Raises:
+        ConfigError: naming the file, the key and what is expected.
+    """
+    return parse(read_toml(path), path)
+
+
+def parse(doc: Mapping[str, Any], path: Path) -> Settings:
+    """Validate an already parsed document (also used to check an edit before it is written)."""
+    v = _Validator(path)
+    service = v.table(doc, "service")
+    data_dir = Path(v.string(service, "service.data_dir", default="data"))
+    if not data_dir.is_absolute():
+        # Relative to the config file, so the daemon finds the same place whatever its cwd.
+        data_dir = (path.parent / data_dir).resolve()
+    retention = v.integer(service, "service.retention_years", default=10)
+    if retention < MIN_RETENTION_YEARS:
+        raise ConfigError(path, "service.retention_years",
+                          f"expected at least {MIN_RETENTION_YEARS} years (HIPAA 164.316), got {retention}")
+    methods = {name: v.method(name, tbl) for name, tbl in v.table(doc, "methods").items()}
+    analyzers = {name: v.analyzer(name, tbl, methods) for name, tbl in v.table(doc, "analyzers").items()}
+    lis_tbl = doc.get("lis")
+    lis = v.lis(lis_tbl) if lis_tbl else None
+    for key in doc:
+        if key not in ("service", "lis", "analyzers", "methods"):
+            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers or methods)")
+    return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
+                    analyzers=analyzers, methods=methods)
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """``HOST:PORT`` → Endpoint; raises ValueError with what is expected."""
+    host, sep, port_text = str(text).rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"expected a port number 1-65535 after ':', got {port_text!r}") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"expected a port number 1-65535, got {port}")
+    return Endpoint(host=host.strip("[]"), port=port)
+
+
+def parse_decimal(value: object) -> Decimal:
+    """A TOML number or numeric string → Decimal (as written); raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    try:
+        result = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"expected a number, got {value!r}") from None
+    if not result.is_finite():
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return result
+
+
+def parse_interval(text: object) -> tuple[Decimal, Decimal]:
+    """``LOW-HIGH`` (or a two-item list) → (low, high) with low < high; raises ValueError."""
+    if isinstance(text, list | tuple) and len(text) == 2:
+        low, high = parse_decimal(text[0]), parse_decimal(text[1])
+    else:
+        s = str(text).strip()
+        # Split on the first '-' that is not a leading sign.
+        cut = s.find("-", 1)
+        if cut < 0:
+            raise ValueError(f"expected LOW-HIGH, got {text!r}")
+        low, high = parse_decimal(s[:cut]), parse_decimal(s[cut + 1:])
+    if low >= high:
+        raise ValueError(f"expected low below high, got {low}-{high}")
+    return low, high
+
+
+class _Validator:
+    """Typed getters that raise ConfigError with the dotted key path."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, key, problem)
+
+    def table(self, doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+        value = doc.get(key.rsplit(".", 1)[-1], {})
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"expected a table, got {type(value).__name__}")
+        return value
+
+    def string(self, tbl: Mapping[str, Any], key: str, *, default: str | None = None) -> str:
+        value = tbl.get(key.rsplit(".", 1)[-1], default)
+        if value is None:
+            raise self.fail(key, "required, expected a string")
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {value!r}")
+        return value
+
+    def integer(self, tbl: Mapping[str, Any], key: str, *, default: int, low: int | None = None,
+                high: int | None = None) -> int:
+        value = tbl.get(key.rsplit(".", 1)[-1], default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"expected a whole number, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise self.fail(key, f"expected a whole number from {low} to {high}, got {value}")
+        return value
+
+    def number(self, tbl: Mapping[str, Any], key: str, *, default: float) -> float:
+        value = tbl.get(key.rsplit(".", 1)[-1], default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self.fail(key, f"expected a positive number of seconds, got {value!r}")
+        return float(value)
+
+    def decimal(self, tbl: Mapping[str, Any], key: str) -> Decimal | None:
+        value = tbl.get(key.rsplit(".", 1)[-1])
+        if value is None:
+            return None
+        try:
+            return parse_decimal(value)
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def choice(self, tbl: Mapping[str, Any], key: str, choices: tuple[str, ...], *, default: str | None = None) -> str:
+        value = self.string(tbl, key, default=default)
+        if value not in choices:
+            raise self.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def endpoint(self, tbl: Mapping[str, Any], key: str) -> Endpoint | None:
+        value = tbl.get(key.rsplit(".", 1)[-1])
+        if value is None:
+            return None
+        try:
+            return parse_endpoint(str(value))
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def method(self, name: str, tbl: Any) -> Method:
+        key = f"methods.{name}"
+        if not isinstance(tbl, Mapping):
+            raise self.fail(key, "expected a table")
+        low_high: tuple[Decimal | None, Decimal | None] = (None, None)
+        if "measuring_range" in tbl:
+            try:
+                low_high = parse_interval(tbl["measuring_range"])
+            except ValueError as exc:
+                raise self.fail(f"{key}.measuring_range", str(exc)) from None
+        crit_low = self.decimal(tbl, f"{key}.critical_low")
+        crit_high = self.decimal(tbl, f"{key}.critical_high")
+        if crit_low is not None and crit_high is not None and crit_low >= crit_high:
+            raise self.fail(f"{key}.critical_low", f"expected below critical_high {crit_high}, got {crit_low}")
+        ranges_raw = tbl.get("ranges", [])
+        if not isinstance(ranges_raw, list):
+            raise self.fail(f"{key}.ranges", "expected an array of tables ([[methods.NAME.ranges]])")
+        ranges = tuple(self.range_rule(f"{key}.ranges[{i}]", r) for i, r in enumerate(ranges_raw))
+        delta = self.delta_rule(f"{key}.delta", tbl["delta"]) if "delta" in tbl else None
+        for known in tbl:
+            if known not in _METHOD_KEYS:
+                raise self.fail(f"{key}.{known}", f"unknown key (expected one of {', '.join(sorted(_METHOD_KEYS))})")
+        return Method(
+            name=name,
+            analyte=self.string(tbl, f"{key}.analyte"),
+            units=self.string(tbl, f"{key}.units"),
+            loinc=self.string(tbl, f"{key}.loinc", default=""),
+            measuring_low=low_high[0], measuring_high=low_high[1],
+            critical_low=crit_low, critical_high=crit_high,
+            ranges=ranges, delta=delta,
+            status=self.choice(tbl, f"{key}.status", ("active", "pending review"), default="active"),
+            source=self.string(tbl, f"{key}.source", default=""),
+        )
+
+    def range_rule(self, key: str, tbl: Any) -> RangeRule:
+        if not isinstance(tbl, Mapping):
+            raise self.fail(key, "expected a table")
+        low, high = self.decimal(tbl, f"{key}.low"), self.decimal(tbl, f"{key}.high")
+        if low is None or high is None:
+            raise self.fail(key, "expected both low and high")
+        if low >= high:
+            raise self.fail(f"{key}.low", f"expected below high {high}, got {low}")
+        sex = tbl.get("sex")
+        if sex not in (None, "M", "F"):
+            raise self.fail(f"{key}.sex", f"expected M or F (or no key for both), got {sex!r}")
+        age_min, age_max = self.age(tbl, f"{key}.age_min"), self.age(tbl, f"{key}.age_max")
+        return RangeRule(low=low, high=high, sex=sex, age_min=age_min, age_max=age_max,
+                         source=self.string(tbl, f"{key}.source", default=""))
+
+    def age(self, tbl: Mapping[str, Any], key: str) -> AgeBound | None:
+        value = tbl.get(key.rsplit(".", 1)[-1])
+        if value is None:
+            return None
+        try:
+            return parse_age(str(value))
+        except RuleError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def delta_rule(self, key: str, tbl: Any) -> DeltaRule:
+        if not isinstance(tbl, Mapping):
+            raise self.fail(key, "expected a table")
+        window = self.decimal(tbl, f"{key}.window_days")
+        return DeltaRule(
+            abs_change=self.decimal(tbl, f"{key}.abs"),
+            pct_change=self.decimal(tbl, f"{key}.pct"),
+            window_days=window if window is not None else Decimal(7),
+            action=self.choice(tbl, f"{key}.action", DELTA_ACTIONS, default="flag"),
+        )
+
+    def analyzer(self, name: str, tbl: Any, methods: Mapping[str, Method]) -> AnalyzerSettings:
+        key = f"analyzers.{name}"
+        if not isinstance(tbl, Mapping):
+            raise self.fail(key, "expected a table")
+        transport = self.choice(tbl, f"{key}.transport", TRANSPORTS)
+        listen, connect = self.endpoint(tbl, f"{key}.listen"), self.endpoint(tbl, f"{key}.connect")
+        device = self.string(tbl, f"{key}.device", default="")
+        if transport == "tcp-server" and listen is None:
+            raise self.fail(f"{key}.listen", "required for transport tcp-server, expected HOST:PORT")
+        if transport == "tcp-client" and connect is None:
+            raise self.fail(f"{key}.connect", "required for transport tcp-client, expected HOST:PORT")
+        if transport == "serial" and not device:
+            raise self.fail(f"{key}.device", "required for transport serial, expected a device path")
+        mapping = self.table(tbl, f"{key}.map")
+        for code, method in mapping.items():
+            if not isinstance(method, str) or method not in methods:
+                raise self.fail(f"{key}.map.{code}", f"expected the name of a configured method, got {method!r}")
+        allow = tbl.get("allow", [])
+        if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
+            raise self.fail(f"{key}.allow", "expected a list of peer addresses")
+        return AnalyzerSettings(
+            name=name,
+            protocol=self.choice(tbl, f"{key}.protocol", PROTOCOLS),
+            transport=transport, listen=listen, connect=connect, device=device,
+            baud=self.integer(tbl, f"{key}.baud", default=9600, low=50, high=4_000_000),
+            bytesize=self.integer(tbl, f"{key}.bytesize", default=8, low=5, high=8),
+            parity=self.choice(tbl, f"{key}.parity", ("N", "E", "O", "M", "S"), default="N"),
+            stopbits=self.integer(tbl, f"{key}.stopbits", default=1, low=1, high=2),
+            map=dict(mapping),
+            encoding=self.codec(tbl, f"{key}.encoding"),
+            test_code_component=self.integer(tbl, f"{key}.test_code_component", default=4, low=1, high=20),
+            specimen_component=self.integer(tbl, f"{key}.specimen_component", default=1, low=1, high=20),
+            checksum_policy=self.choice(tbl, f"{key}.checksum_policy", CHECKSUM_POLICIES, default="strict"),
+            max_frame_text=self.integer(tbl, f"{key}.max_frame_text", default=240, low=16, high=63_993),
+            allow=tuple(allow),
+        )
+
+    def codec(self, tbl: Mapping[str, Any], key: str) -> str:
+        import codecs
+
+        value = self.string(tbl, key, default="latin-1")
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise self.fail(key, f"expected a Python codec name such as latin-1 or utf-8, got {value!r}") from None
+        return value
+
+    def lis(self, tbl: Any) -> LisSettings:
+        if not isinstance(tbl, Mapping):
+            raise self.fail("lis", "expected a table")
+        connect = self.endpoint(tbl, "lis.connect")
+        if connect is None:
+            raise self.fail("lis.connect", "required, expected HOST:PORT")
+        return LisSettings(
+            connect=connect,
+            ack_timeout=self.number(tbl, "lis.ack_timeout", default=30.0),
+            connect_timeout=self.number(tbl, "lis.connect_timeout", default=5.0),
+            retry_initial=self.number(tbl, "lis.retry_initial", default=1.0),
+            retry_max=self.number(tbl, "lis.retry_max", default=300.0),
+            sending_application=self.string(tbl, "lis.sending_application", default="LABMW"),
+            sending_facility=self.string(tbl, "lis.sending_facility", default=""),
+            receiving_application=self.string(tbl, "lis.receiving_application", default="LIS"),
+            receiving_facility=self.string(tbl, "lis.receiving_facility", default=""),
+        )
+
+
+_METHOD_KEYS = frozenset({"analyte", "units", "loinc", "measuring_range", "critical_low", "critical_high",
+                          "ranges", "delta", "status", "source"})

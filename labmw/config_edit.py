@@ -1,0 +1,154 @@
+"""Edits of the configuration file made by the CLI: comments kept, validated before written, audited.
+
+Each edit loads the file with tomlkit (which keeps comments and layout), changes one thing,
+validates the whole result with :func:`labmw.config.parse`, writes it atomically, and appends a
+``config_changed`` audit event naming the OS user with the before and after values. If the audit
+event cannot be written, the file is put back: a change nobody can trace must not stand.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from tomlkit.items import Table
+from tomlkit.toml_document import TOMLDocument
+
+from labmw.config import Settings, parse, read_toml
+from labmw.errors import ConfigError, LabmwError, UsageError
+from labmw.store import Store
+
+
+def os_user() -> str:
+    """The OS user making a change (the audit trail's actor)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+def shipped_library() -> str:
+    """The shipped method library (TOML text with a source comment beside every number)."""
+    return resources.files("labmw").joinpath("data/methods.toml").read_text(encoding="utf-8")
+
+
+def initial_text(data_dir: str) -> str:
+    """The text of a new configuration file: service section plus the shipped method library."""
+    header = tomlkit.document()
+    header.add(tomlkit.comment("labmw configuration. Edit with the `labmw` CLI (changes are audited);"))
+    header.add(tomlkit.comment("`labmw config validate` checks a hand edit. Relative paths are relative to this file."))
+    header.add(tomlkit.nl())
+    service = tomlkit.table()
+    service.add("data_dir", data_dir)
+    service["data_dir"].comment("SQLite database and audit trail (created 0700/0600)")
+    service.add("retention_years", 10)
+    service["retention_years"].comment("audit retention; CLIA >= 2 y, HIPAA >= 6 y (refuses < 6)")
+    header.add("service", service)
+    return tomlkit.dumps(header) + "\n" + shipped_library()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def init_config(path: Path, *, data_dir: str, force: bool) -> Settings:
+    """Write a new config at ``path`` and create its data directory and database; audited."""
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists (use --force to overwrite it)")
+    old_text = path.read_text(encoding="utf-8") if path.exists() else None
+    text = initial_text(data_dir)
+    settings = parse(tomlkit.parse(text).unwrap(), path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, text)
+    try:
+        store = Store.open(settings.db_path)
+        try:
+            store.append_audit("config_created", now=datetime.now(UTC), actor=os_user(),
+                               data={"file": str(path.resolve()), "command": "init", "replaced": old_text is not None,
+                                     "methods": sorted(settings.methods)})
+        finally:
+            store.close()
+    except LabmwError:
+        if old_text is None:
+            path.unlink()
+        else:
+            _write_atomic(path, old_text)
+        raise
+    return settings
+
+
+def edit(path: Path, command: str, key: str, change: Callable[[TOMLDocument], None]) -> Settings:
+    """Apply ``change`` to the document at ``path``, validate, write, audit. Returns the new settings.
+
+    Raises:
+        ConfigError: the file is invalid before or after the change (nothing written).
+        UsageError: the change itself refused (nothing written).
+        StoreError: the audit event could not be written (the file is restored).
+    """
+    read_toml(path)  # a clear error for a missing or unparseable file
+    old_text = path.read_text(encoding="utf-8")
+    doc = tomlkit.parse(old_text)
+    before_settings = parse(doc.unwrap(), path)
+    before = _lookup(doc.unwrap(), key)
+    change(doc)
+    new_text = tomlkit.dumps(doc)
+    after_settings = parse(tomlkit.parse(new_text).unwrap(), path)
+    after = _lookup(doc.unwrap(), key)
+    store = Store.open(after_settings.db_path)
+    try:
+        _write_atomic(path, new_text)
+        try:
+            store.append_audit("config_changed", now=datetime.now(UTC), actor=os_user(),
+                               data={"file": str(path.resolve()), "command": command, "key": key,
+                                     "before": before, "after": after})
+        except LabmwError:
+            _write_atomic(path, old_text)
+            raise
+    finally:
+        store.close()
+    del before_settings
+    return after_settings
+
+
+def _lookup(doc: dict[str, Any], dotted: str) -> Any:
+    node: Any = doc
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def table_at(doc: TOMLDocument, *parts: str, create: bool = True) -> Table:
+    """The (super-)table at ``parts``, created as needed; e.g. ("analyzers", "c501")."""
+    node: Any = doc
+    for i, part in enumerate(parts):
+        if part not in node:
+            if not create:
+                raise UsageError(f"no {'.'.join(parts[: i + 1])} in the configuration")
+            # [analyzers] and [methods] only hold named sub-tables: no bare header for them.
+            new = tomlkit.table(is_super_table=i == 0 and part in ("analyzers", "methods"))
+            node.add(part, new)
+        node = node[part]
+        if not isinstance(node, Table):
+            raise ConfigError("configuration", ".".join(parts[: i + 1]), "expected a table")
+    return node

@@ -1,0 +1,144 @@
+"""The audit trail: append-only rows chained by SHA-256.
+
+``hash = sha256(prev_hash || canonical_json(row))``; the first row chains to 64 zeros. Rows are
+only ever inserted (triggers refuse UPDATE and DELETE), always inside the caller's transaction so
+an event is written together with the change it describes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEvent:
+    seq: int
+    ts: str
+    event: str
+    actor: str
+    analyzer: str
+    specimen: str
+    patient: str
+    ref: str
+    data: Mapping[str, Any]
+    prev_hash: str
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "ts": self.ts, "event": self.event, "actor": self.actor,
+                "analyzer": self.analyzer, "specimen": self.specimen, "patient": self.patient,
+                "ref": self.ref, "data": dict(self.data), "hash": self.hash}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verification:
+    ok: bool
+    count: int
+    first_broken: int | None = None
+    reason: str = ""
+
+
+def _canonical(seq: int, ts: str, event: str, actor: str, analyzer: str, specimen: str, patient: str,
+               ref: str, data_json: str) -> bytes:
+    body = {"seq": seq, "ts": ts, "event": event, "actor": actor, "analyzer": analyzer,
+            "specimen": specimen, "patient": patient, "ref": ref, "data": data_json}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def chain_hash(prev_hash: str, canonical: bytes) -> str:
+    return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
+
+
+def append(conn: sqlite3.Connection, event: str, *, ts: datetime, actor: str, analyzer: str = "",
+           specimen: str = "", patient: str = "", ref: str = "", data: Mapping[str, Any] | None = None) -> int:
+    """Insert one event; the caller holds a write transaction. Returns its sequence number."""
+    last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+    ts_text = ts.isoformat(timespec="milliseconds")
+    data_json = json.dumps(dict(data or {}), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                           default=str)
+    digest = chain_hash(prev, _canonical(seq, ts_text, event, actor, analyzer, specimen, patient, ref, data_json))
+    conn.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                 (seq, ts_text, event, actor, analyzer, specimen, patient, ref, data_json, prev, digest))
+    return seq
+
+
+def query(conn: sqlite3.Connection, *, specimen: str | None = None, patient: str | None = None,
+          analyzer: str | None = None, event: str | None = None, since: datetime | None = None,
+          until: datetime | None = None, limit: int | None = None) -> list[AuditEvent]:
+    """Events matching every given filter, oldest first.
+
+    A message-level event lists its specimens in ``data.specimens``; filtering by specimen finds it too.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+    if specimen is not None:
+        where.append("(specimen = ? OR EXISTS (SELECT 1 FROM json_each(audit.data, '$.specimens') "
+                     "WHERE json_each.value = ?))")
+        args += [specimen, specimen]
+    if patient is not None:
+        where.append("(patient = ? OR EXISTS (SELECT 1 FROM json_each(audit.data, '$.patients') "
+                     "WHERE json_each.value = ?))")
+        args += [patient, patient]
+    for column, value in (("analyzer", analyzer), ("event", event)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if since is not None:
+        where.append("ts >= ?")
+        args.append(since.isoformat(timespec="milliseconds"))
+    if until is not None:
+        where.append("ts <= ?")
+        args.append(until.isoformat(timespec="milliseconds"))
+    sql = "SELECT * FROM audit"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY seq"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return [_event(row) for row in conn.execute(sql, args)]
+
+
+def _event(row: sqlite3.Row) -> AuditEvent:
+    try:
+        data = json.loads(row["data"])
+    except (TypeError, ValueError):
+        data = {"unparseable": str(row["data"])}
+    return AuditEvent(seq=row["seq"], ts=row["ts"], event=row["event"], actor=row["actor"],
+                      analyzer=row["analyzer"], specimen=row["specimen"], patient=row["patient"],
+                      ref=row["ref"], data=data, prev_hash=row["prev_hash"], hash=row["hash"])
+
+
+def verify(rows: Sequence[sqlite3.Row] | sqlite3.Cursor) -> Verification:
+    """Recompute the chain; name the first event whose stored hash or link does not match."""
+    prev = GENESIS
+    expected_seq = 1
+    count = 0
+    for row in rows:
+        count += 1
+        try:
+            seq = int(row["seq"])
+            if seq != expected_seq:
+                return Verification(ok=False, count=count, first_broken=seq,
+                                    reason=f"sequence gap: expected event {expected_seq}, found {seq}")
+            if row["prev_hash"] != prev:
+                return Verification(ok=False, count=count, first_broken=seq,
+                                    reason="link to the previous event does not match")
+            canonical = _canonical(seq, str(row["ts"]), str(row["event"]), str(row["actor"]), str(row["analyzer"]),
+                                   str(row["specimen"]), str(row["patient"]), str(row["ref"]), str(row["data"]))
+            if chain_hash(prev, canonical) != row["hash"]:
+                return Verification(ok=False, count=count, first_broken=seq,
+                                    reason="content does not match its hash (event altered)")
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            return Verification(ok=False, count=count, first_broken=expected_seq, reason=f"unreadable event: {exc}")
+        prev = row["hash"]
+        expected_seq += 1
+    return Verification(ok=True, count=count)

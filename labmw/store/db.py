@@ -1,0 +1,170 @@
+"""SQLite connection and schema: WAL, full fsync on commit, migrations keyed on PRAGMA user_version.
+
+This package is the only one that imports sqlite3. Files are created 0600 inside a 0700 data
+directory whatever the umask, because they hold patient data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from labmw.errors import StoreError
+
+# Each entry upgrades the schema from version i to i+1; never edit a released entry, append.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        analyzer TEXT NOT NULL,
+        protocol TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    CREATE TABLE results (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id),
+        analyzer TEXT NOT NULL,
+        specimen TEXT NOT NULL,
+        patient_id TEXT NOT NULL,
+        patient_name TEXT NOT NULL,
+        birth_date TEXT,
+        sex TEXT NOT NULL,
+        test_code TEXT NOT NULL,
+        method TEXT,
+        raw_value TEXT NOT NULL,
+        value TEXT,
+        comparator TEXT,
+        units TEXT NOT NULL,
+        instrument_flags TEXT NOT NULL,
+        status TEXT NOT NULL,
+        collected_at TEXT,
+        completed_at TEXT,
+        flags TEXT NOT NULL,
+        applied_range TEXT NOT NULL,
+        notes TEXT NOT NULL,
+        state TEXT NOT NULL
+    );
+    CREATE INDEX results_history ON results (patient_id, method, collected_at);
+    CREATE INDEX results_specimen ON results (specimen);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        result_id INTEGER NOT NULL REFERENCES results(id),
+        control_id TEXT NOT NULL UNIQUE,
+        payload BLOB NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        last_error TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX outbox_pending ON outbox (state, id);
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        event TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        analyzer TEXT NOT NULL,
+        specimen TEXT NOT NULL,
+        patient TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        data TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_specimen ON audit (specimen);
+    CREATE INDEX audit_patient ON audit (patient);
+    -- The trail is append-only: corrections are new events, never edits (21 CFR 11.10(e)).
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
+    """,
+)
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) and make it 0700, whatever the umask."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise StoreError(f"cannot create data directory {path}: {exc.strerror}") from None
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the database at ``path`` and bring its schema up to date.
+
+    Raises:
+        StoreError: the file cannot be created, opened or migrated.
+    """
+    ensure_private_dir(path.parent)
+    try:
+        # Create the file 0600 ourselves so sqlite never creates it with the umask's bits.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so "committed" means "on disk" before we ACK.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        _migrate(conn)
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+        return conn
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from None
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        with transaction(conn):
+            for statement in _statements(script):
+                conn.execute(statement)
+            if number == 1:
+                conn.execute("INSERT INTO meta VALUES ('install_id', ?)", (secrets.token_hex(4),))
+            conn.execute(f"PRAGMA user_version={number}")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies whole."""
+    out: list[str] = []
+    current = ""
+    for line in script.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        current += line + "\n"
+        if sqlite3.complete_statement(current):
+            out.append(current.strip())
+            current = ""
+    return out
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE .. COMMIT (ROLLBACK on any error).
+
+    IMMEDIATE takes the write lock up front, so the audit chain's "read last hash, append" is
+    serialised across processes (the daemon and a CLI editing the config at the same time).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")

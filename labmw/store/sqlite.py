@@ -1,0 +1,216 @@
+"""The store behind a narrow interface: SQLite now; a PostgreSQL twin would implement the same methods.
+
+Writes that belong together go through :meth:`Store.transaction`, which hands out a :class:`Tx`
+(messages, results, outbox entries and audit events in one commit). Everything else is a small
+self-contained call with its own transaction and its own audit event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from labmw.errors import StoreError
+from labmw.model import Evaluation, PreviousResult, Result
+from labmw.store import audit as audit_log
+from labmw.store.audit import AuditEvent, Verification
+from labmw.store.db import connect, transaction
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxEntry:
+    id: int
+    control_id: str
+    payload: bytes
+    state: str
+    attempts: int
+    result_id: int
+    analyzer: str
+    specimen: str
+    patient: str
+    test_code: str
+    created_at: str
+    updated_at: str
+    last_error: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "control_id": self.control_id, "state": self.state, "attempts": self.attempts,
+                "result_id": self.result_id, "analyzer": self.analyzer, "specimen": self.specimen,
+                "patient": self.patient, "test_code": self.test_code, "created_at": self.created_at,
+                "updated_at": self.updated_at, "last_error": self.last_error}
+
+
+def _iso(value: datetime | date | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class Tx:
+    """One write transaction's operations (see :meth:`Store.transaction`)."""
+
+    def __init__(self, conn: sqlite3.Connection, now: datetime) -> None:
+        self._conn = conn
+        self.now = now
+
+    def add_message(self, *, analyzer: str, protocol: str, peer: str, raw: bytes, sha256: str, outcome: str) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO messages (analyzer, protocol, peer, received_at, sha256, raw, outcome) VALUES (?,?,?,?,?,?,?)",
+            (analyzer, protocol, peer, self.now.isoformat(), sha256, raw, outcome))
+        return int(cur.lastrowid or 0)
+
+    def add_result(self, *, message_id: int, result: Result, evaluation: Evaluation, state: str) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO results (message_id, analyzer, specimen, patient_id, patient_name, birth_date, sex, test_code,"
+            " method, raw_value, value, comparator, units, instrument_flags, status, collected_at, completed_at,"
+            " flags, applied_range, notes, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (message_id, result.analyzer, result.specimen_id, result.patient_id, result.patient_name,
+             _iso(result.birth_date), result.sex, result.test_code, evaluation.method, result.raw_value,
+             str(result.value) if result.value is not None else None, result.comparator, result.units,
+             json.dumps(list(result.instrument_flags)), result.status, _iso(result.collected_at),
+             _iso(result.completed_at), json.dumps(list(evaluation.flags)), evaluation.applied_range,
+             json.dumps(list(evaluation.notes)), state))
+        return int(cur.lastrowid or 0)
+
+    def enqueue(self, *, result_id: int, control_id: str, payload: bytes) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO outbox (result_id, control_id, payload, state, created_at, updated_at)"
+            " VALUES (?,?,?,'pending',?,?)",
+            (result_id, control_id, payload, self.now.isoformat(), self.now.isoformat()))
+        return int(cur.lastrowid or 0)
+
+    def previous_result(self, *, patient_id: str, method: str, before: datetime,
+                        not_before: datetime) -> PreviousResult | None:
+        """The patient's latest numeric result of ``method`` collected in [not_before, before)."""
+        row = self._conn.execute(
+            "SELECT value, collected_at, specimen FROM results WHERE patient_id = ? AND method = ?"
+            " AND value IS NOT NULL AND comparator IS NULL AND collected_at >= ? AND collected_at < ?"
+            " AND state != 'rejected' ORDER BY collected_at DESC, id DESC LIMIT 1",
+            (patient_id, method, not_before.isoformat(), before.isoformat())).fetchone()
+        if row is None:
+            return None
+        return PreviousResult(value=Decimal(row["value"]), collected_at=datetime.fromisoformat(row["collected_at"]),
+                              specimen_id=row["specimen"])
+
+    def audit(self, event: str, *, actor: str = "labmw", analyzer: str = "", specimen: str = "", patient: str = "",
+              ref: str = "", data: Mapping[str, Any] | None = None) -> int:
+        return audit_log.append(self._conn, event, ts=self.now, actor=actor, analyzer=analyzer, specimen=specimen,
+                                patient=patient, ref=ref, data=data)
+
+
+class Store:
+    """The SQLite store. Not thread-safe: the daemon drives it from one dedicated thread."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        row = conn.execute("SELECT value FROM meta WHERE key = 'install_id'").fetchone()
+        self.install_id: str = row[0]
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open or create the database file; raises StoreError."""
+        return cls(connect(path), path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self, now: datetime) -> Iterator[Tx]:
+        """A write transaction; commit on normal exit. Any sqlite failure becomes StoreError."""
+        try:
+            with transaction(self._conn):
+                yield Tx(self._conn, now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"database write failed: {exc}") from exc
+
+    # --- audit -----------------------------------------------------------------------------------
+    def append_audit(self, event: str, *, now: datetime, actor: str, analyzer: str = "", specimen: str = "",
+                     patient: str = "", ref: str = "", data: Mapping[str, Any] | None = None) -> int:
+        with self.transaction(now) as tx:
+            return tx.audit(event, actor=actor, analyzer=analyzer, specimen=specimen, patient=patient, ref=ref,
+                            data=data)
+
+    def audit_events(self, **filters: Any) -> list[AuditEvent]:
+        try:
+            return audit_log.query(self._conn, **filters)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the audit trail: {exc}") from exc
+
+    def verify_audit(self) -> Verification:
+        try:
+            return audit_log.verify(self._conn.execute("SELECT * FROM audit ORDER BY seq"))
+        except sqlite3.Error as exc:
+            return Verification(ok=False, count=0, first_broken=None, reason=f"cannot read the audit trail: {exc}")
+
+    # --- outbox ----------------------------------------------------------------------------------
+    _OUTBOX_SELECT = (
+        "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code FROM outbox o JOIN results r ON r.id = o.result_id")
+
+    def next_pending(self) -> OutboxEntry | None:
+        """The oldest entry still waiting for the LIS (results go out in the order they arrived)."""
+        row = self._conn.execute(f"{self._OUTBOX_SELECT} WHERE o.state = 'pending' ORDER BY o.id LIMIT 1").fetchone()
+        return _entry(row) if row else None
+
+    def outbox(self, *, states: tuple[str, ...] = ("pending", "dead")) -> list[OutboxEntry]:
+        marks = ",".join("?" * len(states))
+        rows = self._conn.execute(f"{self._OUTBOX_SELECT} WHERE o.state IN ({marks}) ORDER BY o.id", states)
+        return [_entry(r) for r in rows]
+
+    def count_outbox(self, state: str) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM outbox WHERE state = ?", (state,)).fetchone()[0])
+
+    def mark_delivered(self, entry: OutboxEntry, *, now: datetime, ack_code: str, ack_text: str) -> None:
+        with self.transaction(now) as tx:
+            self._conn.execute("UPDATE outbox SET state='delivered', attempts=attempts+1, updated_at=?, last_error=''"
+                               " WHERE id=?", (now.isoformat(), entry.id))
+            self._conn.execute("UPDATE results SET state='delivered' WHERE id=?", (entry.result_id,))
+            tx.audit("result_delivered", analyzer=entry.analyzer, specimen=entry.specimen, patient=entry.patient,
+                     ref=entry.control_id, data={"outbox_id": entry.id, "ack_code": ack_code, "ack_text": ack_text,
+                                                 "attempt": entry.attempts + 1, "test_code": entry.test_code})
+
+    def mark_attempt_failed(self, entry: OutboxEntry, *, now: datetime, error: str, retry_in: float) -> None:
+        with self.transaction(now) as tx:
+            self._conn.execute("UPDATE outbox SET attempts=attempts+1, updated_at=?, last_error=? WHERE id=?",
+                               (now.isoformat(), error, entry.id))
+            tx.audit("delivery_failed", analyzer=entry.analyzer, specimen=entry.specimen, patient=entry.patient,
+                     ref=entry.control_id, data={"outbox_id": entry.id, "error": error, "attempt": entry.attempts + 1,
+                                                 "retry_in_s": round(retry_in, 3)})
+
+    def mark_dead(self, entry: OutboxEntry, *, now: datetime, reason: str, alert: bool) -> None:
+        with self.transaction(now) as tx:
+            self._conn.execute("UPDATE outbox SET state='dead', attempts=attempts+1, updated_at=?, last_error=?"
+                               " WHERE id=?", (now.isoformat(), reason, entry.id))
+            self._conn.execute("UPDATE results SET state='dead' WHERE id=?", (entry.result_id,))
+            tx.audit("delivery_dead_lettered", analyzer=entry.analyzer, specimen=entry.specimen,
+                     patient=entry.patient, ref=entry.control_id,
+                     data={"outbox_id": entry.id, "reason": reason, "attempt": entry.attempts + 1})
+            if alert:
+                tx.audit("alert_raised", analyzer=entry.analyzer, ref=entry.control_id,
+                         data={"alert": "lis_rejecting", "reason": reason})
+
+    def retry(self, entry_ids: list[int] | None, *, now: datetime, actor: str) -> int:
+        """Put dead letters back in the queue (all when ``entry_ids`` is None); returns how many."""
+        with self.transaction(now) as tx:
+            if entry_ids is None:
+                ids = [r[0] for r in self._conn.execute("SELECT id FROM outbox WHERE state='dead'")]
+            else:
+                ids = [i for i in entry_ids
+                       if self._conn.execute("SELECT 1 FROM outbox WHERE id=? AND state='dead'", (i,)).fetchone()]
+            for entry_id in ids:
+                self._conn.execute("UPDATE outbox SET state='pending', updated_at=? WHERE id=?",
+                                   (now.isoformat(), entry_id))
+                tx.audit("delivery_requeued", actor=actor, ref=str(entry_id), data={"outbox_id": entry_id})
+            return len(ids)
+
+
+def _entry(row: sqlite3.Row) -> OutboxEntry:
+    return OutboxEntry(id=row["id"], control_id=row["control_id"], payload=bytes(row["payload"]), state=row["state"],
+                       attempts=row["attempts"], result_id=row["result_id"], analyzer=row["analyzer"],
+                       specimen=row["specimen"], patient=row["patient_id"], test_code=row["test_code"],
+                       created_at=row["created_at"], updated_at=row["updated_at"], last_error=row["last_error"])

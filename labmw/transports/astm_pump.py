@@ -1,0 +1,107 @@
+"""Drives one ASTM link engine from one byte stream (a TCP connection today, a serial port next).
+
+read -> engine -> pipeline (commit) -> write. The only policy here is the order of the last two:
+the engine withholds the ACK of a message's final frame until :meth:`AstmLink.message_committed`,
+which we call only after the pipeline's transaction committed. Timers come from the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from labmw.config import AnalyzerSettings
+from labmw.daemon.pipeline import Outcome
+from labmw.errors import StoreError, WireError
+from labmw.wire.astm_events import (
+    BytesIgnored,
+    DuplicateFrame,
+    FrameRejected,
+    MessageDiscarded,
+    MessageReceived,
+)
+from labmw.wire.astm_frames import EOT
+from labmw.wire.astm_link import AstmLink
+
+log = structlog.get_logger(__name__)
+
+# handle(text, raw) commits one message; audit_discard(reason, text) records an incomplete transfer.
+HandleMessage = Callable[[bytes, bytes], Awaitable[Outcome]]
+AuditDiscard = Callable[[str, bytes], Awaitable[None]]
+
+READ_SIZE = 65536
+
+
+async def pump_astm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, analyzer: AnalyzerSettings,
+                    handle: HandleMessage, audit_discard: AuditDiscard, stats: dict[str, float] | None = None) -> None:
+    """Serve one ASTM link until the peer closes it. Never raises for anything the peer sends."""
+    loop = asyncio.get_running_loop()
+    link = AstmLink(checksum_policy=analyzer.checksum_policy)
+    stats = stats if stats is not None else {}
+    while True:
+        deadline = link.get_timer()
+        try:
+            if deadline is None:
+                data = await reader.read(READ_SIZE)
+            else:
+                data = await asyncio.wait_for(reader.read(READ_SIZE), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            link.handle_timer(loop.time())
+            await _drain(link, handle, audit_discard, stats)
+            continue
+        except OSError as exc:
+            log.info("analyzer_connection_error", error=str(exc))
+            data = b""
+        if not data:
+            # The connection is gone: for the engine this ends the transfer like an EOT, so a
+            # partial message is discarded and audited rather than silently lost.
+            if link.state != "IDLE":
+                link.receive_data(EOT, loop.time())
+                await _drain(link, handle, audit_discard, stats)
+            return
+        try:
+            link.receive_data(data, loop.time())
+        except WireError as exc:
+            log.warning("astm_link_error", error=str(exc))
+            return
+        await _drain(link, handle, audit_discard, stats)
+        out = link.data_to_send()
+        if out:
+            writer.write(out)
+            await writer.drain()
+
+
+async def _drain(link: AstmLink, handle: HandleMessage, audit_discard: AuditDiscard, stats: dict[str, float]) -> None:
+    """Process every pending engine event; commit messages before their ACK is released."""
+    while True:
+        received: list[MessageReceived] = []
+        while (event := link.next_event()) is not None:
+            if isinstance(event, MessageReceived):
+                received.append(event)
+            elif isinstance(event, MessageDiscarded):
+                log.warning("astm_transfer_incomplete", reason=event.reason, bytes=len(event.text))
+                await audit_discard(event.reason, event.text)
+            elif isinstance(event, FrameRejected):
+                log.warning("astm_frame_rejected", reason=event.reason, fn=event.fn)
+            elif isinstance(event, DuplicateFrame):
+                log.info("astm_duplicate_frame", fn=event.fn)
+            elif isinstance(event, BytesIgnored):
+                log.debug("astm_bytes_ignored", count=event.count, state=event.state)
+        if not received:
+            return
+        try:
+            for message in received:
+                outcome = await handle(message.text, message.raw)
+                stats["messages"] = stats.get("messages", 0) + 1
+                stats["results"] = stats.get("results", 0) + outcome.results
+                log.info("astm_message_stored", message_id=outcome.message_id, results=outcome.results,
+                         queued=outcome.queued, held=outcome.held, problems=outcome.problems)
+        except StoreError as exc:
+            # Not durable, so not acknowledged: the NAK makes the analyzer send the frame again.
+            log.error("astm_message_not_stored", error=str(exc))
+            link.message_failed(str(exc))
+        else:
+            link.message_committed()
+        # Committing may release buffered bytes that produce further events: loop.

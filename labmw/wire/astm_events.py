@@ -1,0 +1,84 @@
+"""Events emitted by :class:`labmw.wire.astm_link.AstmLink`.
+
+Frozen, slotted dataclasses named in the past tense (STYLE.md §7.2). The engine never logs; the
+pump logs these events (STYLE.md §7.1). Fields are positional so that ``match`` patterns such as
+``case MessageReceived(text, raw):`` work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEstablished:
+    """We received ENQ and answered ACK: a transfer phase begins, expected FN = 1 (ASTM.md §1.3)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRejected:
+    """We answered a frame with NAK; ``reason`` says why, ``fn`` is its frame number if readable."""
+
+    reason: str
+    fn: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateFrame:
+    """A retransmission of the last accepted frame (our ACK was lost): ACKed and discarded."""
+
+    fn: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksumMismatchTolerated:
+    """Checksum policy "warn": a frame with a wrong checksum was accepted anyway."""
+
+    fn: int
+    expected: str
+    received: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A complete H..L message arrived; its final frame is not ACKed until the pump commits.
+
+    ``text`` is the reassembled frame text (records each ending with CR); ``raw`` is the bytes of
+    the frames that carried it, STX through the checksum, for the audit trail.
+    """
+
+    text: bytes
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDiscarded:
+    """An incomplete (or too large) message was dropped; ``reason`` is e.g. "eot" or "timeout"."""
+
+    reason: str
+    text: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TransferEnded:
+    """The sender sent EOT: the link is idle again (we never answer EOT, ASTM.md §1.8)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BytesIgnored:
+    """``count`` bytes meant nothing in link state ``state`` and were dropped."""
+
+    count: int
+    state: str
+
+
+Event = (
+    LinkEstablished
+    | FrameRejected
+    | DuplicateFrame
+    | ChecksumMismatchTolerated
+    | MessageReceived
+    | MessageDiscarded
+    | TransferEnded
+    | BytesIgnored
+)

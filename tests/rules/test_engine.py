@@ -1,0 +1,305 @@
+"""Tests for labmw.rules.engine: flags, applied range, notes and decisions for one result."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from labmw.errors import RuleError
+from labmw.model import AgeBound, DeltaRule, Evaluation, Method, PreviousResult, RangeRule, Result
+from labmw.rules.age import parse_age
+from labmw.rules.engine import evaluate
+
+COLLECTED = datetime(2026, 11, 22, 8, 0)
+ADULT = date(1980, 5, 1)
+
+# The acceptance method: ALT-T, U/L, measuring 5-7000, critical high 1000, M 18y+ 9-59, F 18y+ 8-41.
+ALT_T = Method(
+    name="ALT-T",
+    analyte="ALT",
+    units="U/L",
+    measuring_low=Decimal(5),
+    measuring_high=Decimal(7000),
+    critical_high=Decimal(1000),
+    ranges=(
+        RangeRule(low=Decimal(9), high=Decimal(59), sex="M", age_min=parse_age("18y")),
+        RangeRule(low=Decimal(8), high=Decimal(41), sex="F", age_min=parse_age("18y")),
+    ),
+)
+
+
+def result(raw: str = "85", **changes: Any) -> Result:
+    """An ALT result for an adult male, value parsed from ``raw`` as the mapping layer would."""
+    comparator = next((c for c in ("<=", ">=", "<", ">") if raw.startswith(c)), None)
+    number = raw[len(comparator) :] if comparator else raw
+    try:
+        value: Decimal | None = Decimal(number)
+    except ArithmeticError:
+        value = None
+    base = Result(
+        analyzer="cobas-1",
+        test_code="ALTL",
+        raw_value=raw,
+        value=value,
+        comparator=comparator,
+        units="U/L",
+        collected_at=COLLECTED,
+        specimen_id="S1",
+        patient_id="P1",
+        patient_name="DOE^JANE",
+        birth_date=ADULT,
+        sex="M",
+    )
+    return replace(base, **changes)
+
+
+def decision(evaluation: Evaluation, rule: str) -> tuple[str, dict[str, str]]:
+    """The outcome and inputs of the one decision of ``rule``."""
+    (found,) = [d for d in evaluation.decisions if d.rule == rule]
+    return found.outcome, found.inputs
+
+
+@pytest.mark.parametrize(
+    ("res", "flags", "applied"),
+    [
+        (result("85"), ("H",), "9-59"),
+        (result("45", sex="F"), ("H",), "8-41"),
+        (result("44"), (), "9-59"),
+        (result("59"), (), "9-59"),  # equal to a limit is inside
+        (result("9"), (), "9-59"),
+        (result("8.9"), ("L",), "9-59"),
+        (result("1250"), ("HH",), "9-59"),
+        (result("1000"), ("HH",), "9-59"),  # critical is inclusive
+        (result("8000"), ("HH", ">"), "9-59"),
+        (result("4"), ("L", "<"), "9-59"),
+        (result("<5"), ("<",), ""),
+        (result(">7000"), (">",), ""),
+        (result("<=5"), (), ""),
+        (result("85", status="P"), (), ""),
+        (result("85", sex=""), ("H",), "8-59"),
+        (result("50", sex=""), (), "8-59"),
+        (result("85", birth_date=date(2008, 11, 23)), (), ""),  # 17 years, adult ranges only
+        (result("85", birth_date=date(2008, 11, 22)), ("H",), "9-59"),  # 18th birthday
+    ],
+)
+def test_acceptance_cases(res: Result, flags: tuple[str, ...], applied: str) -> None:
+    """The ALT-T acceptance table: flags in table-0078 order and the OBX-7 applied range."""
+    evaluation = evaluate(res, ALT_T)
+    assert evaluation.method == "ALT-T"
+    assert evaluation.flags == flags
+    assert evaluation.applied_range == applied
+    assert evaluation.hold is False
+
+
+def test_high_result_carries_a_grading_note() -> None:
+    """H and HH come with the multiple of the applied upper limit."""
+    assert evaluate(result("85"), ALT_T).notes == ("1.4 x ULN 59",)
+    assert "21.2 x ULN 59" in evaluate(result("1250"), ALT_T).notes
+
+
+def test_reference_decision_records_its_inputs() -> None:
+    """The reference-range decision keeps value, sex, age, range and limits as strings."""
+    outcome, inputs = decision(evaluate(result("85"), ALT_T), "reference_range")
+    assert outcome == "H"
+    assert inputs["value"] == "85"
+    assert inputs["sex"] == "M"
+    assert inputs["age"] == "46y"
+    assert inputs["range"] == "9-59"
+    assert inputs["partition"] == "M 18y+"
+    assert (inputs["low"], inputs["high"]) == ("9", "59")
+    assert all(isinstance(v, str) for d in evaluate(result("85"), ALT_T).decisions for v in d.inputs.values())
+
+
+def test_no_patient_name_or_birth_date_in_notes_or_decisions() -> None:
+    """Notes and decision inputs never carry the patient's name or birth date."""
+    evaluation = evaluate(result("85", sex=""), ALT_T)
+    texts = list(evaluation.notes) + [v for d in evaluation.decisions for v in d.inputs.values()]
+    assert not any("DOE" in t or "1980" in t for t in texts)
+
+
+def test_missing_sex_uses_widest_band_and_says_so() -> None:
+    """Sex not sent: widest adult band 8-59 and an incomplete-demographics note."""
+    evaluation = evaluate(result("85", sex=""), ALT_T)
+    assert evaluation.applied_range == "8-59"
+    assert evaluation.notes[0] == (
+        "incomplete demographics: sex not sent: widest band 8-59 of 2 candidate ranges applied"
+    )
+    assert decision(evaluation, "reference_range")[1]["incomplete_demographics"] == "true"
+
+
+def test_seventeen_year_old_gets_no_range_and_a_reason() -> None:
+    """A 17-year-old against adult-only ranges: no L/H, no OBX-7, and a note why."""
+    evaluation = evaluate(result("85", birth_date=date(2008, 11, 23)), ALT_T)
+    assert evaluation.notes == ("no reference range for sex M, age 17y: forwarded without L/H flags",)
+    assert decision(evaluation, "reference_range")[0] == "no range"
+
+
+def test_critical_applies_without_a_reference_range() -> None:
+    """HH fires on the critical limit even when no range matched; no grading without a ULN."""
+    evaluation = evaluate(result("1250", birth_date=date(2010, 1, 1)), ALT_T)
+    assert evaluation.flags == ("HH",)
+    assert evaluation.applied_range == ""
+    assert not any("ULN" in n for n in evaluation.notes)
+
+
+def test_critical_low_replaces_low() -> None:
+    """LL replaces L at or below the critical low limit."""
+    method = replace(ALT_T, critical_low=Decimal(3), measuring_low=None)
+    assert evaluate(result("3"), method).flags == ("LL",)
+    assert evaluate(result("4"), method).flags == ("L",)
+
+
+def test_unmapped_test_code() -> None:
+    """No method: no flags, a note naming the test code, an 'unmapped' decision."""
+    evaluation = evaluate(result("85"), None)
+    assert evaluation == Evaluation(
+        method=None,
+        notes=("no method mapped for test code ALTL: forwarded without range flags",),
+        decisions=evaluation.decisions,
+    )
+    assert decision(evaluation, "method") == ("unmapped", {"test_code": "ALTL", "analyzer": "cobas-1"})
+
+
+@pytest.mark.parametrize(
+    ("res", "rule", "note"),
+    [
+        (result("85", status="P"), "status", "status P is not final: not range-checked"),
+        (result("8000", status="X"), "status", "status X is not final: not range-checked"),
+        (result("hemolysed"), "value", "value is not numeric: not range-checked"),
+        (result("85", units="ukat/L"), "units", "units ukat/L not checked: method ALT-T expects U/L"),
+    ],
+)
+def test_results_that_are_not_checked(res: Result, rule: str, note: str) -> None:
+    """Non-final, non-numeric and foreign-unit results get no flags, a note and a decision why."""
+    evaluation = evaluate(res, ALT_T, previous=PreviousResult(value=Decimal(1), collected_at=datetime(2026, 11, 21)))
+    assert evaluation.flags == ()
+    assert evaluation.applied_range == ""
+    assert evaluation.notes == (note,)
+    assert [d.rule for d in evaluation.decisions] == [rule]
+
+
+@pytest.mark.parametrize(("status", "units"), [("", ""), ("C", "u/l"), (" f ", " U/L ")])
+def test_empty_status_and_units_mean_final_and_method_units(status: str, units: str) -> None:
+    """An empty status counts as final, empty units as the method's, units compare case-insensitively."""
+    assert evaluate(result("85", status=status, units=units), ALT_T).flags == ("H",)
+
+
+def test_comparator_value_is_not_range_checked() -> None:
+    """'<5' gets '<' from the measuring range but no L and a note why."""
+    evaluation = evaluate(result("<5"), ALT_T)
+    assert evaluation.notes == (
+        "below measuring range 5-7000",
+        "comparator value <5: not checked against reference range",
+    )
+    assert decision(evaluation, "measuring_range")[0] == "<"
+
+
+DELTA = DeltaRule(abs_change=Decimal(20), pct_change=Decimal(50))
+PREVIOUS = PreviousResult(value=Decimal(40), collected_at=datetime(2026, 11, 20, 8, 0), specimen_id="S0")
+
+
+def test_delta_appends_u_after_range_and_measuring_flags() -> None:
+    """A significant rise adds U last and explains it in a note."""
+    method = replace(ALT_T, delta=DELTA)
+    evaluation = evaluate(result("8000"), method, previous=PREVIOUS)
+    assert evaluation.flags == ("HH", ">", "U")
+    assert "delta: 8000 vs 40 at 2026-11-20 08:00 (+7960, +19900.0%)" in evaluation.notes
+    outcome, inputs = decision(evaluation, "delta")
+    assert outcome == "U"
+    assert inputs["previous_value"] == "40"
+    assert inputs["previous_specimen"] == "S0"
+
+
+def test_delta_down() -> None:
+    """A significant fall adds D."""
+    previous = replace(PREVIOUS, value=Decimal(120))
+    assert evaluate(result("44"), replace(ALT_T, delta=DELTA), previous=previous).flags == ("D",)
+
+
+def test_delta_hold_holds_instead_of_flagging() -> None:
+    """With action hold the result is held and gets no U/D flag."""
+    method = replace(ALT_T, delta=replace(DELTA, action="hold"))
+    evaluation = evaluate(result("85"), method, previous=PREVIOUS)
+    assert evaluation.hold is True
+    assert evaluation.flags == ("H",)
+    assert decision(evaluation, "delta")[0] == "hold U"
+    assert "held for review by the delta rule" in evaluation.notes
+
+
+@pytest.mark.parametrize(
+    ("previous", "outcome", "reason"),
+    [
+        (None, "skipped", "no previous result"),
+        (replace(PREVIOUS, collected_at=datetime(2026, 11, 1)), "skipped", "previous result older than 7 days"),
+        (replace(PREVIOUS, value=Decimal(80)), "not fired", None),
+    ],
+)
+def test_delta_that_does_not_fire_is_still_recorded(
+    previous: PreviousResult | None, outcome: str, reason: str | None
+) -> None:
+    """A configured delta rule that does not fire leaves a decision saying why."""
+    evaluation = evaluate(result("85"), replace(ALT_T, delta=DELTA), previous=previous)
+    assert evaluation.flags == ("H",)
+    got, inputs = decision(evaluation, "delta")
+    assert got == outcome
+    assert inputs.get("reason") == reason
+
+
+def test_delta_uses_completion_time_without_collection_time() -> None:
+    """Without a collection time the completion time stands in, for age and delta alike."""
+    res = result("85", collected_at=None, completed_at=COLLECTED)
+    assert evaluate(res, replace(ALT_T, delta=DELTA), previous=PREVIOUS).flags == ("H", "U")
+
+
+def test_misconfigured_method_raises_rule_error() -> None:
+    """A delta rule with an invalid action or an age bound with an unknown unit raises RuleError."""
+    with pytest.raises(RuleError):
+        evaluate(result("85"), replace(ALT_T, delta=replace(DELTA, action="page")), previous=PREVIOUS)
+    bad_range = RangeRule(low=Decimal(1), high=Decimal(2), age_min=AgeBound(amount=1, unit="w"))
+    with pytest.raises(RuleError):
+        evaluate(result("85"), replace(ALT_T, ranges=(bad_range,)))
+
+
+LIMITS = st.decimals(min_value=0, max_value=10_000, places=2)
+
+
+@st.composite
+def range_and_value_inside(draw: st.DrawFn) -> tuple[Decimal, Decimal, Decimal]:
+    """A reference range low-high and a value between its limits, both included."""
+    low = draw(LIMITS)
+    high = low + draw(LIMITS)
+    return low, high, draw(st.decimals(min_value=low, max_value=high, places=2))
+
+
+@given(case=range_and_value_inside())
+def test_value_inside_applied_range_never_gets_l_or_h(case: tuple[Decimal, Decimal, Decimal]) -> None:
+    """Any value between the applied limits (inclusive) gets neither L nor H."""
+    low, high, value = case
+    method = Method(name="M", analyte="A", units="U/L", ranges=(RangeRule(low=low, high=high),))
+    evaluation = evaluate(result(str(value)), method)
+    assert evaluation.applied_range == f"{low}-{high}"
+    assert not {"L", "H"} & set(evaluation.flags)
+
+
+NOT_FINAL = st.text(alphabet="ABDEGHIJKNOPRSXZ", min_size=1, max_size=2)
+
+
+@given(status=NOT_FINAL, value=st.decimals(min_value=-100_000, max_value=100_000, places=1))
+def test_non_final_results_never_get_flags(status: str, value: Decimal) -> None:
+    """Whatever the value, a result whose status is not F or C gets no flags at all."""
+    evaluation = evaluate(result(str(value), status=status), replace(ALT_T, critical_low=Decimal(3)))
+    assert evaluation.flags == ()
+
+
+@given(raw=st.text(max_size=12))
+def test_non_numeric_results_never_get_flags(raw: str) -> None:
+    """A result without a numeric value gets no range, critical or measuring flags."""
+    evaluation = evaluate(result("85", raw_value=raw, value=None, comparator=None), ALT_T)
+    assert evaluation.flags == ()
+    assert evaluation.applied_range == ""
