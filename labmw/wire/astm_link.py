@@ -12,7 +12,7 @@ about roles: a sender role (host-query replies) adds its own states and inputs (
 send requested) without touching the receiver rows.
 
 Policy "persist, then acknowledge" (STYLE.md §6 data flow, step 4): an accepted ETX frame that
-completes one or more messages is not ACKed. The engine emits :class:`MessageReceived` and waits
+completes one or more messages is not ACKed. The engine emits ``MessageReceived`` and waits
 in ``AWAITING_COMMIT`` (input is buffered, not processed) until the pump calls
 :meth:`AstmLink.message_committed` (ACK) or :meth:`AstmLink.message_failed` (NAK and roll back,
 so the sender's retransmission of the same frame completes the message again).
@@ -22,22 +22,12 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from labmw.errors import LocalProtocolError
 from labmw.wire import astm_frames as f
-from labmw.wire.astm_events import (
-    BytesIgnored,
-    ChecksumMismatchTolerated,
-    DuplicateFrame,
-    Event,
-    FrameRejected,
-    LinkEstablished,
-    MessageDiscarded,
-    MessageReceived,
-    TransferEnded,
-)
+from labmw.wire import astm_events as ev
 
 IDLE = "IDLE"  #: neutral: only ENQ means anything (ASTM.md §1.2)
 RECEIVING = "RECEIVING"  #: transfer phase, we are the receiver
@@ -126,25 +116,58 @@ class _Step:
     scan: f.RecordScan | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
-    """Reassembly state before a completing frame, restored by message_failed()."""
+@dataclass(slots=True)
+class _Transfer:
+    """Reassembly state of one transfer phase (ASTM.md §6 item 9): text not yet delivered."""
 
-    text: bytes
-    frames: tuple[tuple[int, int, bytes], ...]
-    ends: tuple[int, ...]
-    head: bytes
-    delimiter: int
-    expected_fn: int
-    last_fn: int | None
-    fn: int
+    text: bytearray = field(default_factory=bytearray)
+    #: (start, end) of each accepted frame's text in ``text``, and the frame's raw bytes
+    frames: list[tuple[int, int, bytes]] = field(default_factory=list)
+    #: offsets in ``text`` just past L records seen in ETB frames (delivered at the next ETX)
+    ends: list[int] = field(default_factory=list)
+    head: bytes = b""
+    delimiter: int = f.DEFAULT_DELIMITER
+    expected_fn: int = 1
+    last_fn: int | None = None
+
+    def copy(self) -> _Transfer:
+        return _Transfer(bytearray(self.text), list(self.frames), list(self.ends), self.head,
+                         self.delimiter, self.expected_fn, self.last_fn)  # fmt: skip
+
+    def partial_length(self) -> int:
+        return len(self.text) - (self.ends[-1] if self.ends else 0)
+
+    def append(self, frame: f.Frame, fn: int, scan: f.RecordScan) -> None:
+        base = len(self.text)
+        self.text += frame.text
+        self.frames.append((base, len(self.text), frame.raw))
+        self.ends.extend(base + end for end in scan.ends)
+        self.head, self.delimiter = scan.head, scan.delimiter
+        self.last_fn, self.expected_fn = fn, (fn + 1) % 8
+
+    def take_messages(self) -> list[ev.MessageReceived]:
+        """Cut the complete messages off the front; the last frame carried the last one's end."""
+        messages, start, last = [], 0, len(self.frames) - 1
+        for number, end in enumerate(self.ends):
+            # The frames whose text overlaps the message; the completing frame always counts
+            # (its text is empty when the L record came in an ETB frame).
+            carriers = [i for i, (s, e, _) in enumerate(self.frames) if s < end and e > start]
+            if number == len(self.ends) - 1 and last not in carriers:
+                carriers.append(last)
+            raw = b"".join(self.frames[i][2] for i in carriers)
+            messages.append(ev.MessageReceived(bytes(self.text[start:end]), raw))
+            start = end
+        del self.text[:start]
+        self.frames = [(s - start, e - start, r) for (s, e, r) in self.frames if e > start]
+        self.ends = []
+        return messages
 
 
 class AstmLink:
     """One E1381 link (one serial port or TCP connection), receiver role.
 
     Keyword arguments: ``checksum_policy`` is "strict" (NAK a bad checksum), "warn" (accept and
-    emit :class:`ChecksumMismatchTolerated`) or "ignore"; ``max_frame_text`` bounds one frame's
+    emit ``ChecksumMismatchTolerated``) or "ignore"; ``max_frame_text`` bounds one frame's
     text (63,993 per LIS01-A2); ``max_message_bytes`` bounds one reassembled message;
     ``frame_timeout`` is the receiver's frame-wait timer in seconds (30 s, ASTM.md §1.6).
     Raises :class:`LocalProtocolError` on invalid settings.
@@ -170,12 +193,12 @@ class AstmLink:
         # can have sent (it waits for our reply), so more than that is dropped.
         self._pending_limit = max_frame_text + 64
         self._state = IDLE
-        self._events: deque[Event] = deque()
+        self._events: deque[ev.Event] = deque()
         self._outgoing = bytearray()
         self._deadline: float | None = None
         self._now = 0.0
-        self._snapshot: _Snapshot | None = None
-        self._reset_transfer()
+        self._rx = _Transfer()
+        self._saved: tuple[_Transfer, int] | None = None  # state before the uncommitted frame
 
     # --- public API -----------------------------------------------------------------------------
     @property
@@ -188,7 +211,7 @@ class AstmLink:
 
         An expired timer is handled first, as if :meth:`handle_timer` had been called. Produces
         events and replies; in AWAITING_COMMIT the bytes are only buffered (beyond one frame's
-        worth they are dropped and reported as :class:`BytesIgnored`). Raises nothing.
+        worth they are dropped and reported as ``BytesIgnored``). Raises nothing.
         """
         self._expire(now)
         for start in range(0, len(data), _SLICE):
@@ -197,12 +220,12 @@ class AstmLink:
                 room = max(0, self._pending_limit - self._reader.buffered)
                 self._reader.feed(chunk[:room])
                 if len(chunk) > room:
-                    self._events.append(BytesIgnored(len(chunk) - room, self._state))
+                    self._events.append(ev.BytesIgnored(len(chunk) - room, self._state))
                 continue
             self._reader.feed(chunk)
             self._process()
 
-    def next_event(self) -> Event | None:
+    def next_event(self) -> ev.Event | None:
         """Return the oldest pending event, or None. Raises nothing."""
         return self._events.popleft() if self._events else None
 
@@ -222,7 +245,7 @@ class AstmLink:
     def handle_timer(self, now: float) -> None:
         """Tell the engine the time is ``now``; if the deadline has passed, act on the timeout.
 
-        Receiver timeout (ASTM.md §1.6): go IDLE and emit :class:`MessageDiscarded` ("timeout")
+        Receiver timeout (ASTM.md §1.6): go IDLE and emit ``MessageDiscarded`` ("timeout")
         if text was buffered. Calling early or without a timer does nothing. Raises nothing.
         """
         self._expire(now)
@@ -240,7 +263,7 @@ class AstmLink:
         """The pump could not store the emitted messages: NAK the completing frame.
 
         The reassembly is rolled back to just before that frame and the expected FN kept, so the
-        sender's retransmission re-emits the messages. Emits :class:`FrameRejected` with
+        sender's retransmission re-emits the messages. Emits ``FrameRejected`` with
         ``reason``. Raises :class:`LocalProtocolError` if no message awaits a commit.
         """
         self._fire(_Step(Input.FAILED, reason=reason))
@@ -284,11 +307,9 @@ class AstmLink:
 
     def _judge(self, frame: f.Frame) -> _Step:
         """Classify a complete frame received in RECEIVING (ASTM.md §6 items 6-9). Pure."""
-        problem = f.frame_problem(frame)
-        if problem is not None:
-            return _Step(Input.FRAME_BAD, fn=frame.fn, reason=problem)
-        fn = frame.fn
-        assert fn is not None  # frame_problem() guarantees it; narrows the type only
+        problem, fn = f.frame_problem(frame), frame.fn
+        if problem is not None or fn is None:  # frame_problem() is None implies fn is not None
+            return _Step(Input.FRAME_BAD, fn=fn, reason=problem or "bad frame number")
         tolerated = None
         if not frame.checksum_ok and self._policy != "ignore":
             expected = frame.expected_checksum.decode("ascii")
@@ -297,16 +318,16 @@ class AstmLink:
                 reason = f"checksum mismatch: expected {expected}, received {received}"
                 return _Step(Input.FRAME_BAD, fn=fn, reason=reason)
             tolerated = (expected, received)
-        if fn != self._expected_fn:
-            if fn == self._last_fn:
+        if fn != self._rx.expected_fn:
+            if fn == self._rx.last_fn:
                 return _Step(Input.FRAME_DUPLICATE, fn=fn, frame=frame, tolerated=tolerated)
-            reason = f"unexpected frame number {fn} (expected {self._expected_fn})"
+            reason = f"unexpected frame number {fn} (expected {self._rx.expected_fn})"
             return _Step(Input.FRAME_BAD, fn=fn, reason=reason)
-        if len(self._text) - (self._ends[-1] if self._ends else 0) + len(frame.text) > self._max_message:
+        if self._rx.partial_length() + len(frame.text) > self._max_message:
             reason = f"message exceeds {self._max_message} bytes"
             return _Step(Input.MESSAGE_TOO_LARGE, fn=fn, reason=reason)
-        scan = f.scan_records(frame.text, head=self._head, delimiter=self._delimiter, final=frame.final)
-        completes = frame.final and bool(self._ends or scan.ends)
+        scan = f.scan_records(frame.text, head=self._rx.head, delimiter=self._rx.delimiter, final=frame.final)
+        completes = frame.final and bool(self._rx.ends or scan.ends)
         kind = Input.FRAME_COMPLETES if completes else Input.FRAME_GOOD
         return _Step(kind, fn=fn, frame=frame, tolerated=tolerated, scan=scan)
 
@@ -316,12 +337,12 @@ class AstmLink:
 
     def _ignore(self, step: _Step) -> None:
         if step.count:
-            self._events.append(BytesIgnored(step.count, self._state))
+            self._events.append(ev.BytesIgnored(step.count, self._state))
 
     def _establish(self, step: _Step) -> None:
         # ENQ: reply ACK, expect FN 1, start the 30 s frame-wait timer (ASTM.md §6 item 3).
-        self._reset_transfer()
-        self._events.append(LinkEstablished())
+        self._rx = _Transfer()
+        self._events.append(ev.LinkEstablished())
         self._reply(f.ACK)
 
     def _restart(self, step: _Step) -> None:
@@ -332,7 +353,7 @@ class AstmLink:
     def _end_transfer(self, step: _Step) -> None:
         # EOT: never answered (ASTM.md §1.8); an incomplete message is discarded.
         self._discard("eot")
-        self._events.append(TransferEnded())
+        self._events.append(ev.TransferEnded())
         self._deadline = None
 
     def _time_out(self, step: _Step) -> None:
@@ -340,11 +361,11 @@ class AstmLink:
         self._deadline = None
 
     def _reject(self, step: _Step) -> None:
-        self._events.append(FrameRejected(step.reason, step.fn))
+        self._events.append(ev.FrameRejected(step.reason, step.fn))
         self._reply(f.NAK)
 
     def _refuse(self, step: _Step) -> None:
-        self._events.append(FrameRejected("message too large; refusing the rest of the transfer", step.fn))
+        self._events.append(ev.FrameRejected("message too large; refusing the rest of the transfer", step.fn))
         self._reply(f.NAK)
 
     def _abandon(self, step: _Step) -> None:
@@ -354,8 +375,8 @@ class AstmLink:
     def _acknowledge_duplicate(self, step: _Step) -> None:
         # Our ACK was lost and the sender repeated the frame: ACK it, deliver nothing (§1.5).
         self._tolerate(step)
-        assert step.fn is not None  # set by _judge for duplicates; narrows the type only
-        self._events.append(DuplicateFrame(step.fn))
+        assert step.fn is not None  # internal invariant (set by _judge), not input validation
+        self._events.append(ev.DuplicateFrame(step.fn))
         self._reply(f.ACK)
 
     def _accept(self, step: _Step) -> None:
@@ -363,33 +384,24 @@ class AstmLink:
         self._reply(f.ACK)
 
     def _deliver(self, step: _Step) -> None:
-        assert step.fn is not None  # set by _judge for accepted frames; narrows the type only
-        self._snapshot = _Snapshot(bytes(self._text), tuple(self._frames), tuple(self._ends), self._head,
-                                   self._delimiter, self._expected_fn, self._last_fn, step.fn)  # fmt: skip
+        # Persist, then acknowledge: no ACK here, and no timer (the sender waits for our reply and
+        # we wait for the pump). Keep the state before this frame in case the store fails.
+        assert step.fn is not None  # internal invariant (set by _judge), not input validation
+        self._saved = (self._rx.copy(), step.fn)
         self._append(step)
-        start = 0
-        for end in self._ends:
-            raw = b"".join(r for (s, e, r) in self._frames if s < end and (e > start or s == e >= start))
-            self._events.append(MessageReceived(bytes(self._text[start:end]), raw))
-            start = end
-        del self._text[:start]
-        self._frames = [(s - start, e - start, r) for (s, e, r) in self._frames if e > start]
-        self._ends = []
-        self._deadline = None  # the sender waits for our reply; we wait for the pump
+        self._events.extend(self._rx.take_messages())
+        self._deadline = None
 
     def _commit(self, step: _Step) -> None:
-        self._snapshot = None
+        self._saved = None
         self._reply(f.ACK)
 
     def _roll_back(self, step: _Step) -> None:
-        snap = self._snapshot
-        assert snap is not None  # always set by _deliver before AWAITING_COMMIT; narrows the type
-        self._snapshot = None
-        self._text = bytearray(snap.text)
-        self._frames, self._ends = list(snap.frames), list(snap.ends)
-        self._head, self._delimiter = snap.head, snap.delimiter
-        self._expected_fn, self._last_fn = snap.expected_fn, snap.last_fn
-        self._events.append(FrameRejected(f"message not stored: {step.reason}", snap.fn))
+        # NAK keeps the expected FN, so the retransmission of the same frame is accepted (§1.5).
+        if self._saved is not None:  # always set in AWAITING_COMMIT
+            self._rx, fn = self._saved
+            self._saved = None
+            self._events.append(ev.FrameRejected(f"message not stored: {step.reason}", fn))
         self._reply(f.NAK)
 
     # --- helpers --------------------------------------------------------------------------------
@@ -400,29 +412,15 @@ class AstmLink:
 
     def _tolerate(self, step: _Step) -> None:
         if step.tolerated is not None and step.fn is not None:
-            self._events.append(ChecksumMismatchTolerated(step.fn, *step.tolerated))
+            self._events.append(ev.ChecksumMismatchTolerated(step.fn, *step.tolerated))
 
     def _append(self, step: _Step) -> None:
-        frame, scan = step.frame, step.scan
-        assert frame is not None and scan is not None and step.fn is not None  # narrows types only
+        # Internal invariant (_judge sets all three for accepted frames), not input validation.
+        assert step.frame is not None and step.scan is not None and step.fn is not None
         self._tolerate(step)
-        base = len(self._text)
-        self._text += frame.text
-        self._frames.append((base, len(self._text), frame.raw))
-        self._ends.extend(base + end for end in scan.ends)
-        self._head, self._delimiter = scan.head, scan.delimiter
-        self._last_fn, self._expected_fn = step.fn, (step.fn + 1) % 8
+        self._rx.append(step.frame, step.fn, step.scan)
 
     def _discard(self, reason: str) -> None:
-        if self._text:
-            self._events.append(MessageDiscarded(reason, bytes(self._text)))
-        self._reset_transfer()
-
-    def _reset_transfer(self) -> None:
-        self._text = bytearray()  # reassembled text not yet delivered
-        self._frames: list[tuple[int, int, bytes]] = []  # (start, end) in _text, raw frame bytes
-        self._ends: list[int] = []  # offsets in _text just past L records seen in ETB frames
-        self._head = b""
-        self._delimiter = f.DEFAULT_DELIMITER
-        self._expected_fn = 1
-        self._last_fn: int | None = None
+        if self._rx.text:
+            self._events.append(ev.MessageDiscarded(reason, bytes(self._rx.text)))
+        self._rx = _Transfer()

@@ -44,7 +44,8 @@ class JunkDiscarded:
 class BlockTooLarge:
     """A block grew past ``max_size`` and was dropped; ``size`` is how many bytes had been seen.
 
-    The rest of that block is skipped silently up to the next VT.
+    The rest of that block is skipped silently up to its FS CR (or a new VT); nothing of it is
+    kept in memory.
     """
 
     size: int
@@ -67,10 +68,10 @@ class MllpFramer:
     """Turn a stream of bytes into MLLP blocks.
 
     States: *hunting* (outside a block, looking for VT), *in block* (buffering until FS CR) and
-    *skipping* (dropping the tail of an oversized block until the next VT).
+    *skipping* (dropping the tail of an oversized block up to its FS CR or the next VT).
     """
 
-    __slots__ = ("_max_size", "_buffer", "_state")
+    __slots__ = ("_max_size", "_buffer", "_state", "_fs_pending")
 
     _HUNTING = "hunting"
     _IN_BLOCK = "in-block"
@@ -86,6 +87,7 @@ class MllpFramer:
         self._max_size = max_size
         self._buffer = bytearray()
         self._state = self._HUNTING
+        self._fs_pending = False  # skipping: the previous chunk ended with FS
 
     @property
     def pending_bytes(self) -> int:
@@ -135,12 +137,23 @@ class MllpFramer:
         return start + 1
 
     def _skip(self, view: bytes, pos: int) -> int:
-        # The tail of an oversized block was already reported by BlockTooLarge.
-        start = view.find(VT, pos)
-        if start < 0:
-            return len(view)
-        self._state = self._IN_BLOCK
-        return start + 1
+        # The oversized block was already reported by BlockTooLarge: drop the rest of it
+        # silently up to its FS CR (after which we hunt as usual) or up to a new VT.
+        if self._fs_pending and view[pos] == _CR_BYTE:
+            self._fs_pending = False
+            self._state = self._HUNTING
+            return pos + 1
+        self._fs_pending = False
+        end = view.find(_END, pos)
+        restart = view.find(VT, pos)
+        if restart >= 0 and (end < 0 or restart < end):
+            self._state = self._IN_BLOCK
+            return restart + 1
+        if end >= 0:
+            self._state = self._HUNTING
+            return end + 2
+        self._fs_pending = view.endswith(FS)
+        return len(view)
 
     def _collect(self, view: bytes, pos: int, events: list[FrameEvent]) -> int:
         end = view.find(_END, pos)

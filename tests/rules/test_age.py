@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from labmw.errors import RuleError
 from labmw.model import AgeBound, RangeRule
-from labmw.rules.age import AgeAt, add_months, age_in, approx_days, describe_band, matches, parse_age
+from labmw.rules.age import (
+    AgeAt,
+    add_months,
+    age_in,
+    approx_days,
+    describe_band,
+    matches,
+    parse_age,
+)
 
 DATES = st.dates(min_value=date(1900, 1, 1), max_value=date(2100, 12, 31))
 
@@ -35,7 +43,7 @@ def test_parse_age_accepts_lab_notation(text: str, amount: int, unit: str) -> No
 
 @pytest.mark.parametrize("text", ["", "y", "-1y", "1.5y", "18w", "18 years", "y18", "1e3", "18yy"])
 def test_parse_age_rejects_other_text_naming_the_expected_form(text: str) -> None:
-    """Anything but a whole number with an optional d/m/y unit is a RuleError saying what is expected."""
+    """Anything but a whole number with an optional d/m/y unit is a RuleError naming the form."""
     with pytest.raises(RuleError, match=r"30d, 6m, 18y"):
         parse_age(text)
 
@@ -60,7 +68,9 @@ def test_parse_age_rejects_other_text_naming_the_expected_form(text: str) -> Non
         ("d", date(2026, 3, 1), date(2026, 3, 1), 0),
     ],
 )
-def test_age_in_counts_completed_calendar_units(unit: str, birth: date, at: date, expected: int) -> None:
+def test_age_in_counts_completed_calendar_units(
+    unit: str, birth: date, at: date, expected: int
+) -> None:
     """Ages are completed days, months or years on the calendar, including 29 February."""
     assert age_in(unit, birth, at) == expected
 
@@ -133,7 +143,9 @@ def test_age_at_describe_uses_the_largest_whole_unit(birth: date, expected: str)
 
 def test_band_helpers_describe_and_size_bands() -> None:
     """describe_band writes bands compactly and approx_days ranks month and year bounds."""
-    both = RangeRule(low=Decimal(1), high=Decimal(2), age_min=parse_age("1y"), age_max=parse_age("13y"))
+    both = RangeRule(
+        low=Decimal(1), high=Decimal(2), age_min=parse_age("1y"), age_max=parse_age("13y")
+    )
     assert describe_band(both) == "1y to <13y"
     assert describe_band(RangeRule(low=Decimal(1), high=Decimal(2))) == "all ages"
     assert approx_days(parse_age("1y")) == Decimal("365.25")

@@ -11,13 +11,15 @@ from hypothesis import strategies as st
 
 from labmw.errors import RuleError
 from labmw.model import DeltaRule, PreviousResult
-from labmw.rules.delta import check_simple_delta, skip_reason
+from labmw.rules.delta import DeltaOutcome, check_simple_delta, skip_reason
 
 NOW = datetime(2026, 11, 22, 8, 0)
 EARLIER = datetime(2026, 11, 20, 8, 0)
 
 
-def rule(abs_: str | None = None, pct: str | None = None, window: str = "7", action: str = "flag") -> DeltaRule:
+def rule(
+    abs_: str | None = None, pct: str | None = None, window: str = "7", action: str = "flag"
+) -> DeltaRule:
     """A DeltaRule written the way `labmw delta set` takes it."""
     return DeltaRule(
         abs_change=Decimal(abs_) if abs_ is not None else None,
@@ -32,9 +34,14 @@ def prev(value: str, at: datetime = EARLIER) -> PreviousResult:
     return PreviousResult(value=Decimal(value), collected_at=at, specimen_id="S0")
 
 
+def check(delta: DeltaRule, value: str, previous: PreviousResult | None) -> DeltaOutcome | None:
+    """check_simple_delta for a result collected at NOW."""
+    return check_simple_delta(delta, value=Decimal(value), collected_at=NOW, previous=previous)
+
+
 def test_rise_fires_with_the_documented_note() -> None:
-    """85 after 40 two days earlier, abs 20 and pct 50: U with the change and percent in the note."""
-    outcome = check_simple_delta(rule("20", "50"), value=Decimal(85), collected_at=NOW, previous=prev("40"))
+    """85 after 40 two days earlier, abs 20 and pct 50: U with change and percent in the note."""
+    outcome = check(rule("20", "50"), "85", prev("40"))
     assert outcome is not None
     assert outcome.flag == "U"
     assert outcome.hold is False
@@ -65,15 +72,17 @@ def test_rise_fires_with_the_documented_note() -> None:
         (None, "50", "-30", "-20", "D"),  # relative to |old| for negative analytes
     ],
 )
-def test_thresholds(abs_: str | None, pct: str | None, new: str, old: str, expected: str | None) -> None:
+def test_thresholds(
+    abs_: str | None, pct: str | None, new: str, old: str, expected: str | None
+) -> None:
     """Fires when |new-old| >= abs (if set) and 100*|new-old|/old >= pct (if set)."""
-    outcome = check_simple_delta(rule(abs_, pct), value=Decimal(new), collected_at=NOW, previous=prev(old))
+    outcome = check(rule(abs_, pct), new, prev(old))
     assert (outcome.flag if outcome else None) == expected
 
 
 def test_old_zero_note_has_no_percent() -> None:
     """When the previous value is 0 the note gives the change only."""
-    outcome = check_simple_delta(rule("20"), value=Decimal(25), collected_at=NOW, previous=prev("0"))
+    outcome = check(rule("20"), "25", prev("0"))
     assert outcome is not None
     assert outcome.percent is None
     assert outcome.note == "delta: 25 vs 0 at 2026-11-20 08:00 (+25)"
@@ -81,14 +90,14 @@ def test_old_zero_note_has_no_percent() -> None:
 
 def test_fall_note_is_signed() -> None:
     """A fall shows a negative change and percent."""
-    outcome = check_simple_delta(rule("20"), value=Decimal(40), collected_at=NOW, previous=prev("85"))
+    outcome = check(rule("20"), "40", prev("85"))
     assert outcome is not None
     assert outcome.note == "delta: 40 vs 85 at 2026-11-20 08:00 (-45, -52.9%)"
 
 
 def test_hold_action_sets_hold() -> None:
     """A rule with action hold marks the outcome as a hold."""
-    outcome = check_simple_delta(rule("20", action="hold"), value=Decimal(85), collected_at=NOW, previous=prev("40"))
+    outcome = check(rule("20", action="hold"), "85", prev("40"))
     assert outcome is not None and outcome.hold is True and outcome.flag == "U"
 
 
@@ -101,21 +110,25 @@ def test_hold_action_sets_hold() -> None:
         (NOW - timedelta(hours=13), "0.5", "previous result older than 0.5 days"),
         (NOW, "7", "previous result not collected before this one"),
         (NOW + timedelta(hours=1), "7", "previous result not collected before this one"),
-        (EARLIER.replace(tzinfo=UTC), "7", "previous result time not comparable (time zone on one side only)"),
+        (
+            EARLIER.replace(tzinfo=UTC),
+            "7",
+            "previous result time not comparable (time zone on one side only)",
+        ),
     ],
 )
 def test_window(previous_at: datetime, window: str, reason: str | None) -> None:
     """The previous result must be strictly earlier and no more than window_days before."""
     delta = rule("20", window=window)
     assert skip_reason(delta, collected_at=NOW, previous=prev("40", previous_at)) == reason
-    outcome = check_simple_delta(delta, value=Decimal(85), collected_at=NOW, previous=prev("40", previous_at))
+    outcome = check(delta, "85", prev("40", previous_at))
     assert (outcome is not None) is (reason is None)
 
 
 def test_no_previous_result_does_not_fire() -> None:
     """Without a previous result there is nothing to compare."""
     assert skip_reason(rule("20"), collected_at=NOW, previous=None) == "no previous result"
-    assert check_simple_delta(rule("20"), value=Decimal(85), collected_at=NOW, previous=None) is None
+    assert check(rule("20"), "85", None) is None
 
 
 def test_aware_times_in_different_zones_compare_as_instants() -> None:
@@ -139,7 +152,7 @@ def test_aware_times_in_different_zones_compare_as_instants() -> None:
 def test_invalid_rules_raise_rule_error(delta: DeltaRule, message: str) -> None:
     """A rule that cannot be evaluated as configured raises RuleError naming the field."""
     with pytest.raises(RuleError, match=message):
-        check_simple_delta(delta, value=Decimal(85), collected_at=NOW, previous=prev("40"))
+        check(delta, "85", prev("40"))
 
 
 VALUES = st.decimals(min_value=Decimal("0.1"), max_value=Decimal(5000), places=1)
@@ -147,10 +160,10 @@ VALUES = st.decimals(min_value=Decimal("0.1"), max_value=Decimal(5000), places=1
 
 @given(a=VALUES, b=VALUES, threshold=st.decimals(min_value=0, max_value=500, places=1))
 def test_swapping_previous_mirrors_direction(a: Decimal, b: Decimal, threshold: Decimal) -> None:
-    """With an absolute threshold, a rise from a to b and a fall from b to a fire alike, mirrored."""
+    """With an absolute threshold, a rise a->b and a fall b->a fire alike, with mirrored flags."""
     delta = rule(str(threshold))
-    forward = check_simple_delta(delta, value=b, collected_at=NOW, previous=PreviousResult(value=a, collected_at=EARLIER))
-    backward = check_simple_delta(delta, value=a, collected_at=NOW, previous=PreviousResult(value=b, collected_at=EARLIER))
+    forward = check(delta, str(b), prev(str(a)))
+    backward = check(delta, str(a), prev(str(b)))
     assert (forward is None) == (backward is None)
     if forward is not None and backward is not None:
         assert {forward.flag, backward.flag} == {"U", "D"}
@@ -160,7 +173,7 @@ def test_swapping_previous_mirrors_direction(a: Decimal, b: Decimal, threshold: 
 @given(new=VALUES, old=VALUES, pct=st.decimals(min_value=0, max_value=300, places=1))
 def test_direction_follows_the_sign_of_the_change(new: Decimal, old: Decimal, pct: Decimal) -> None:
     """Whenever the rule fires, U means new > old and D means new < old."""
-    outcome = check_simple_delta(rule(None, str(pct)), value=new, collected_at=NOW, previous=prev(str(old)))
+    outcome = check(rule(None, str(pct)), str(new), prev(str(old)))
     if outcome is not None:
         assert outcome.flag == ("U" if new > old else "D")
         assert abs(outcome.percent or 0) >= pct

@@ -113,7 +113,8 @@ def test_reference_decision_records_its_inputs() -> None:
     assert inputs["range"] == "9-59"
     assert inputs["partition"] == "M 18y+"
     assert (inputs["low"], inputs["high"]) == ("9", "59")
-    assert all(isinstance(v, str) for d in evaluate(result("85"), ALT_T).decisions for v in d.inputs.values())
+    decisions = evaluate(result("85"), ALT_T).decisions
+    assert all(isinstance(v, str) for d in decisions for v in d.inputs.values())
 
 
 def test_no_patient_name_or_birth_date_in_notes_or_decisions() -> None:
@@ -136,7 +137,9 @@ def test_missing_sex_uses_widest_band_and_says_so() -> None:
 def test_seventeen_year_old_gets_no_range_and_a_reason() -> None:
     """A 17-year-old against adult-only ranges: no L/H, no OBX-7, and a note why."""
     evaluation = evaluate(result("85", birth_date=date(2008, 11, 23)), ALT_T)
-    assert evaluation.notes == ("no reference range for sex M, age 17y: forwarded without L/H flags",)
+    assert evaluation.notes == (
+        "no reference range for sex M, age 17y: forwarded without L/H flags",
+    )
     assert decision(evaluation, "reference_range")[0] == "no range"
 
 
@@ -163,7 +166,10 @@ def test_unmapped_test_code() -> None:
         notes=("no method mapped for test code ALTL: forwarded without range flags",),
         decisions=evaluation.decisions,
     )
-    assert decision(evaluation, "method") == ("unmapped", {"test_code": "ALTL", "analyzer": "cobas-1"})
+    assert decision(evaluation, "method") == (
+        "unmapped",
+        {"test_code": "ALTL", "analyzer": "cobas-1"},
+    )
 
 
 @pytest.mark.parametrize(
@@ -172,12 +178,17 @@ def test_unmapped_test_code() -> None:
         (result("85", status="P"), "status", "status P is not final: not range-checked"),
         (result("8000", status="X"), "status", "status X is not final: not range-checked"),
         (result("hemolysed"), "value", "value is not numeric: not range-checked"),
-        (result("85", units="ukat/L"), "units", "units ukat/L not checked: method ALT-T expects U/L"),
+        (
+            result("85", units="ukat/L"),
+            "units",
+            "units ukat/L not checked: method ALT-T expects U/L",
+        ),
     ],
 )
 def test_results_that_are_not_checked(res: Result, rule: str, note: str) -> None:
     """Non-final, non-numeric and foreign-unit results get no flags, a note and a decision why."""
-    evaluation = evaluate(res, ALT_T, previous=PreviousResult(value=Decimal(1), collected_at=datetime(2026, 11, 21)))
+    previous = PreviousResult(value=Decimal(1), collected_at=datetime(2026, 11, 21))
+    evaluation = evaluate(res, replace(ALT_T, delta=DELTA), previous=previous)
     assert evaluation.flags == ()
     assert evaluation.applied_range == ""
     assert evaluation.notes == (note,)
@@ -186,7 +197,7 @@ def test_results_that_are_not_checked(res: Result, rule: str, note: str) -> None
 
 @pytest.mark.parametrize(("status", "units"), [("", ""), ("C", "u/l"), (" f ", " U/L ")])
 def test_empty_status_and_units_mean_final_and_method_units(status: str, units: str) -> None:
-    """An empty status counts as final, empty units as the method's, units compare case-insensitively."""
+    """Empty status counts as final, empty units as the method's; units ignore case."""
     assert evaluate(result("85", status=status, units=units), ALT_T).flags == ("H",)
 
 
@@ -201,7 +212,9 @@ def test_comparator_value_is_not_range_checked() -> None:
 
 
 DELTA = DeltaRule(abs_change=Decimal(20), pct_change=Decimal(50))
-PREVIOUS = PreviousResult(value=Decimal(40), collected_at=datetime(2026, 11, 20, 8, 0), specimen_id="S0")
+PREVIOUS = PreviousResult(
+    value=Decimal(40), collected_at=datetime(2026, 11, 20, 8, 0), specimen_id="S0"
+)
 
 
 def test_delta_appends_u_after_range_and_measuring_flags() -> None:
@@ -236,7 +249,11 @@ def test_delta_hold_holds_instead_of_flagging() -> None:
     ("previous", "outcome", "reason"),
     [
         (None, "skipped", "no previous result"),
-        (replace(PREVIOUS, collected_at=datetime(2026, 11, 1)), "skipped", "previous result older than 7 days"),
+        (
+            replace(PREVIOUS, collected_at=datetime(2026, 11, 1)),
+            "skipped",
+            "previous result older than 7 days",
+        ),
         (replace(PREVIOUS, value=Decimal(80)), "not fired", None),
     ],
 )
@@ -260,7 +277,8 @@ def test_delta_uses_completion_time_without_collection_time() -> None:
 def test_misconfigured_method_raises_rule_error() -> None:
     """A delta rule with an invalid action or an age bound with an unknown unit raises RuleError."""
     with pytest.raises(RuleError):
-        evaluate(result("85"), replace(ALT_T, delta=replace(DELTA, action="page")), previous=PREVIOUS)
+        bad_delta = replace(ALT_T, delta=replace(DELTA, action="page"))
+        evaluate(result("85"), bad_delta, previous=PREVIOUS)
     bad_range = RangeRule(low=Decimal(1), high=Decimal(2), age_min=AgeBound(amount=1, unit="w"))
     with pytest.raises(RuleError):
         evaluate(result("85"), replace(ALT_T, ranges=(bad_range,)))
@@ -278,7 +296,9 @@ def range_and_value_inside(draw: st.DrawFn) -> tuple[Decimal, Decimal, Decimal]:
 
 
 @given(case=range_and_value_inside())
-def test_value_inside_applied_range_never_gets_l_or_h(case: tuple[Decimal, Decimal, Decimal]) -> None:
+def test_value_inside_applied_range_never_gets_l_or_h(
+    case: tuple[Decimal, Decimal, Decimal],
+) -> None:
     """Any value between the applied limits (inclusive) gets neither L nor H."""
     low, high, value = case
     method = Method(name="M", analyte="A", units="U/L", ranges=(RangeRule(low=low, high=high),))
@@ -293,7 +313,8 @@ NOT_FINAL = st.text(alphabet="ABDEGHIJKNOPRSXZ", min_size=1, max_size=2)
 @given(status=NOT_FINAL, value=st.decimals(min_value=-100_000, max_value=100_000, places=1))
 def test_non_final_results_never_get_flags(status: str, value: Decimal) -> None:
     """Whatever the value, a result whose status is not F or C gets no flags at all."""
-    evaluation = evaluate(result(str(value), status=status), replace(ALT_T, critical_low=Decimal(3)))
+    method = replace(ALT_T, critical_low=Decimal(3))
+    evaluation = evaluate(result(str(value), status=status), method)
     assert evaluation.flags == ()
 
 

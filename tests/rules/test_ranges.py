@@ -21,7 +21,9 @@ CHILD = date(2020, 1, 1)  # 6 years at AT
 INFANT = date(2026, 6, 1)  # 5 months at AT
 
 
-def rng(low: str, high: str, sex: str | None = None, lo: str | None = None, hi: str | None = None) -> RangeRule:
+def rng(
+    low: str, high: str, sex: str | None = None, lo: str | None = None, hi: str | None = None
+) -> RangeRule:
     """A RangeRule written the way `labmw range add` takes it."""
     return RangeRule(
         low=Decimal(low),
@@ -30,6 +32,11 @@ def rng(low: str, high: str, sex: str | None = None, lo: str | None = None, hi: 
         age_min=parse_age(lo) if lo else None,
         age_max=parse_age(hi) if hi else None,
     )
+
+
+def method_with(*ranges: RangeRule) -> Method:
+    """A U/L method carrying ``ranges`` in configuration order."""
+    return Method(name="X", analyte="ALT", units="U/L", ranges=ranges)
 
 
 # CLINICAL.md §1.4: IFCC adult ranges plus the CALIPER paediatric defaults.
@@ -98,12 +105,12 @@ def test_eighteenth_birthday_is_adult() -> None:
 )
 def test_most_specific_matching_range_wins(ranges: tuple[RangeRule, ...], expected: str) -> None:
     """Sex-specific, then more bounds, then narrower band, then configuration order."""
-    method = Method(name="X", analyte="ALT", units="U/L", ranges=ranges)
+    method = method_with(*ranges)
     assert select_range(method, sex="M", birth_date=ADULT, at=AT).applied_range == expected
 
 
 def test_sex_missing_applies_the_widest_adult_band() -> None:
-    """Sex not sent with only sex-specific ranges: lowest low and highest high, marked incomplete."""
+    """Sex not sent, only sex-specific ranges: lowest low, highest high, marked incomplete."""
     selection = select_range(ADULT_ONLY, sex="", birth_date=ADULT, at=AT)
     assert selection.applied_range == "8-59"
     assert selection.incomplete_demographics is True
@@ -122,9 +129,7 @@ def test_any_other_sex_code_is_unknown(sex: str) -> None:
 
 def test_sex_missing_prefers_a_sex_agnostic_range_that_matches() -> None:
     """A both-sexes range for the known age applies before any widening, marked incomplete."""
-    method = Method(
-        name="X", analyte="ALT", units="U/L", ranges=LIBRARY.ranges + (rng("7", "45", None, "18y"),)
-    )
+    method = method_with(*LIBRARY.ranges, rng("7", "45", None, "18y"))
     selection = select_range(method, sex="U", birth_date=ADULT, at=AT)
     assert selection.applied_range == "7-45"
     assert selection.incomplete_demographics is True
@@ -168,7 +173,7 @@ def test_age_unknown_over_the_whole_library_spans_every_band_of_the_sex() -> Non
 
 def test_age_unknown_prefers_an_all_ages_range() -> None:
     """A range without age bounds applies as is when the birth date is missing."""
-    method = Method(name="X", analyte="ALT", units="U/L", ranges=(rng("9", "59", "M", "18y"), rng("3", "70", "M")))
+    method = method_with(rng("9", "59", "M", "18y"), rng("3", "70", "M"))
     selection = select_range(method, sex="M", birth_date=None, at=AT)
     assert selection.applied_range == "3-70"
     assert selection.incomplete_demographics is True
@@ -176,17 +181,19 @@ def test_age_unknown_prefers_an_all_ages_range() -> None:
 
 def test_no_ranges_configured_gives_no_range() -> None:
     """A method without ranges selects nothing and says so."""
-    method = Method(name="X", analyte="ALT", units="U/L")
-    selection = select_range(method, sex="", birth_date=None, at=None)
+    selection = select_range(method_with(), sex="", birth_date=None, at=None)
     assert selection == RangeSelection(
         rule=None,
-        reason="sex not sent and birth date not sent: no reference range for sex unknown, age unknown",
+        reason=(
+            "sex not sent and birth date not sent: "
+            "no reference range for sex unknown, age unknown"
+        ),
     )
 
 
 def test_limits_keep_their_configured_text() -> None:
     """OBX-7 uses the Decimal text as configured, trailing zeros included."""
-    method = Method(name="X", analyte="ALT", units="U/L", ranges=(rng("0.50", "41.0", "M"), rng("0.4", "33", "F")))
+    method = method_with(rng("0.50", "41.0", "M"), rng("0.4", "33", "F"))
     assert select_range(method, sex="M", birth_date=ADULT, at=AT).applied_range == "0.50-41.0"
     assert select_range(method, sex="", birth_date=ADULT, at=AT).applied_range == "0.4-41.0"
 
@@ -195,7 +202,7 @@ def test_bad_age_unit_in_configuration_raises_rule_error() -> None:
     """An age bound with an unknown unit cannot be evaluated."""
     bad = RangeRule(low=Decimal(1), high=Decimal(2), age_min=AgeBound(amount=1, unit="w"))
     with pytest.raises(RuleError):
-        select_range(Method(name="X", analyte="A", units="U/L", ranges=(bad,)), sex="M", birth_date=ADULT, at=AT)
+        select_range(method_with(bad), sex="M", birth_date=ADULT, at=AT)
 
 
 @given(

@@ -1,0 +1,161 @@
+"""Real, independent peers for end-to-end tests: an MLLP LIS (python-hl7's asyncio server), an ASTM
+sender written here from the standard (not from labmw's code), and the daemon as a real process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import hl7
+import hl7.mllp
+
+ENQ, ACK, NAK, EOT, STX, ETX, ETB = b"\x05", b"\x06", b"\x15", b"\x04", b"\x02", b"\x03", b"\x17"
+LABMW = [str(Path(sys.executable).with_name("labmw"))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class MllpLis:
+    """A LIS: python-hl7's asyncio MLLP server on its own thread, ACKing AA and keeping what arrived."""
+
+    def __init__(self, port: int, *, ack_code: str = "AA") -> None:
+        self.port = port
+        self.ack_code = ack_code
+        self.received: list[hl7.Message] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+
+    async def _handle(self, reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
+        try:
+            while True:
+                message = await reader.readmessage()
+                self.received.append(message)
+                writer.writemessage(message.create_ack(self.ack_code))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def start(self) -> MllpLis:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            hl7.mllp.start_hl7_server(self._handle, "127.0.0.1", self.port, encoding="utf-8", limit=4 * 2**20),
+            self._loop)
+        self._server = future.result(10)
+        return self
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def by_specimen(self) -> dict[str, hl7.Message]:
+        return {str(m["OBR.F3"]): m for m in list(self.received)}
+
+
+def astm_frame(fn: int, text: bytes, final: bool = True) -> bytes:
+    """E1381 frame built from the standard: checksum = sum(FN..ETX/ETB) mod 256 as two hex digits."""
+    body = str(fn % 8).encode() + text + (ETX if final else ETB)
+    return STX + body + f"{sum(body) % 256:02X}".encode() + b"\r\n"
+
+
+def astm_send(port: int, messages: Sequence[Sequence[bytes]], *, timeout: float = 10.0) -> list[bytes]:
+    """Play one ENQ..EOT session carrying ``messages`` (each a list of records) one record per frame.
+
+    Returns the reply byte to every ENQ/frame. Raises AssertionError on anything but ACK.
+    """
+    replies: list[bytes] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        def exchange(data: bytes) -> bytes:
+            sock.sendall(data)
+            reply = sock.recv(1)
+            replies.append(reply)
+            if reply != ACK:
+                raise AssertionError(f"expected ACK, got {reply!r} for {data[:40]!r}")
+            return reply
+
+        exchange(ENQ)
+        fn = 1
+        for records in messages:
+            for record in records:
+                exchange(astm_frame(fn, record + b"\r"))
+                fn += 1
+        sock.sendall(EOT)
+    return replies
+
+
+def alt_message(*, specimen: str, patient: str, sex: str, birth: str, value: str, code: str = "ALTL",
+                status: str = "F", collected: str = "20261125080000") -> list[bytes]:
+    """A cobas-style H/P/O/R/L message carrying one ALT result."""
+    return [
+        rb"H|\^&|||c501^1|||||host|RSUPL^REAL|P|1",
+        f"P|1||{patient}||DOE^JANE||{birth}|{sex}".encode(),
+        f"O|1|{specimen}|0^5001^1^^S1^SC|^^^{code}|R||{collected}||||N||||1||||||||||F".encode(),
+        f"R|1|^^^{code}|{value}|U/L||N||{status}||^System||20261125090000|P1".encode(),
+        b"L|1|N",
+    ]
+
+
+def labmw(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the real `labmw` console script."""
+    proc = subprocess.run([*LABMW, "--config", str(config), *args], capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"labmw {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@contextmanager
+def daemon(config: Path, wait_port: int | None = None, log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`labmw run` as a real process; yields it; SIGTERM on exit (if still running)."""
+    out = open(log or os.devnull, "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen([*LABMW, "--config", str(config), "run"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        if wait_port is not None:
+            def listening() -> bool:
+                if proc.poll() is not None:
+                    raise AssertionError(f"daemon exited early with {proc.returncode}")
+                try:
+                    socket.create_connection(("127.0.0.1", wait_port), timeout=0.2).close()
+                    return True
+                except OSError:
+                    return False
+            wait_until(listening, what="daemon to listen")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        out.close()
