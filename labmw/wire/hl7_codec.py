@@ -67,15 +67,17 @@ class Ack:
 def escape(text: str) -> str:
     """Escape ``text`` for an ER7 field that uses the default encoding characters ``|^~\\&``.
 
-    Input: any text. Output: the text with ``| ^ & ~ \\`` replaced by ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``
-    (HL7 v2.5.1 2.7.4) and every ASCII control character (CR, LF, NUL, VT, FS, ...) replaced by a
-    hex escape ``\\Xhh\\`` (2.7.5): a raw CR would end the segment and a raw FS/VT would break
-    MLLP framing. Other characters, non-ASCII included, pass unchanged (we send UTF-8).
+    Input: any text. Output: the text with ``| ^ & ~ \\`` replaced by
+    ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\`` (HL7 v2.5.1 2.7.4) and every ASCII control character
+    (CR, LF, NUL, VT, FS, ...) replaced by a hex escape ``\\Xhh\\`` (2.7.5): a raw CR would end
+    the segment and a raw FS/VT would break MLLP framing. Other characters, non-ASCII included,
+    pass unchanged (we send UTF-8).
     Raises: nothing.
 
-    python-hl7's ``Message.escape`` is not reused: it needs a parsed message, turns CR into the
-    formatting command ``\\.br\\`` (only valid in FT fields, 2.7.6) and hex-escapes every
-    non-ASCII character with a malformed width (``%2x``), which would mangle UTF-8 names.
+    python-hl7's ``Message.escape`` is not reused because it does more than this: it needs a
+    parsed message, turns CR into the formatting command ``\\.br\\`` (only valid in FT fields,
+    2.7.6) and hex-escapes every non-ASCII character by code point (``ü`` -> ``\\Xfc\\``,
+    ``€`` -> ``\\X20ac\\``, ``\\x05`` -> ``\\X 5\\``), which mangles UTF-8 names.
     """
     return _escape(text, FIELD_SEP, COMPONENT_SEP, REPETITION_SEP, ESCAPE_CHAR, SUBCOMPONENT_SEP)
 

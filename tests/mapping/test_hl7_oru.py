@@ -283,7 +283,9 @@ def test_round_trip_over_real_socket() -> None:
     async def scenario() -> tuple[list[hl7.Message], list[FrameEvent]]:
         received: list[hl7.Message] = []
 
-        async def handle(reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
+        async def handle(
+            reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter
+        ) -> None:
             try:
                 message = await asyncio.wait_for(reader.readmessage(), 5)
                 received.append(message)

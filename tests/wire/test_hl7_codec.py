@@ -1,4 +1,4 @@
-"""HL7 codec: escaping, timestamps, parse_ack and build_ack, checked against python-hl7 and hl7apy."""
+"""HL7 codec: escaping, timestamps, parse_ack and build_ack, checked with python-hl7 and hl7apy."""
 
 from __future__ import annotations
 
@@ -159,7 +159,9 @@ def test_build_ack_uses_inbound_delimiters() -> None:
     """An inbound message with non-default delimiters is answered in the same delimiters."""
     inbound = b"MSH#$~\\&#DEV#FAC#LABMW#LAB#20240501##ORU$R01#7#P#2.5\r"
     raw = build_ack(inbound, "AE", text="a#b", control_id="A5", now=NOW)
-    assert raw.startswith(b"MSH#$~\\&#LABMW#LAB#DEV#FAC#20240501081530+0000##ACK$R01$ACK#A5#P#2.5\r")
+    assert raw.startswith(
+        b"MSH#$~\\&#LABMW#LAB#DEV#FAC#20240501081530+0000##ACK$R01$ACK#A5#P#2.5\r"
+    )
     assert b"MSA#AE#7#a\\F\\b\r" in raw
 
 
