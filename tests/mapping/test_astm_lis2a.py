@@ -23,7 +23,7 @@ from labmw.mapping.astm_lis2a import (
 from labmw.model import Result
 from labmw.wire.astm_records import decode_message, split_unframed
 
-SAMPLES = Path("/work/shared/samples/astm")
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "astm"  # byte-exact copies; SOURCES.md there
 DEFAULT = AstmProfile()
 _FRAME_FOR_TESTS = re.compile(rb"\x02[0-7]([^\x02\x03\x17]*)[\x03\x17][0-9A-Fa-f]{2}")
 

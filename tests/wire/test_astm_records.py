@@ -17,7 +17,7 @@ from labmw.wire.astm_records import (
     split_unframed,
 )
 
-SAMPLES = Path("/work/shared/samples/astm")
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "astm"  # byte-exact copies; SOURCES.md there
 UNFRAMED = {"roche_psm_1.astm"}
 FRAMED = sorted(p.name for p in SAMPLES.glob("*.astm") if p.name not in UNFRAMED)
 

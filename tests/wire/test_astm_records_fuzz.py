@@ -19,7 +19,7 @@ from labmw.wire.astm_records import (
     split_unframed,
 )
 
-SAMPLES = Path("/work/shared/samples/astm")
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "astm"  # byte-exact copies; SOURCES.md there
 _FRAME_FOR_TESTS = re.compile(rb"\x02[0-7]([^\x02\x03\x17]*)[\x03\x17][0-9A-Fa-f]{2}")
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
