@@ -9,7 +9,7 @@ the commit (PRODUCT.md guarantee 1).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -69,23 +69,32 @@ class Pipeline:
             records = decode_message(text, encoding=analyzer.encoding)
             mapped = map_message(records, analyzer=analyzer.name, profile=profile)
         except (CodecError, MappingError) as exc:
-            with self.store.transaction(now) as tx:
-                message_id = tx.add_message(analyzer=analyzer.name, protocol="astm", peer=peer, raw=raw or text,
-                                            sha256=digest, outcome="rejected")
-                tx.audit("message_rejected", analyzer=analyzer.name, ref=str(message_id),
-                         data={"sha256": digest, "bytes": len(raw or text), "peer": peer, "reason": str(exc)})
-            return Outcome(message_id=message_id, results=0, queued=0, held=0, problems=1, rejected_reason=str(exc))
+            return self.store_rejected(analyzer, protocol="astm", raw=raw or text, digest=digest, peer=peer,
+                                       reason=str(exc), now=now)
 
-        results = mapped.results
+        return self.store_mapped(analyzer, protocol="astm", raw=raw or text, digest=digest, peer=peer,
+                                 sender=mapped.sender, results=mapped.results, problems=mapped.problems, now=now)
+
+    def store_mapped(self, analyzer: AnalyzerSettings, *, protocol: str, raw: bytes, digest: str, peer: str,
+                     sender: str, results: Sequence[Result], problems: Sequence[str], now: datetime,
+                     before_commit: Callable[[Tx, int], None] | None = None) -> Outcome:
+        """Store a decoded message's results with their evaluations, queue entries and audit events.
+
+        Shared by every inbound protocol. ``before_commit(tx, message_id)`` lets a protocol add its
+        own rows (e.g. HL7 duplicate keys) to the same transaction.
+
+        Raises:
+            StoreError: nothing was committed.
+        """
         with self.store.transaction(now) as tx:
-            message_id = tx.add_message(analyzer=analyzer.name, protocol="astm", peer=peer, raw=raw or text,
+            message_id = tx.add_message(analyzer=analyzer.name, protocol=protocol, peer=peer, raw=raw,
                                         sha256=digest, outcome="accepted")
             tx.audit("message_received", analyzer=analyzer.name, ref=str(message_id),
-                     data={"sha256": digest, "bytes": len(raw or text), "peer": peer, "protocol": "astm",
-                           "sender": mapped.sender, "results": len(results),
+                     data={"sha256": digest, "bytes": len(raw), "peer": peer, "protocol": protocol,
+                           "sender": sender, "results": len(results),
                            "specimens": sorted({r.specimen_id for r in results if r.specimen_id}),
                            "patients": sorted({r.patient_id for r in results if r.patient_id})})
-            for problem in mapped.problems:
+            for problem in problems:
                 tx.audit("mapping_problem", analyzer=analyzer.name, ref=str(message_id), data={"problem": problem})
             queued = held = 0
             for result in results:
@@ -93,8 +102,20 @@ class Pipeline:
                     held += 1
                 else:
                     queued += 1
+            if before_commit is not None:
+                before_commit(tx, message_id)
         return Outcome(message_id=message_id, results=len(results), queued=queued, held=held,
-                       problems=len(mapped.problems))
+                       problems=len(problems))
+
+    def store_rejected(self, analyzer: AnalyzerSettings, *, protocol: str, raw: bytes, digest: str, peer: str,
+                       reason: str, now: datetime) -> Outcome:
+        """Keep an undecodable message's raw bytes and audit why it was rejected (one commit)."""
+        with self.store.transaction(now) as tx:
+            message_id = tx.add_message(analyzer=analyzer.name, protocol=protocol, peer=peer, raw=raw, sha256=digest,
+                                        outcome="rejected")
+            tx.audit("message_rejected", analyzer=analyzer.name, ref=str(message_id),
+                     data={"sha256": digest, "bytes": len(raw), "peer": peer, "protocol": protocol, "reason": reason})
+        return Outcome(message_id=message_id, results=0, queued=0, held=0, problems=1, rejected_reason=reason)
 
     def _store_result(self, tx: Tx, analyzer: AnalyzerSettings, message_id: int, digest: str, result: Result) -> bool:
         """Evaluate, store, audit and queue (or hold) one result; returns True when held."""

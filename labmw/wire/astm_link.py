@@ -70,8 +70,7 @@ def _rows(state: str, inputs: tuple[Input, ...], action: str, target: str) -> di
 
 
 _NOISE = (Input.ACK, Input.NAK, Input.JUNK, Input.FRAME_CUT)
-_ANY_FRAME = (Input.FRAME, Input.FRAME_BAD, Input.FRAME_GOOD, Input.FRAME_COMPLETES,
-              Input.FRAME_DUPLICATE, Input.MESSAGE_TOO_LARGE)  # fmt: skip
+_UNJUDGED = (Input.FRAME, Input.FRAME_BAD)  # frames are judged only in RECEIVING; broken ones anywhere
 
 #: Every receiver transition. Wire inputs are total for IDLE, RECEIVING and REJECTING; in
 #: AWAITING_COMMIT the engine does not read input, so only the pump's calls appear there.
@@ -79,7 +78,7 @@ TRANSITIONS: dict[tuple[str, Input], Transition] = {
     # IDLE ignores everything but ENQ; an EOT there is silently ignored (ASTM.md §6 item 2, §5.7).
     (IDLE, Input.ENQ): Transition("_establish", RECEIVING),
     (IDLE, Input.EOT): Transition("_nothing", IDLE),
-    **_rows(IDLE, _NOISE + _ANY_FRAME, "_ignore", IDLE),
+    **_rows(IDLE, _NOISE + _UNJUDGED, "_ignore", IDLE),
     # RECEIVING (ASTM.md §1.5, §1.8, §6 items 3-10).
     (RECEIVING, Input.ENQ): Transition("_restart", RECEIVING),
     (RECEIVING, Input.EOT): Transition("_end_transfer", IDLE),
@@ -98,7 +97,7 @@ TRANSITIONS: dict[tuple[str, Input], Transition] = {
     (REJECTING, Input.ENQ): Transition("_restart", RECEIVING),
     (REJECTING, Input.EOT): Transition("_end_transfer", IDLE),
     **_rows(REJECTING, _NOISE, "_ignore", REJECTING),
-    **_rows(REJECTING, _ANY_FRAME, "_refuse", REJECTING),
+    **_rows(REJECTING, _UNJUDGED, "_refuse", REJECTING),
     (REJECTING, Input.TIMEOUT): Transition("_time_out", IDLE),
 }
 
