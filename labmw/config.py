@@ -30,6 +30,7 @@ PROTOCOLS = ("astm", "hl7")
 TRANSPORTS = ("tcp-server", "tcp-client", "serial")
 CHECKSUM_POLICIES = ("strict", "warn", "ignore")
 DELTA_ACTIONS = ("flag", "hold")
+SPECIMEN_FIELDS = ("SPM-2", "OBR-3", "OBR-2")
 MIN_RETENTION_YEARS = 6
 
 
@@ -61,6 +62,11 @@ class AnalyzerSettings:
     checksum_policy: str = "strict"
     max_frame_text: int = 240
     allow: tuple[str, ...] = ()
+    # HL7 analyzers (HL7.md spec nuggets 1-3, 11): where the specimen ID is, LF-separated segments
+    # tolerated (only when the message has no CR at all), and the MLLP block size cap.
+    specimen_field: str = "SPM-2"
+    lf_segments: bool = False
+    max_message_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -350,18 +356,28 @@ class _Validator:
             parity=self.choice(tbl, f"{key}.parity", ("N", "E", "O", "M", "S"), default="N"),
             stopbits=self.integer(tbl, f"{key}.stopbits", default=1, low=1, high=2),
             map=dict(mapping),
-            encoding=self.codec(tbl, f"{key}.encoding"),
+            encoding=self.codec(tbl, f"{key}.encoding", default="utf-8" if tbl.get("protocol") == "hl7" else "latin-1"),
             test_code_component=self.integer(tbl, f"{key}.test_code_component", default=4, low=1, high=20),
             specimen_component=self.integer(tbl, f"{key}.specimen_component", default=1, low=1, high=20),
             checksum_policy=self.choice(tbl, f"{key}.checksum_policy", CHECKSUM_POLICIES, default="strict"),
             max_frame_text=self.integer(tbl, f"{key}.max_frame_text", default=240, low=16, high=63_993),
             allow=tuple(allow),
+            specimen_field=self.choice(tbl, f"{key}.specimen_field", SPECIMEN_FIELDS, default="SPM-2"),
+            lf_segments=self.flag(tbl, f"{key}.lf_segments", default=False),
+            max_message_bytes=self.integer(tbl, f"{key}.max_message_bytes", default=4 * 1024 * 1024, low=1024,
+                                           high=64 * 1024 * 1024),
         )
 
-    def codec(self, tbl: Mapping[str, Any], key: str) -> str:
+    def flag(self, tbl: Mapping[str, Any], key: str, *, default: bool) -> bool:
+        value = tbl.get(key.rsplit(".", 1)[-1], default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {value!r}")
+        return value
+
+    def codec(self, tbl: Mapping[str, Any], key: str, *, default: str) -> str:
         import codecs
 
-        value = self.string(tbl, key, default="latin-1")
+        value = self.string(tbl, key, default=default)
         try:
             codecs.lookup(value)
         except LookupError:

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import itertools
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -57,24 +58,39 @@ class Service:
                  if self.settings.lis else None)
 
     async def _start_analyzer(self, analyzer: AnalyzerSettings) -> None:
-        if analyzer.protocol != "astm" or analyzer.transport != "tcp-server" or analyzer.listen is None:
+        if analyzer.transport != "tcp-server" or analyzer.listen is None:
             # Not built yet (issue 3); say so loudly rather than pretend to listen.
             log.error("analyzer_not_started", analyzer=analyzer.name, protocol=analyzer.protocol,
                       transport=analyzer.transport, reason="this protocol/transport is not implemented yet")
             return
         self.stats[analyzer.name] = {"connections": 0, "messages": 0, "results": 0}
-        server = await asyncio.start_server(lambda r, w: self._serve_astm(analyzer, r, w),
+        serve_connection = self._serve_astm if analyzer.protocol == "astm" else self._serve_hl7
+        server = await asyncio.start_server(lambda r, w: serve_connection(analyzer, r, w),
                                             analyzer.listen.host, analyzer.listen.port, limit=2**20)
         self.servers[analyzer.name] = server
         log.info("analyzer_listening", analyzer=analyzer.name, listen=str(analyzer.listen))
 
+    async def _serve_hl7(self, analyzer: AnalyzerSettings, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        from labmw.daemon.hl7_intake import Hl7Intake
+        from labmw.transports.hl7_pump import pump_hl7
+
+        assert self.runner is not None  # noqa: S101 - start() ran; not input validation
+        runner, intake, peer = self.runner, Hl7Intake(self.pipeline), _peer(writer)
+
+        async def handle(payload: bytes) -> bytes:
+            ack = await runner.call(intake.handle, analyzer, payload, peer)
+            self._wake.set()
+            return ack
+
+        await self._connection(analyzer, peer, writer,
+                               pump_hl7(reader, writer, analyzer=analyzer, handle=handle))
+
     async def _serve_astm(self, analyzer: AnalyzerSettings, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
         assert self.runner is not None  # noqa: S101 - start() ran; not input validation
-        peer_info = writer.get_extra_info("peername")
-        peer = f"{peer_info[0]}:{peer_info[1]}" if isinstance(peer_info, tuple) else str(peer_info)
+        peer = _peer(writer)
         runner, pipeline, stats = self.runner, self.pipeline, self.stats[analyzer.name]
-        stats["connections"] += 1
 
         async def handle(text: bytes, raw: bytes) -> Outcome:
             outcome = await runner.call(pipeline.handle_astm, analyzer, text, raw, peer)
@@ -86,11 +102,19 @@ class Service:
             await runner.call(runner.store.append_audit, "transfer_incomplete", now=self.clock(), actor="labmw",
                               analyzer=analyzer.name, data={"reason": reason, "bytes": len(text), "peer": peer})
 
+        await self._connection(analyzer, peer, writer,
+                               pump_astm(reader, writer, analyzer=analyzer, handle=handle, audit_discard=audit_discard,
+                                         stats=stats))
+
+    async def _connection(self, analyzer: AnalyzerSettings, peer: str, writer: asyncio.StreamWriter,
+                          pump: Coroutine[Any, Any, None]) -> None:
+        """The per-connection boundary: context for logs, counters, and no exception escapes."""
+        stats = self.stats[analyzer.name]
+        stats["connections"] += 1
         with structlog.contextvars.bound_contextvars(analyzer=analyzer.name, peer=peer, conn_id=next(self._conn_ids)):
             log.info("analyzer_connected")
             try:
-                await pump_astm(reader, writer, analyzer=analyzer, handle=handle, audit_discard=audit_discard,
-                                stats=stats)
+                await pump
             except Exception:  # the per-connection boundary: log, never take the service down
                 log.exception("analyzer_connection_crashed")
             finally:
@@ -127,6 +151,11 @@ class Service:
             self.runner.close()
             self.runner = None
         log.info("service_stopped")
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    info = writer.get_extra_info("peername")
+    return f"{info[0]}:{info[1]}" if isinstance(info, tuple) else str(info)
 
 
 async def serve(settings: Settings) -> int:

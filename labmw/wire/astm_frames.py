@@ -285,7 +285,7 @@ class FrameReader:
                 return None
             return self._drop(limit, f"frame text exceeds {self._max_text} bytes", None, _SKIP)
         at = found.start()
-        if buf[at] in _INTERRUPTORS:
+        if buf[at] in _INTERRUPTORS and buf[at] == 7:
             return self._drop(at, f"frame cut short by {CONTROL_NAMES[buf[at]]}", buf[at], _BETWEEN)
         # ETX/ETB at `at`: two checksum bytes must follow. A control byte there cuts the frame too.
         self._scan = at
