@@ -14,6 +14,7 @@ with the same bytes and MSH-10 on every attempt, so a LIS can recognise a repeat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from datetime import datetime
 
@@ -30,6 +31,7 @@ from labmw.wire.mllp import BlockReceived, BlockTooLarge, MllpFramer, frame
 log = structlog.get_logger(__name__)
 
 ACCEPTED = ("AA", "CA")
+POLL_INTERVAL = 1.0  # seconds between outbox checks when idle
 
 
 class ConnectionClosed(ForwardError):
@@ -143,7 +145,10 @@ class Forwarder:
                     # Re-check after clearing so an enqueue between the two calls is not missed.
                     entry = await self.runner.call(self.runner.store.next_pending)
                     if entry is None:
-                        await self.wake.wait()
+                        # The CLI (review release, queue retry) enqueues from another process:
+                        # poll as well as wait for the in-process wake-up.
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self.wake.wait(), POLL_INTERVAL)
                         continue
                 await self.deliver(entry)
         finally:

@@ -209,6 +209,89 @@ class Store:
             return len(ids)
 
 
+    # --- review holds ----------------------------------------------------------------------------
+    def held_results(self) -> list[HeldResult]:
+        """Results a rule held back, oldest first."""
+        rows = self._conn.execute("SELECT * FROM results WHERE state = 'held' ORDER BY id")
+        return [_held(row) for row in rows]
+
+    def load_result(self, result_id: int) -> tuple[Result, Evaluation, str]:
+        """A stored result as the pipeline saw it, with its evaluation and state; raises StoreError if absent."""
+        row = self._conn.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no result with id {result_id}")
+        result = Result(
+            analyzer=row["analyzer"], test_code=row["test_code"], raw_value=row["raw_value"],
+            value=Decimal(row["value"]) if row["value"] is not None else None, comparator=row["comparator"],
+            units=row["units"], instrument_flags=tuple(json.loads(row["instrument_flags"])), status=row["status"],
+            completed_at=_dt(row["completed_at"]), specimen_id=row["specimen"], collected_at=_dt(row["collected_at"]),
+            patient_id=row["patient_id"], patient_name=row["patient_name"],
+            birth_date=date.fromisoformat(row["birth_date"]) if row["birth_date"] else None, sex=row["sex"])
+        evaluation = Evaluation(method=row["method"], flags=tuple(json.loads(row["flags"])),
+                                applied_range=row["applied_range"], notes=tuple(json.loads(row["notes"])),
+                                hold=row["state"] == "held")
+        return result, evaluation, row["state"]
+
+    def decide_held(self, result_id: int, *, decision: str, reason: str, actor: str, now: datetime,
+                    control_id: str = "", payload: bytes = b"") -> None:
+        """Release (enqueue ``payload`` under ``control_id``) or reject a held result, with an audit event.
+
+        Raises:
+            StoreError: the result does not exist or is not held (someone decided already).
+        """
+        with self.transaction(now) as tx:
+            row = self._conn.execute("SELECT specimen, patient_id, analyzer, state FROM results WHERE id = ?",
+                                     (result_id,)).fetchone()
+            if row is None or row["state"] != "held":
+                raise StoreError(f"result {result_id} is not held for review"
+                                 + (f" (it is {row['state']})" if row is not None else ""))
+            new_state = "queued" if decision == "release" else "rejected"
+            self._conn.execute("UPDATE results SET state = ? WHERE id = ?", (new_state, result_id))
+            who = {"analyzer": row["analyzer"], "specimen": row["specimen"], "patient": row["patient_id"]}
+            tx.audit(f"result_{'released' if decision == 'release' else 'rejected'}", actor=actor, ref=str(result_id),
+                     **who, data={"reason": reason, "result_id": result_id})
+            if decision == "release":
+                outbox_id = tx.enqueue(result_id=result_id, control_id=control_id, payload=payload)
+                tx.audit("result_queued", actor=actor, ref=control_id, **who,
+                         data={"outbox_id": outbox_id, "result_id": result_id})
+
+    def counts(self) -> dict[str, int]:
+        """Queue depth and held results, for `labmw status`."""
+        return {"pending": self.count_outbox("pending"), "dead": self.count_outbox("dead"),
+                "held": int(self._conn.execute("SELECT count(*) FROM results WHERE state='held'").fetchone()[0])}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeldResult:
+    id: int
+    analyzer: str
+    specimen: str
+    patient: str
+    method: str
+    test_code: str
+    value: str
+    units: str
+    flags: tuple[str, ...]
+    reason: str
+    collected_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "analyzer": self.analyzer, "specimen": self.specimen, "patient": self.patient,
+                "method": self.method, "test_code": self.test_code, "value": self.value, "units": self.units,
+                "flags": list(self.flags), "reason": self.reason, "collected_at": self.collected_at}
+
+
+def _held(row: sqlite3.Row) -> HeldResult:
+    return HeldResult(id=row["id"], analyzer=row["analyzer"], specimen=row["specimen"], patient=row["patient_id"],
+                      method=row["method"] or "", test_code=row["test_code"], value=row["raw_value"],
+                      units=row["units"], flags=tuple(json.loads(row["flags"])),
+                      reason="; ".join(json.loads(row["notes"])), collected_at=row["collected_at"] or "")
+
+
+def _dt(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
 def _entry(row: sqlite3.Row) -> OutboxEntry:
     return OutboxEntry(id=row["id"], control_id=row["control_id"], payload=bytes(row["payload"]), state=row["state"],
                        attempts=row["attempts"], result_id=row["result_id"], analyzer=row["analyzer"],

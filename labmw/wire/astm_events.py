@@ -8,6 +8,7 @@ pump logs these events (STYLE.md §7.1). Fields are positional so that ``match``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,8 @@ class BytesIgnored:
     state: str
 
 
-Event = (
+#: Any event :meth:`AstmLink.next_event` can return.
+Event: TypeAlias = (
     LinkEstablished
     | FrameRejected
     | DuplicateFrame

@@ -1,4 +1,4 @@
-"""ASTM E1381 / CLSI LIS01-A2 frames: control bytes, checksum, building, and a stream reader.
+"""ASTM E1381 / CLSI LIS01-A2 frames: control bytes, checksum, building, reading, reassembly.
 
 Pure functions and one incremental reader; stdlib only, no I/O. Citations "ASTM.md §x"
 refer to the project's research notes (/work/shared/docs/ASTM.md), which quote E1381/LIS01-A2.
@@ -7,13 +7,14 @@ A frame on the wire is ``STX FN text ETB|ETX C1 C2 CR LF``. :class:`FrameReader`
 stream of bytes (TCP and serial reads split and merge frames at will) into tokens: whole frames,
 broken frames, single control bytes, and runs of junk. It does not judge frames (checksum, FN,
 restricted characters): the link engine does that, because what to do depends on its state and
-policy.
+policy. :func:`scan_records` finds where messages end in the text of accepted frames.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from labmw.errors import LocalProtocolError
 
@@ -96,8 +97,8 @@ def build_frames(message_text: bytes, *, max_text: int = LEGACY_MAX_TEXT, first_
 
     Each frame carries at most ``max_text`` bytes of text; a cut may fall inside a record
     (ASTM.md §1.4, "ETB"). Frame numbers start at ``first_fn`` and wrap 7 -> 0. Empty text gives
-    one empty end frame. Raises :class:`LocalProtocolError` on ``max_text < 1``, a bad ``first_fn`` or a
-    restricted byte in the text.
+    one empty end frame. Raises :class:`LocalProtocolError` on ``max_text < 1``, a bad
+    ``first_fn`` or a restricted byte in the text.
     """
     if max_text < 1:
         raise LocalProtocolError(f"max_text must be at least 1, got {max_text}")
@@ -180,7 +181,8 @@ class Junk:
     count: int
 
 
-Token = Frame | BrokenFrame | ControlByte | Junk
+#: What :meth:`FrameReader.next_token` returns.
+Token: TypeAlias = Frame | BrokenFrame | ControlByte | Junk
 
 
 def frame_problem(frame: Frame) -> str | None:
@@ -277,7 +279,8 @@ class FrameReader:
 
     def _read_frame(self) -> Token | None:
         buf = self._buf
-        limit = self._max_text + 3  # STX FN text: one byte more than this proves an over-long frame
+        # STX + FN + max_text + 1 bytes with no terminator yet: the text is already too long.
+        limit = self._max_text + 3
         found = _IN_FRAME_RE.search(buf, self._scan)
         if found is None or found.start() >= limit:
             if len(buf) < limit:
@@ -285,7 +288,7 @@ class FrameReader:
                 return None
             return self._drop(limit, f"frame text exceeds {self._max_text} bytes", None, _SKIP)
         at = found.start()
-        if buf[at] in _INTERRUPTORS and buf[at] == 7:
+        if buf[at] in _INTERRUPTORS:
             return self._drop(at, f"frame cut short by {CONTROL_NAMES[buf[at]]}", buf[at], _BETWEEN)
         # ETX/ETB at `at`: two checksum bytes must follow. A control byte there cuts the frame too.
         self._scan = at

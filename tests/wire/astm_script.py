@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from labmw.wire.astm_events import Event, MessageReceived
-from labmw.wire.astm_frames import ACK, ENQ, EOT, NAK, build_frame
+from labmw.wire.astm_frames import ACK, CR, ENQ, EOT, ETB, ETX, LF, NAK, STX, build_frame, checksum
 from labmw.wire.astm_link import AstmLink
 
 SAMPLES = Path("/work/shared/samples/astm")
@@ -21,7 +21,8 @@ FRAMED_SAMPLES = sorted(p.name for p in SAMPLES.glob("*.astm") if p.name != "roc
 
 Step = tuple[str, bytes]
 
-__all__ = ["ACK", "ENQ", "EOT", "NAK", "drain", "expected_texts", "feed", "frame", "play", "session_bytes"]
+__all__ = ["ACK", "ENQ", "EOT", "FRAMED_SAMPLES", "NAK", "SAMPLES", "drain", "expected_texts", "feed", "frame",
+           "play", "raw_frame", "session_bytes"]  # fmt: skip
 
 
 def frame(fn: int, text: bytes, *, final: bool = True) -> bytes:
@@ -29,8 +30,14 @@ def frame(fn: int, text: bytes, *, final: bool = True) -> bytes:
     return build_frame(fn, text, final=final)
 
 
+def raw_frame(number: bytes, text: bytes, *, final: bool = True) -> bytes:
+    """Return a frame with a correct checksum but no validation: any FN byte, any text."""
+    body = number + text + (ETX if final else ETB)
+    return STX + body + checksum(body) + CR + LF
+
+
 def feed(link: AstmLink, data: bytes, *, now: float = 0.0, commit: bool = True) -> tuple[list[Event], bytes]:
-    """Feed ``data``, drain events (committing each MessageReceived if ``commit``); return events and output."""
+    """Feed ``data`` at ``now`` and :func:`drain` the link; return the events and the output."""
     link.receive_data(data, now)
     return drain(link, commit=commit)
 
