@@ -1,8 +1,9 @@
-"""Builds the running service from Settings: store thread, analyzer listeners, LIS forwarder.
+"""Builds the running service from Settings: store thread, analyzer endpoints, LIS forwarder.
 
 Everything is created here and passed down; nothing lives at module level. SIGTERM and SIGINT
-stop the service cleanly: listeners close first (no new messages), the message in hand finishes
-its transaction, then the forwarder and the store shut down.
+stop the service cleanly: endpoints close first (no new messages), the message in hand finishes
+its transaction, then the forwarder and the store shut down. SIGHUP reloads the configuration:
+new analyzers start, removed ones stop, changed ones restart, the others keep their connections.
 """
 
 from __future__ import annotations
@@ -10,124 +11,73 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import structlog
 
-from labmw.config import AnalyzerSettings, Settings
+from labmw.config import AnalyzerSettings, Settings, load
 from labmw.daemon.forwarder import Forwarder
 from labmw.daemon.pipeline import Outcome, Pipeline, utcnow
 from labmw.daemon.runner import StoreRunner
+from labmw.errors import LabmwError
 from labmw.transports.astm_pump import pump_astm
+from labmw.transports.endpoints import Endpoint, make_endpoint
 
 log = structlog.get_logger(__name__)
 
 
+class AnalyzerState:
+    """One configured analyzer while it runs: its endpoint and its counters (for `labmw status`)."""
+
+    def __init__(self, analyzer: AnalyzerSettings) -> None:
+        self.analyzer = analyzer
+        self.endpoint: Endpoint | None = None
+        self.counts: dict[str, float] = {"connections": 0, "messages": 0, "results": 0}
+        self.last_message_at: datetime | None = None
+        self.error = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        a = self.analyzer
+        return {"name": a.name, "protocol": a.protocol, "transport": a.transport,
+                "endpoint": str(a.listen or a.connect or a.device),
+                "peers": self.endpoint.peers if self.endpoint else [],
+                "connections": int(self.counts["connections"]), "messages": int(self.counts["messages"]),
+                "results": int(self.counts["results"]),
+                "last_message_at": self.last_message_at.isoformat() if self.last_message_at else None,
+                "error": self.error}
+
+
 class Service:
-    """One running labmw: call :meth:`start`, then :meth:`wait_stopped` (or :meth:`stop`)."""
+    """One running labmw: :meth:`start`, then :meth:`wait_stopped` (or :meth:`stop`), then :meth:`close`."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.clock = clock
         self.runner: StoreRunner | None = None
-        self.servers: dict[str, asyncio.Server] = {}
+        self.analyzers: dict[str, AnalyzerState] = {}
         self.forwarder: Forwarder | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._forwarder_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._wake = asyncio.Event()
         self._conn_ids = itertools.count(1)
-        self.stats: dict[str, dict[str, float]] = {}
+        self.started_at = clock()
 
+    # --- life cycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the store, start listeners and the forwarder. Raises StoreError/OSError on failure."""
+        """Open the store, start endpoints and the forwarder. Raises StoreError when the store cannot open."""
         self.runner = StoreRunner(self.settings.db_path)
         self.pipeline = Pipeline(self.settings, self.runner.store, clock=self.clock)
-        await self.runner.call(self.runner.store.append_audit, "service_started", now=self.clock(), actor="labmw",
-                               data={"config": str(self.settings.path), "analyzers": sorted(self.settings.analyzers)})
+        await self._audit("service_started", data={"config": str(self.settings.path), "pid": os.getpid(),
+                                                   "analyzers": sorted(self.settings.analyzers)})
         for analyzer in self.settings.analyzers.values():
             await self._start_analyzer(analyzer)
-        if self.settings.lis is not None:
-            self.forwarder = Forwarder(self.settings.lis, self.runner, self._wake, clock=self.clock)
-            self._spawn(self.forwarder.run())
-        else:
-            log.warning("lis_not_configured", hint="labmw lis set --connect HOST:PORT")
-        log.info("service_ready", analyzers=len(self.servers), lis=str(self.settings.lis.connect)
-                 if self.settings.lis else None)
-
-    async def _start_analyzer(self, analyzer: AnalyzerSettings) -> None:
-        if analyzer.transport != "tcp-server" or analyzer.listen is None:
-            # Not built yet (issue 3); say so loudly rather than pretend to listen.
-            log.error("analyzer_not_started", analyzer=analyzer.name, protocol=analyzer.protocol,
-                      transport=analyzer.transport, reason="this protocol/transport is not implemented yet")
-            return
-        self.stats[analyzer.name] = {"connections": 0, "messages": 0, "results": 0}
-        serve_connection = self._serve_astm if analyzer.protocol == "astm" else self._serve_hl7
-        server = await asyncio.start_server(lambda r, w: serve_connection(analyzer, r, w),
-                                            analyzer.listen.host, analyzer.listen.port, limit=2**20)
-        self.servers[analyzer.name] = server
-        log.info("analyzer_listening", analyzer=analyzer.name, listen=str(analyzer.listen))
-
-    async def _serve_hl7(self, analyzer: AnalyzerSettings, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
-        from labmw.daemon.hl7_intake import Hl7Intake
-        from labmw.transports.hl7_pump import pump_hl7
-
-        assert self.runner is not None  # noqa: S101 - start() ran; not input validation
-        runner, intake, peer = self.runner, Hl7Intake(self.pipeline), _peer(writer)
-
-        async def handle(payload: bytes) -> bytes:
-            ack = await runner.call(intake.handle, analyzer, payload, peer)
-            self._wake.set()
-            return ack
-
-        await self._connection(analyzer, peer, writer,
-                               pump_hl7(reader, writer, analyzer=analyzer, handle=handle))
-
-    async def _serve_astm(self, analyzer: AnalyzerSettings, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        assert self.runner is not None  # noqa: S101 - start() ran; not input validation
-        peer = _peer(writer)
-        runner, pipeline, stats = self.runner, self.pipeline, self.stats[analyzer.name]
-
-        async def handle(text: bytes, raw: bytes) -> Outcome:
-            outcome = await runner.call(pipeline.handle_astm, analyzer, text, raw, peer)
-            if outcome.queued:
-                self._wake.set()
-            return outcome
-
-        async def audit_discard(reason: str, text: bytes) -> None:
-            await runner.call(runner.store.append_audit, "transfer_incomplete", now=self.clock(), actor="labmw",
-                              analyzer=analyzer.name, data={"reason": reason, "bytes": len(text), "peer": peer})
-
-        await self._connection(analyzer, peer, writer,
-                               pump_astm(reader, writer, analyzer=analyzer, handle=handle, audit_discard=audit_discard,
-                                         stats=stats))
-
-    async def _connection(self, analyzer: AnalyzerSettings, peer: str, writer: asyncio.StreamWriter,
-                          pump: Coroutine[Any, Any, None]) -> None:
-        """The per-connection boundary: context for logs, counters, and no exception escapes."""
-        stats = self.stats[analyzer.name]
-        stats["connections"] += 1
-        with structlog.contextvars.bound_contextvars(analyzer=analyzer.name, peer=peer, conn_id=next(self._conn_ids)):
-            log.info("analyzer_connected")
-            try:
-                await pump
-            except Exception:  # the per-connection boundary: log, never take the service down
-                log.exception("analyzer_connection_crashed")
-            finally:
-                stats["connections"] -= 1
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-                log.info("analyzer_disconnected")
-
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start_forwarder()
+        log.info("service_ready", analyzers=len(self.analyzers),
+                 lis=str(self.settings.lis.connect) if self.settings.lis else None)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -136,34 +86,185 @@ class Service:
         await self._stopped.wait()
 
     async def close(self) -> None:
-        for server in self.servers.values():
-            server.close()
-        for server in self.servers.values():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 5)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for name in list(self.analyzers):
+            await self._stop_analyzer(name)
+        await self._stop_forwarder()
         if self.runner is not None:
             with contextlib.suppress(Exception):
-                await self.runner.call(self.runner.store.append_audit, "service_stopped", now=self.clock(),
-                                       actor="labmw")
+                await self._audit("service_stopped")
             self.runner.close()
             self.runner = None
         log.info("service_stopped")
 
+    async def reload(self) -> None:
+        """Apply the configuration file as it is now; a bad file is refused and the old one kept."""
+        try:
+            new = load(self.settings.path)
+        except LabmwError as exc:
+            log.error("reload_refused", error=str(exc))
+            await self._audit("config_reload_refused", data={"error": str(exc)})
+            return
+        old, self.settings = self.settings, new
+        self.pipeline.settings = new
+        changed = {"added": [], "removed": [], "restarted": []}
+        for name, state in list(self.analyzers.items()):
+            if name not in new.analyzers:
+                await self._stop_analyzer(name)
+                changed["removed"].append(name)
+            elif new.analyzers[name] != state.analyzer:
+                await self._stop_analyzer(name)
+                await self._start_analyzer(new.analyzers[name])
+                changed["restarted"].append(name)
+        for name, analyzer in new.analyzers.items():
+            if name not in self.analyzers:
+                await self._start_analyzer(analyzer)
+                changed["added"].append(name)
+        if new.lis != old.lis:
+            await self._stop_forwarder()
+            self._start_forwarder()
+            changed["lis"] = [str(new.lis.connect) if new.lis else "none"]
+        log.info("config_reloaded", **{k: v for k, v in changed.items() if v})
+        await self._audit("config_reloaded", data=changed)
 
-def _peer(writer: asyncio.StreamWriter) -> str:
-    info = writer.get_extra_info("peername")
-    return f"{info[0]}:{info[1]}" if isinstance(info, tuple) else str(info)
+    # --- analyzers ---------------------------------------------------------------------------------
+    async def _start_analyzer(self, analyzer: AnalyzerSettings) -> None:
+        state = AnalyzerState(analyzer)
+        self.analyzers[analyzer.name] = state
+
+        async def handle(reader: Any, writer: Any, peer: str) -> None:
+            await self._connection(state, reader, writer, peer)
+
+        async def refuse(peer: str, reason: str) -> None:
+            log.warning("analyzer_connection_refused", analyzer=analyzer.name, peer=peer, reason=reason)
+            await self._audit("connection_refused", analyzer=analyzer.name, data={"peer": peer, "reason": reason})
+
+        endpoint = make_endpoint(analyzer, handle, refuse)
+        try:
+            await endpoint.start()
+        except OSError as exc:
+            # One analyzer's bad port must not keep the others (or the LIS queue) down.
+            state.error = f"cannot start: {exc.strerror or exc}"
+            log.error("analyzer_not_started", analyzer=analyzer.name, error=state.error)
+            await self._audit("analyzer_not_started", analyzer=analyzer.name, data={"error": state.error})
+            return
+        state.endpoint = endpoint
+        log.info("analyzer_started", analyzer=analyzer.name, transport=analyzer.transport,
+                 endpoint=str(analyzer.listen or analyzer.connect or analyzer.device))
+
+    async def _stop_analyzer(self, name: str) -> None:
+        state = self.analyzers.pop(name, None)
+        if state is not None and state.endpoint is not None:
+            await state.endpoint.stop()
+            log.info("analyzer_stopped", analyzer=name)
+
+    async def _connection(self, state: AnalyzerState, reader: Any, writer: Any, peer: str) -> None:
+        """The per-connection boundary: log context, counters, and no exception escapes."""
+        analyzer = state.analyzer
+        state.counts["connections"] += 1
+        with structlog.contextvars.bound_contextvars(analyzer=analyzer.name, peer=peer, conn_id=next(self._conn_ids)):
+            log.info("analyzer_connected")
+            try:
+                if analyzer.protocol == "astm":
+                    await self._astm(state, reader, writer, peer)
+                else:
+                    await self._hl7(state, reader, writer, peer)
+            except Exception:  # one bad connection never takes the service down
+                log.exception("analyzer_connection_crashed")
+            finally:
+                state.counts["connections"] -= 1
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+                log.info("analyzer_disconnected")
+
+    async def _astm(self, state: AnalyzerState, reader: Any, writer: Any, peer: str) -> None:
+        runner, analyzer = self._runner(), state.analyzer
+
+        async def handle(text: bytes, raw: bytes) -> Outcome:
+            outcome = await runner.call(self.pipeline.handle_astm, analyzer, text, raw, peer)
+            state.last_message_at = self.clock()
+            if outcome.queued:
+                self._wake.set()
+            return outcome
+
+        async def audit_discard(reason: str, text: bytes) -> None:
+            await self._audit("transfer_incomplete", analyzer=analyzer.name,
+                              data={"reason": reason, "bytes": len(text), "peer": peer})
+
+        await pump_astm(reader, writer, analyzer=analyzer, handle=handle, audit_discard=audit_discard,
+                        stats=state.counts)
+
+    async def _hl7(self, state: AnalyzerState, reader: Any, writer: Any, peer: str) -> None:
+        from labmw.daemon.hl7_intake import Hl7Intake
+        from labmw.transports.hl7_pump import pump_hl7
+
+        runner, analyzer, intake = self._runner(), state.analyzer, Hl7Intake(self.pipeline)
+
+        async def handle(payload: bytes) -> bytes:
+            ack = await runner.call(intake.handle, analyzer, payload, peer)
+            state.last_message_at = self.clock()
+            state.counts["messages"] += 1
+            self._wake.set()
+            return ack
+
+        await pump_hl7(reader, writer, analyzer=analyzer, handle=handle)
+
+    # --- forwarder ---------------------------------------------------------------------------------
+    def _start_forwarder(self) -> None:
+        if self.settings.lis is None:
+            log.warning("lis_not_configured", hint="labmw lis set --connect HOST:PORT")
+            return
+        self.forwarder = Forwarder(self.settings.lis, self._runner(), self._wake, clock=self.clock)
+        self._forwarder_task = asyncio.ensure_future(self.forwarder.run())
+
+    async def _stop_forwarder(self) -> None:
+        task, self._forwarder_task, self.forwarder = self._forwarder_task, None, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # --- helpers -----------------------------------------------------------------------------------
+    def _runner(self) -> StoreRunner:
+        if self.runner is None:
+            raise LabmwError("the service is not started")
+        return self.runner
+
+    async def _audit(self, event: str, *, analyzer: str = "", data: dict[str, Any] | None = None) -> None:
+        runner = self._runner()
+        await runner.call(runner.store.append_audit, event, now=self.clock(), actor="labmw", analyzer=analyzer,
+                          data=data)
+
+    async def status(self) -> dict[str, Any]:
+        """The snapshot `labmw status` prints."""
+        runner = self._runner()
+        counts = await runner.call(runner.store.counts)
+        lis = self.settings.lis
+        forwarder = self.forwarder
+        return {
+            "pid": os.getpid(), "started_at": self.started_at.isoformat(), "config": str(self.settings.path),
+            "analyzers": [state.as_dict() for state in self.analyzers.values()],
+            "lis": {"endpoint": str(lis.connect) if lis else "", "state": forwarder.link_state if forwarder
+                    else "not configured", "last_error": forwarder.last_error if forwarder else ""},
+            "queue": {"pending": counts["pending"], "dead": counts["dead"]},
+            "held": counts["held"],
+        }
 
 
 async def serve(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT; returns the process exit code."""
+    """Run until SIGTERM/SIGINT (SIGHUP reloads); returns the process exit code."""
     service = Service(settings)
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(service.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await service.start()
         await service.wait_stopped()

@@ -135,6 +135,7 @@ class Forwarder:
         self._backoff = settings.retry_initial
         self._rejecting = False  # inside an episode of LIS rejections (one alert per episode)
         self.link_state = "idle"
+        self.last_error = ""
 
     async def run(self) -> None:
         try:
@@ -160,6 +161,7 @@ class Forwarder:
             ack = await self._attempt(entry)
         except ForwardError as exc:
             self.link_state = "down"
+            self.last_error = str(exc)
             await self.connection.close()
             delay = self._backoff
             self._backoff = min(self._backoff * 2, self.settings.retry_max)
@@ -169,6 +171,7 @@ class Forwarder:
             await asyncio.sleep(delay)
             return
         self.link_state = "up"
+        self.last_error = ""
         self._backoff = self.settings.retry_initial
         if ack.code in ACCEPTED:
             self._rejecting = False

@@ -1,7 +1,7 @@
 """ASTM E1381 / CLSI LIS01-A2 frames: control bytes, checksum, building, reading, reassembly.
 
 Pure functions and one incremental reader; stdlib only, no I/O. Citations "ASTM.md §x"
-refer to the project's research notes (/work/shared/docs/ASTM.md), which quote E1381/LIS01-A2.
+refer to the project's research notes (ASTM.md in the shared docs), which quote E1381/LIS01-A2.
 
 A frame on the wire is ``STX FN text ETB|ETX C1 C2 CR LF``. :class:`FrameReader` turns an arbitrary
 stream of bytes (TCP and serial reads split and merge frames at will) into tokens: whole frames,

@@ -183,6 +183,8 @@ class MllpFramer:
             events.append(BlockTooLarge(size=size))
             self._buffer.clear()
             self._state = self._SKIPPING
+            # The chunk may end with the FS of this very block: its CR comes next.
+            self._fs_pending = view.endswith(FS)
         else:
             self._buffer += view[pos:]
         return len(view)

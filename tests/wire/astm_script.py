@@ -11,18 +11,18 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from labmw.wire.astm_events import Event, MessageReceived
+from labmw.wire.astm_events import Event
 from labmw.wire.astm_frames import ACK, CR, ENQ, EOT, ETB, ETX, LF, NAK, STX, build_frame, checksum
 from labmw.wire.astm_link import AstmLink
 
-SAMPLES = Path("/work/shared/samples/astm")
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "astm"  # byte-exact copies; SOURCES.md there
 #: The framed captures (roche_psm_1.astm carries bare records, not E1381 frames).
 FRAMED_SAMPLES = sorted(p.name for p in SAMPLES.glob("*.astm") if p.name != "roche_psm_1.astm")
 
 Step = tuple[str, bytes]
 
-__all__ = ["ACK", "ENQ", "EOT", "FRAMED_SAMPLES", "NAK", "SAMPLES", "drain", "expected_texts", "feed", "frame",
-           "play", "raw_frame", "session_bytes"]  # fmt: skip
+__all__ = ["ACK", "ENQ", "EOT", "FRAMED_SAMPLES", "NAK", "SAMPLES", "drain", "expected_texts", "feed",
+           "frame", "play", "raw_frame", "session_bytes"]  # fmt: skip
 
 
 def frame(fn: int, text: bytes, *, final: bool = True) -> bytes:
@@ -93,7 +93,8 @@ _FRAME_RE = re.compile(rb"\x02[0-7](.*?)[\x03\x17][0-9A-Fa-f]{2}", re.S)
 def expected_texts(name: str) -> list[bytes]:
     """Independent oracle: a sample's frame texts joined, then cut after each ``L|`` record."""
     text = b"".join(_FRAME_RE.findall((SAMPLES / name).read_bytes()))
-    messages, start = [], 0
+    messages: list[bytes] = []
+    start = 0
     for match in re.finditer(rb"(?:^|(?<=\r))L\|[^\r]*\r", text):
         messages.append(text[start : match.end()])
         start = match.end()

@@ -58,7 +58,9 @@ def cut(data: bytes, points: list[int]) -> list[bytes]:
 @FUZZ
 @given(data=mutated(), points=st.lists(st.integers(0, 10**6), max_size=12), choices=st.data(),
        policy=st.sampled_from(("strict", "warn", "ignore")))  # fmt: skip
-def test_mutated_captures_never_crash(data: bytes, points: list[int], choices: st.DataObject, policy: str) -> None:
+def test_mutated_captures_never_crash(
+    data: bytes, points: list[int], choices: st.DataObject, policy: str
+) -> None:
     """Whatever arrives, only WireError escapes, replies are ACK/NAK and answer an ENQ or a frame."""
     link = AstmLink(checksum_policy=policy, max_frame_text=2000)
     now, out = 0.0, b""

@@ -197,3 +197,11 @@ def test_any_chunking_gives_the_same_outcome(cuts: list[int]) -> None:
     assert blocks(events) == [MSG_1, MSG_2, MSG_1]
     assert junk(events) == 1 + 1 + 10 + 2
     assert sum(isinstance(event, BlockTooLarge) for event in events) == 1
+
+
+def test_oversized_block_cut_between_fs_and_cr_still_counts_following_junk() -> None:
+    """Regression (found by hypothesis): a read ending with an oversized block's FS keeps junk counts exact."""
+    cut = STREAM.index(b"Z" * 300) + 300 + 1  # just after that block's FS
+    events = feed_chunks(MllpFramer(max_size=256), [STREAM[:cut], STREAM[cut:]])
+    assert blocks(events) == [MSG_1, MSG_2, MSG_1]
+    assert junk(events) == 1 + 1 + 10 + 2
