@@ -159,3 +159,30 @@ def daemon(config: Path, wait_port: int | None = None, log: Path | None = None) 
                 proc.kill()
                 proc.wait()
         out.close()
+
+
+def configure(tmp_path: Path, lis_port: int, analyzer_port: int) -> Path:
+    """The exact command sequence of issue 2 / the README."""
+    config = tmp_path / "lab.toml"
+    labmw(config, "init", "--data-dir", str(tmp_path / "data"))
+    labmw(config, "method", "add", "ALT-T", "--analyte", "ALT", "--units", "U/L", "--loinc", "1743-4",
+          "--measuring-range", "5-7000", "--critical-high", "1000")
+    labmw(config, "range", "add", "ALT-T", "--sex", "M", "--age-min", "18y", "--low", "9", "--high", "59")
+    labmw(config, "range", "add", "ALT-T", "--sex", "F", "--age-min", "18y", "--low", "8", "--high", "41")
+    labmw(config, "lis", "set", "--connect", f"127.0.0.1:{lis_port}")
+    labmw(config, "analyzer", "add", "c501", "--protocol", "astm", "--transport", "tcp-server",
+          "--listen", f"127.0.0.1:{analyzer_port}", "--map", "ALTL=ALT-T")
+    return config
+
+
+def field(message: object, segment: str, number: int) -> str:
+    """The whole field as sent (python-hl7's accessor strings would give only its first component)."""
+    return str(message.segment(segment)[number])  # type: ignore[attr-defined]
+
+
+def obx8(message: object) -> list[str]:
+    """The OBX-8 repetitions that arrived, after the instrument's own flag (N) which must stay first."""
+    field_text = field(message, "OBX", 8)
+    reps = field_text.split("~") if field_text else []
+    assert reps[0] == "N", f"instrument flag must come first and unchanged, got {field_text!r}"
+    return reps[1:]

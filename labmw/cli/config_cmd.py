@@ -152,6 +152,11 @@ def analyzer_add(
     test_code_component: Annotated[int | None, typer.Option(help="R-3 component holding the test code.")] = None,
     specimen_component: Annotated[int | None, typer.Option(help="O-3 component holding the specimen ID.")] = None,
     checksum_policy: Annotated[str | None, typer.Option(help="strict, warn or ignore.")] = None,
+    parity: Annotated[str | None, typer.Option(help="Serial parity: N, E, O, M or S.")] = None,
+    bytesize: Annotated[int | None, typer.Option(help="Serial data bits (5-8).")] = None,
+    stopbits: Annotated[int | None, typer.Option(help="Serial stop bits (1 or 2).")] = None,
+    allow: Annotated[list[str] | None, typer.Option(help="Only accept this peer address; repeatable.")] = None,
+    specimen_field: Annotated[str | None, typer.Option(help="HL7: SPM-2, OBR-3 or OBR-2.")] = None,
 ) -> None:
     """Add an analyzer; --map ties its test code to a method."""
     cfg = settings(ctx)
@@ -175,9 +180,12 @@ def analyzer_add(
     for key, value in (("listen", _endpoint("--listen", listen)), ("connect", _endpoint("--connect", connect)),
                        ("device", device), ("baud", baud), ("encoding", encoding),
                        ("test_code_component", test_code_component), ("specimen_component", specimen_component),
-                       ("checksum_policy", checksum_policy)):
+                       ("checksum_policy", checksum_policy), ("parity", parity), ("bytesize", bytesize),
+                       ("stopbits", stopbits), ("specimen_field", specimen_field)):
         if value is not None:
             table[key] = value
+    if allow:
+        table["allow"] = list(allow)
 
     def change(doc: TOMLDocument) -> None:
         analyzers = config_edit.table_at(doc, "analyzers")

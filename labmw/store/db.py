@@ -112,7 +112,8 @@ def connect(path: Path) -> sqlite3.Connection:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
         os.chmod(path, 0o600)
-        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        # 5 s: long enough for a CLI edit holding the write lock, short of the analyzer's 15 s reply timer.
+        conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsynced at every commit, so "committed" means "on disk" before we ACK.

@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from peers import MllpLis, alt_message, astm_send, daemon, free_port, labmw, wait_until
-from test_end_to_end import configure, obx8
+from peers import MllpLis, alt_message, astm_send, configure, daemon, free_port, labmw, obx8, wait_until
 
 
 def test_flag_delta_and_hold_then_release(tmp_path: Path) -> None:

@@ -12,21 +12,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from peers import MllpLis, alt_message, astm_send, daemon, free_port, labmw, wait_until
-
-
-def configure(tmp_path: Path, lis_port: int, analyzer_port: int) -> Path:
-    """The exact command sequence of issue 2 / the README."""
-    config = tmp_path / "lab.toml"
-    labmw(config, "init", "--data-dir", str(tmp_path / "data"))
-    labmw(config, "method", "add", "ALT-T", "--analyte", "ALT", "--units", "U/L", "--loinc", "1743-4",
-          "--measuring-range", "5-7000", "--critical-high", "1000")
-    labmw(config, "range", "add", "ALT-T", "--sex", "M", "--age-min", "18y", "--low", "9", "--high", "59")
-    labmw(config, "range", "add", "ALT-T", "--sex", "F", "--age-min", "18y", "--low", "8", "--high", "41")
-    labmw(config, "lis", "set", "--connect", f"127.0.0.1:{lis_port}")
-    labmw(config, "analyzer", "add", "c501", "--protocol", "astm", "--transport", "tcp-server",
-          "--listen", f"127.0.0.1:{analyzer_port}", "--map", "ALTL=ALT-T")
-    return config
+from peers import MllpLis, alt_message, astm_send, configure, daemon, field, free_port, labmw, obx8, wait_until
 
 
 CASES = [  # specimen, patient, sex, birth date, value, expected labmw flags, expected OBX-7
@@ -35,19 +21,6 @@ CASES = [  # specimen, patient, sex, birth date, value, expected labmw flags, ex
     ("S3", "P3", "M", "19900101", "44", [], "9-59"),
     ("S4", "P4", "M", "19600101", "1250", ["HH"], "9-59"),
 ]
-
-
-def field(message: object, segment: str, number: int) -> str:
-    """The whole field as sent (python-hl7's accessor strings would give only its first component)."""
-    return str(message.segment(segment)[number])  # type: ignore[attr-defined]
-
-
-def obx8(message: object) -> list[str]:
-    """The OBX-8 repetitions that arrived, after the instrument's own flag (N) which must stay first."""
-    field_text = field(message, "OBX", 8)
-    reps = field_text.split("~") if field_text else []
-    assert reps[0] == "N", f"instrument flag must come first and unchanged, got {field_text!r}"
-    return reps[1:]
 
 
 def test_results_arrive_flagged_at_the_lis_and_are_audited(tmp_path: Path) -> None:
