@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
+from structlog.testing import capture_logs
 import typer
 from typer.testing import CliRunner
 
@@ -52,7 +52,7 @@ def invoke(config: Path, *args: str):  # noqa: ANN201
 @pytest.fixture(name="logs", autouse=True)
 def _logs() -> Iterator[list[dict[str, Any]]]:
     """The in-process daemon's log events, kept off stdout (which CliRunner swaps in and out)."""
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         yield logs
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
+from structlog.testing import capture_logs
 
 from labmw.daemon.control import (
     MAX_REQUEST,
@@ -29,7 +29,7 @@ STATUS: dict[str, Any] = {"pid": 4242, "held": 1, "queue": {"pending": 2, "dead"
 @pytest.fixture(name="logs", autouse=True)
 def _logs() -> Iterator[list[dict[str, Any]]]:
     """The server's log events, captured instead of printed."""
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         yield logs
 
 
