@@ -252,22 +252,47 @@ class Service:
 
 
 async def serve(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT (SIGHUP reloads); returns the process exit code."""
+    """Run until SIGTERM/SIGINT (SIGHUP reloads); returns the process exit code.
+
+    The control socket comes first, so a second daemon for the same data directory stops before
+    it binds any analyzer port; READY=1 goes to systemd only once every endpoint is up.
+    """
+    from labmw.daemon.control import ControlServer
+    from labmw.daemon.notify import Notifier
+    from labmw.store.db import ensure_private_dir
+
     service = Service(settings)
+    notifier = Notifier.from_env()
     loop = asyncio.get_running_loop()
-    reloads: set[asyncio.Task[None]] = set()
+    background: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        notifier.reloading()
+        try:
+            await service.reload()
+        finally:
+            notifier.ready("reloaded")
 
     def on_hup() -> None:
-        task = asyncio.ensure_future(service.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        task = asyncio.ensure_future(reload())
+        background.add(task)
+        task.add_done_callback(background.discard)
 
+    ensure_private_dir(settings.data_dir)
+    control = ControlServer(settings.control_socket, service.status)
+    await control.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watchdog = asyncio.ensure_future(notifier.run_watchdog())
     try:
         await service.start()
+        notifier.ready(f"{len(service.analyzers)} analyzers")
         await service.wait_stopped()
+        notifier.stopping()
     finally:
+        watchdog.cancel()
         await service.close()
+        await control.close()
+        notifier.close()
     return 0

@@ -17,7 +17,8 @@ COMMANDS = [
     ["analyzer", "list"], ["analyzer", "show"], ["analyzer", "remove"], ["lis"], ["lis", "set"], ["method"],
     ["method", "add"], ["method", "list"], ["method", "show"], ["range"], ["range", "add"], ["delta"],
     ["delta", "set"], ["run"], ["audit"], ["audit", "list"], ["audit", "verify"], ["audit", "export"],
-    ["queue"], ["queue", "list"], ["queue", "retry"],
+    ["queue"], ["queue", "list"], ["queue", "retry"], ["status"], ["review"], ["review", "list"],
+    ["review", "release"], ["review", "reject"],
 ]
 
 
@@ -159,6 +160,7 @@ def test_run_hands_the_loaded_settings_to_the_daemon(config: Path, monkeypatch: 
         return 0
 
     monkeypatch.setattr(daemon_app, "serve", fake_serve)
+    monkeypatch.setattr("labmw.log.configure", lambda **_: None)  # keep the test process's logging as it is
     result = invoke(config, "run")
     assert result.exit_code == 0, result.output
     assert seen["settings"].path == config and "ALT-P5P" in seen["settings"].methods

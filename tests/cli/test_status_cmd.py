@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 import typer
+from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from labmw.cli import _Group, _root

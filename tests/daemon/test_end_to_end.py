@@ -47,10 +47,16 @@ def test_results_arrive_flagged_at_the_lis_and_are_audited(tmp_path: Path) -> No
             assert any(str(seg[2]) == "O" for seg in got["S4"].segments("NTE")), "an NTE-2 O explains the HH"
 
             wait_until(lambda: len(_events(config, "S1", "result_delivered")) == 1, what="delivery audited")
+            status = json.loads(labmw(config, "status", "--json").stdout)
+            assert status["analyzers"][0]["name"] == "c501" and status["analyzers"][0]["results"] == len(CASES)
+            assert status["lis"]["state"] == "up" and status["queue"] == {"pending": 0, "dead": 0}
+            assert status["held"] == 0 and status["pid"] == proc.pid
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(15) == 0
     finally:
         lis.stop()
+    stopped = labmw(config, "status", check=False)
+    assert stopped.returncode == 1 and "no labmw daemon is running" in stopped.stderr
 
     events = json.loads(labmw(config, "audit", "list", "--specimen", "S1", "--json").stdout)
     kinds = [e["event"] for e in events]
