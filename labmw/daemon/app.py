@@ -23,7 +23,7 @@ from labmw.config import AnalyzerSettings, Settings, load
 from labmw.daemon.forwarder import Forwarder
 from labmw.daemon.pipeline import Outcome, Pipeline, utcnow
 from labmw.daemon.runner import StoreRunner
-from labmw.errors import LabmwError
+from labmw.errors import CodecError, LabmwError, StoreError
 from labmw.transports.astm_pump import pump_astm
 from labmw.transports.endpoints import Endpoint, make_endpoint
 
@@ -181,7 +181,7 @@ class Service:
         runner, analyzer = self._runner(), state.analyzer
 
         async def handle(text: bytes, raw: bytes) -> Outcome:
-            outcome = await runner.call(self.pipeline.handle_astm, analyzer, text, raw, peer)
+            outcome = await runner.call_batched(self.pipeline.handle_astm, analyzer, text, raw, peer)
             state.last_message_at = self.clock()
             if outcome.queued:
                 self._wake.set()
@@ -201,7 +201,12 @@ class Service:
         runner, analyzer, intake = self._runner(), state.analyzer, Hl7Intake(self.pipeline)
 
         async def handle(payload: bytes) -> bytes:
-            ack = await runner.call(intake.handle, analyzer, payload, peer)
+            try:
+                ack = await runner.call_batched(intake.handle, analyzer, payload, peer)
+            except StoreError as exc:
+                # The shared group commit failed after the intake had said AA: not stored, say AE.
+                log.error("hl7_message_not_stored", error=str(exc))
+                return _not_stored_ack(payload, analyzer, self.clock())
             state.last_message_at = self.clock()
             state.counts["messages"] += 1
             self._wake.set()
@@ -249,6 +254,16 @@ class Service:
             "queue": {"pending": counts["pending"], "dead": counts["dead"]},
             "held": counts["held"],
         }
+
+
+def _not_stored_ack(payload: bytes, analyzer: AnalyzerSettings, now: datetime) -> bytes:
+    from labmw.wire.hl7_codec import build_ack
+
+    try:
+        return build_ack(payload, "AE", text="message not stored, send it again", error_code="207",
+                         control_id=f"LABMW{int(now.timestamp() * 1000)}", now=now, encoding=analyzer.encoding)
+    except (CodecError, LabmwError):
+        return b""  # nothing parseable to answer: the connection closes without an ACK, the sender resends
 
 
 async def serve(settings: Settings) -> int:

@@ -102,6 +102,28 @@ class Tx:
         return audit_log.append(self._conn, event, ts=self.now, actor=actor, analyzer=analyzer, specimen=specimen,
                                 patient=patient, ref=ref, data=data)
 
+    # --- HL7 inbound duplicate keys (HL7.md 1.4) ---------------------------------------------------
+    def add_inbound_key(self, *, message_id: int, analyzer: str, sending_application: str, sending_facility: str,
+                        control_id: str, content_sha256: str) -> None:
+        """Remember (analyzer, MSH-3, MSH-4, MSH-10, hash without MSH-7) of a stored message, received now."""
+        self._conn.execute(
+            "INSERT INTO inbound_keys (message_id, analyzer, sending_application, sending_facility, control_id,"
+            " content_sha256, received_at) VALUES (?,?,?,?,?,?,?)",
+            (message_id, analyzer, sending_application, sending_facility, control_id, content_sha256,
+             self.now.isoformat()))
+
+    def inbound_keys(self, *, analyzer: str, sending_application: str, sending_facility: str, control_id: str,
+                     since: datetime) -> list[tuple[int, str]]:
+        """(message_id, content hash) of messages with this sender and MSH-10 received at or after ``since``.
+
+        Newest first. ``since`` must be in the same time zone as the stored ``now`` values (UTC).
+        """
+        rows = self._conn.execute(
+            "SELECT message_id, content_sha256 FROM inbound_keys WHERE analyzer = ? AND sending_application = ?"
+            " AND sending_facility = ? AND control_id = ? AND received_at >= ? ORDER BY id DESC",
+            (analyzer, sending_application, sending_facility, control_id, since.isoformat())).fetchall()
+        return [(int(row[0]), str(row[1])) for row in rows]
+
 
 class Store:
     """The SQLite store. Not thread-safe: the daemon drives it from one dedicated thread."""
@@ -109,6 +131,7 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        self._group_depth = 0  # > 0 inside group(): transactions become savepoints
         row = conn.execute("SELECT value FROM meta WHERE key = 'install_id'").fetchone()
         self.install_id: str = row[0]
 
@@ -122,10 +145,46 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self, now: datetime) -> Iterator[Tx]:
-        """A write transaction; commit on normal exit. Any sqlite failure becomes StoreError."""
+        """A write transaction; commit on normal exit. Any sqlite failure becomes StoreError.
+
+        Inside :meth:`group` it is a SAVEPOINT: its work is undone alone if it fails, and becomes
+        durable only with the group's COMMIT.
+        """
+        try:
+            if self._group_depth:
+                self._group_depth += 1
+                name = f"sp{self._group_depth}"
+                self._conn.execute(f"SAVEPOINT {name}")
+                try:
+                    yield Tx(self._conn, now)
+                except BaseException:
+                    self._conn.execute(f"ROLLBACK TO {name}")
+                    self._conn.execute(f"RELEASE {name}")
+                    raise
+                else:
+                    self._conn.execute(f"RELEASE {name}")
+                finally:
+                    self._group_depth -= 1
+            else:
+                with transaction(self._conn):
+                    yield Tx(self._conn, now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"database write failed: {exc}") from exc
+
+    @contextlib.contextmanager
+    def group(self) -> Iterator[None]:
+        """One transaction around several :meth:`transaction` blocks (group commit: one fsync for all).
+
+        Raises:
+            StoreError: BEGIN or COMMIT failed; then nothing of the group is stored.
+        """
         try:
             with transaction(self._conn):
-                yield Tx(self._conn, now)
+                self._group_depth = 1
+                try:
+                    yield
+                finally:
+                    self._group_depth = 0
         except sqlite3.Error as exc:
             raise StoreError(f"database write failed: {exc}") from exc
 
@@ -166,6 +225,19 @@ class Store:
         return int(self._conn.execute("SELECT count(*) FROM outbox WHERE state = ?", (state,)).fetchone()[0])
 
     def mark_delivered(self, entry: OutboxEntry, *, now: datetime, ack_code: str, ack_text: str) -> None:
+        """Record the LIS's acceptance.
+
+        Committed without waiting for the disk (WAL, synchronous=NORMAL): safe against a crash of
+        labmw, and if a power cut loses it the result is sent again under the same MSH-10, which the
+        LIS recognises as a repeat (PRODUCT.md guarantee 2). The next durable commit flushes it.
+        """
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._mark_delivered(entry, now=now, ack_code=ack_code, ack_text=ack_text)
+        finally:
+            self._conn.execute("PRAGMA synchronous=FULL")
+
+    def _mark_delivered(self, entry: OutboxEntry, *, now: datetime, ack_code: str, ack_text: str) -> None:
         with self.transaction(now) as tx:
             self._conn.execute("UPDATE outbox SET state='delivered', attempts=attempts+1, updated_at=?, last_error=''"
                                " WHERE id=?", (now.isoformat(), entry.id))
