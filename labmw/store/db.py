@@ -88,6 +88,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
     """,
+    # 2: HL7 inbound duplicate keys (HL7.md 1.4): sender + MSH-10 + content hash without MSH-7,
+    # written in the same transaction as the message they identify.
+    """
+    CREATE TABLE inbound_keys (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id),
+        analyzer TEXT NOT NULL,
+        sending_application TEXT NOT NULL,
+        sending_facility TEXT NOT NULL,
+        control_id TEXT NOT NULL,
+        content_sha256 TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    );
+    CREATE INDEX inbound_keys_lookup ON inbound_keys
+        (analyzer, sending_application, sending_facility, control_id, received_at);
+    """,
 )
 
 
@@ -165,7 +181,15 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     else:
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            # A COMMIT that fails (disk full, I/O error, deferred constraint) can leave the
+            # transaction open; roll it back so no later COMMIT stores what was refused here.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
