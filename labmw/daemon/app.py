@@ -257,9 +257,12 @@ class Service:
 
 
 def _not_stored_ack(payload: bytes, analyzer: AnalyzerSettings, now: datetime) -> bytes:
+    from labmw.mapping.hl7_inbound import read_header
     from labmw.wire.hl7_codec import build_ack
 
     try:
+        if read_header(payload, encoding=analyzer.encoding, lf_segments=analyzer.lf_segments).message_type == "ACK":
+            return b""  # never ACK an ACK (HL7.md nugget 10)
         return build_ack(payload, "AE", text="message not stored, send it again", error_code="207",
                          control_id=f"LABMW{int(now.timestamp() * 1000)}", now=now, encoding=analyzer.encoding)
     except (CodecError, LabmwError):
