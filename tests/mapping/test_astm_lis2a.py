@@ -23,14 +23,12 @@ from labmw.mapping.astm_lis2a import (
 from labmw.model import Result
 from labmw.wire.astm_records import decode_message, split_unframed
 
-SAMPLES = Path(__file__).resolve().parents[1] / "data" / "astm"  # byte-exact copies; SOURCES.md there
+from samples import ASTM_SAMPLES, frame_text_for_tests  # noqa: E402 - shared test corpus
+
+SAMPLES = ASTM_SAMPLES
 DEFAULT = AstmProfile()
-_FRAME_FOR_TESTS = re.compile(rb"\x02[0-7]([^\x02\x03\x17]*)[\x03\x17][0-9A-Fa-f]{2}")
 
 
-def frame_text_for_tests(data: bytes) -> bytes:
-    """Test-only stand-in for the frame parser: the concatenated text of every frame in ``data``."""
-    return b"".join(m.group(1) for m in _FRAME_FOR_TESTS.finditer(data))
 
 
 def map_sample(name: str, profile: AstmProfile = DEFAULT) -> MappedMessage:

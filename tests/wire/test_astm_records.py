@@ -17,23 +17,14 @@ from labmw.wire.astm_records import (
     split_unframed,
 )
 
-SAMPLES = Path(__file__).resolve().parents[1] / "data" / "astm"  # byte-exact copies; SOURCES.md there
+from samples import ASTM_SAMPLES, frame_text_for_tests  # noqa: E402 - shared test corpus
+
+SAMPLES = ASTM_SAMPLES
 UNFRAMED = {"roche_psm_1.astm"}
 FRAMED = sorted(p.name for p in SAMPLES.glob("*.astm") if p.name not in UNFRAMED)
 
-# STX FN text ETX|ETB C1 C2: enough to pull the text out of the verified sample captures.
-_FRAME_FOR_TESTS = re.compile(rb"\x02([0-7])([^\x02\x03\x17]*)([\x03\x17])([0-9A-Fa-f]{2})")
 
 
-def frame_text_for_tests(data: bytes) -> bytes:
-    """Test-only stand-in for the frame parser: the concatenated text of every frame in ``data``."""
-    texts = []
-    for match in _FRAME_FOR_TESTS.finditer(data):
-        fn, text, end, checksum = match.groups()
-        assert sum(fn + text + end) % 256 == int(checksum, 16), "sample checksum"
-        texts.append(text)
-    assert texts, "no frames found"
-    return b"".join(texts)
 
 
 def sample_records(name: str) -> list[Record]:
