@@ -8,7 +8,10 @@ Layout (all sections optional except what the daemon needs to run)::
     [service]      data_dir, retention_years
     [lis]          connect = "HOST:PORT", ack_timeout, connect_timeout, retry_initial, retry_max, ...
     [analyzers.NAME]  protocol, transport, listen/connect/device..., [analyzers.NAME.map] CODE = "METHOD"
-    [methods.NAME]    analyte, units, loinc, measuring_range, critical_low/high, [[methods.NAME.ranges]], [methods.NAME.delta]
+    [methods.NAME]    analyte, units, loinc, measuring_range, critical_low/high, status, source,
+                      [[methods.NAME.ranges]], [methods.NAME.delta], [[methods.NAME.conversions]],
+                      [[methods.NAME.thresholds]], [methods.NAME.grading], [methods.NAME.alt_delta]
+                      (+ .significant_change, .implausible_fall, .abrupt_rise), [methods.NAME.hys_law]
 """
 
 from __future__ import annotations
@@ -22,7 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from labmw.errors import ConfigError, RuleError
-from labmw.model import AgeBound, DeltaRule, Method, RangeRule
+from labmw.model import (
+    AbruptRise,
+    AgeBound,
+    AltDeltaTiers,
+    DecisionThreshold,
+    DeltaRule,
+    Grading,
+    HysLawRule,
+    ImplausibleFall,
+    Method,
+    RangeRule,
+    SignificantChange,
+    UnitConversion,
+)
 from labmw.rules.age import parse_age
 
 DEFAULT_CONFIG = Path("/etc/labmw/labmw.toml")
@@ -30,6 +46,8 @@ PROTOCOLS = ("astm", "hl7")
 TRANSPORTS = ("tcp-server", "tcp-client", "serial")
 CHECKSUM_POLICIES = ("strict", "warn", "ignore")
 DELTA_ACTIONS = ("flag", "hold")
+METHOD_STATUSES = ("active", "pending review")
+RANGE_STATUSES = ("active", "pending review", "disabled")
 SPECIMEN_FIELDS = ("SPM-2", "OBR-3", "OBR-2")
 MIN_RETENTION_YEARS = 6
 
@@ -67,6 +85,10 @@ class AnalyzerSettings:
     specimen_field: str = "SPM-2"
     lf_segments: bool = False
     max_message_bytes: int = 4 * 1024 * 1024
+    # ASTM analyzers: how host queries (Q records) are answered ("no-order" at once, or "ignore"),
+    # and the receiver's frame wait in seconds (ASTM.md §1.6; short values expose half-open links).
+    query_mode: str = "no-order"
+    frame_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,9 +299,11 @@ class _Validator:
             raise self.fail(f"{key}.ranges", "expected an array of tables ([[methods.NAME.ranges]])")
         ranges = tuple(self.range_rule(f"{key}.ranges[{i}]", r) for i, r in enumerate(ranges_raw))
         delta = self.delta_rule(f"{key}.delta", tbl["delta"]) if "delta" in tbl else None
-        for known in tbl:
-            if known not in _METHOD_KEYS:
-                raise self.fail(f"{key}.{known}", f"unknown key (expected one of {', '.join(sorted(_METHOD_KEYS))})")
+        self.known_keys(tbl, key, _METHOD_KEYS)
+        conversions = tuple(self.conversion(f"{key}.conversions[{i}]", c)
+                            for i, c in enumerate(self.array(tbl, f"{key}.conversions")))
+        thresholds = tuple(self.threshold(f"{key}.thresholds[{i}]", t)
+                           for i, t in enumerate(self.array(tbl, f"{key}.thresholds")))
         return Method(
             name=name,
             analyte=self.string(tbl, f"{key}.analyte"),
@@ -288,8 +312,12 @@ class _Validator:
             measuring_low=low_high[0], measuring_high=low_high[1],
             critical_low=crit_low, critical_high=crit_high,
             ranges=ranges, delta=delta,
-            status=self.choice(tbl, f"{key}.status", ("active", "pending review"), default="active"),
+            status=self.choice(tbl, f"{key}.status", METHOD_STATUSES, default="active"),
             source=self.string(tbl, f"{key}.source", default=""),
+            conversions=conversions, thresholds=thresholds,
+            grading=self.grading(f"{key}.grading", tbl["grading"]) if "grading" in tbl else None,
+            alt_delta=self.alt_delta(f"{key}.alt_delta", tbl["alt_delta"]) if "alt_delta" in tbl else None,
+            hys_law=self.hys_law(f"{key}.hys_law", tbl["hys_law"]) if "hys_law" in tbl else None,
         )
 
     def range_rule(self, key: str, tbl: Any) -> RangeRule:
@@ -304,8 +332,10 @@ class _Validator:
         if sex not in (None, "M", "F"):
             raise self.fail(f"{key}.sex", f"expected M or F (or no key for both), got {sex!r}")
         age_min, age_max = self.age(tbl, f"{key}.age_min"), self.age(tbl, f"{key}.age_max")
+        self.known_keys(tbl, key, _RANGE_KEYS)
         return RangeRule(low=low, high=high, sex=sex, age_min=age_min, age_max=age_max,
-                         source=self.string(tbl, f"{key}.source", default=""))
+                         source=self.string(tbl, f"{key}.source", default=""),
+                         status=self.choice(tbl, f"{key}.status", RANGE_STATUSES, default="active"))
 
     def age(self, tbl: Mapping[str, Any], key: str) -> AgeBound | None:
         value = tbl.get(key.rsplit(".", 1)[-1])
@@ -320,12 +350,140 @@ class _Validator:
         if not isinstance(tbl, Mapping):
             raise self.fail(key, "expected a table")
         window = self.decimal(tbl, f"{key}.window_days")
+        self.known_keys(tbl, key, _DELTA_KEYS)
         return DeltaRule(
             abs_change=self.decimal(tbl, f"{key}.abs"),
             pct_change=self.decimal(tbl, f"{key}.pct"),
             window_days=window if window is not None else Decimal(7),
             action=self.choice(tbl, f"{key}.action", DELTA_ACTIONS, default="flag"),
         )
+
+    # --- method helpers: conversions, thresholds, grading, ALT delta tiers, Hy's law ---------------
+    def known_keys(self, tbl: Mapping[str, Any], key: str, known: frozenset[str]) -> None:
+        for name in tbl:
+            if name not in known:
+                raise self.fail(f"{key}.{name}", f"unknown key (expected one of {', '.join(sorted(known))})")
+
+    def array(self, tbl: Mapping[str, Any], key: str) -> list[Any]:
+        value = tbl.get(key.rsplit(".", 1)[-1], [])
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected an array of tables ([[{key}]])")
+        return value
+
+    def mapping(self, key: str, tbl: Any, known: frozenset[str]) -> Mapping[str, Any]:
+        if not isinstance(tbl, Mapping):
+            raise self.fail(key, "expected a table")
+        self.known_keys(tbl, key, known)
+        return tbl
+
+    def positive(self, tbl: Mapping[str, Any], key: str, *, allow_zero: bool = False) -> Decimal:
+        """A required number > 0 (or >= 0): every clinical number is written in the file."""
+        value = self.decimal(tbl, key)
+        if value is None:
+            raise self.fail(key, "required, expected a number (with its source as a comment)")
+        if value < 0 or (value == 0 and not allow_zero):
+            raise self.fail(key, f"expected a number {'>= 0' if allow_zero else 'above 0'}, got {value}")
+        return value
+
+    def names(self, tbl: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = tbl.get(key.rsplit(".", 1)[-1], list(default))
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+            raise self.fail(key, "expected a non-empty list of analyte names")
+        return tuple(value)
+
+    def conversion(self, key: str, tbl: Any) -> UnitConversion:
+        tbl = self.mapping(key, tbl, _CONVERSION_KEYS)
+        units = self.string(tbl, f"{key}.units")
+        if not units.strip():
+            raise self.fail(f"{key}.units", "expected the units text results arrive in, e.g. ukat/L")
+        return UnitConversion(units=units, factor=self.positive(tbl, f"{key}.factor"),
+                              decimals=self.integer(tbl, f"{key}.decimals", default=2, low=0, high=6),
+                              source=self.string(tbl, f"{key}.source", default=""))
+
+    def threshold(self, key: str, tbl: Any) -> DecisionThreshold:
+        tbl = self.mapping(key, tbl, _THRESHOLD_KEYS)
+        sex = tbl.get("sex")
+        if sex not in (None, "M", "F"):
+            raise self.fail(f"{key}.sex", f"expected M or F (or no key for both), got {sex!r}")
+        return DecisionThreshold(
+            name=self.string(tbl, f"{key}.name"), value=self.positive(tbl, f"{key}.value"), sex=sex,
+            age_min=self.age(tbl, f"{key}.age_min"), age_max=self.age(tbl, f"{key}.age_max"),
+            enabled=self.flag(tbl, f"{key}.enabled", default=False),
+            source=self.string(tbl, f"{key}.source", default=""))
+
+    def grading(self, key: str, tbl: Any) -> Grading:
+        tbl = self.mapping(key, tbl, _GRADING_KEYS)
+        raw = tbl.get("above_uln")
+        if not isinstance(raw, list) or not raw:
+            raise self.fail(f"{key}.above_uln", "required, expected a list of multiples of the ULN, e.g. [1, 3, 5, 20]")
+        bounds = tuple(self.list_number(f"{key}.above_uln[{i}]", v) for i, v in enumerate(raw))
+        if any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
+            raise self.fail(f"{key}.above_uln",
+                            f"expected strictly increasing multiples, got {[str(b) for b in bounds]}")
+        return Grading(scheme=self.string(tbl, f"{key}.scheme"), above_uln=bounds,
+                       source=self.string(tbl, f"{key}.source", default=""))
+
+    def list_number(self, key: str, value: Any) -> Decimal:
+        try:
+            number = parse_decimal(value)
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
+        if number <= 0:
+            raise self.fail(key, f"expected a number above 0, got {number}")
+        return number
+
+    def alt_delta(self, key: str, tbl: Any) -> AltDeltaTiers:
+        tbl = self.mapping(key, tbl, _ALT_DELTA_KEYS)
+        t1: SignificantChange | None = None
+        t2: ImplausibleFall | None = None
+        t3: AbruptRise | None = None
+        if "significant_change" in tbl:
+            k = f"{key}.significant_change"
+            t = self.mapping(k, tbl["significant_change"], _TIER_KEYS["significant_change"])
+            t1 = SignificantChange(
+                ratio_up=self.positive(t, f"{k}.ratio_up"), ratio_down=self.positive(t, f"{k}.ratio_down"),
+                min_change=self.positive(t, f"{k}.min_change", allow_zero=True),
+                min_change_uln=self.positive(t, f"{k}.min_change_uln", allow_zero=True),
+                enabled=self.flag(t, f"{k}.enabled", default=True), source=self.string(t, f"{k}.source", default=""))
+            if not t1.ratio_down < 1 < t1.ratio_up:
+                raise self.fail(k, f"expected ratio_down below 1 and ratio_up above 1, got {t1.ratio_down} and "
+                                   f"{t1.ratio_up}")
+        if "implausible_fall" in tbl:
+            k = f"{key}.implausible_fall"
+            t = self.mapping(k, tbl["implausible_fall"], _TIER_KEYS["implausible_fall"])
+            t2 = ImplausibleFall(
+                previous_above_uln=self.positive(t, f"{k}.previous_above_uln"),
+                half_life_hours=self.positive(t, f"{k}.half_life_hours"),
+                fraction_of_expected=self.positive(t, f"{k}.fraction_of_expected"),
+                enabled=self.flag(t, f"{k}.enabled", default=True), source=self.string(t, f"{k}.source", default=""))
+            if t2.fraction_of_expected > 1:
+                raise self.fail(f"{k}.fraction_of_expected", f"expected at most 1, got {t2.fraction_of_expected}")
+        if "abrupt_rise" in tbl:
+            k = f"{key}.abrupt_rise"
+            t = self.mapping(k, tbl["abrupt_rise"], _TIER_KEYS["abrupt_rise"])
+            t3 = AbruptRise(
+                ratio=self.positive(t, f"{k}.ratio"), min_rise=self.positive(t, f"{k}.min_rise", allow_zero=True),
+                within_hours=self.positive(t, f"{k}.within_hours"),
+                enabled=self.flag(t, f"{k}.enabled", default=True), source=self.string(t, f"{k}.source", default=""))
+            if t3.ratio <= 1:
+                raise self.fail(f"{k}.ratio", f"expected a number above 1, got {t3.ratio}")
+        return AltDeltaTiers(
+            window_days=self.positive(tbl, f"{key}.window_days"), significant_change=t1, implausible_fall=t2,
+            abrupt_rise=t3, skip_when_both_within_uln=self.flag(tbl, f"{key}.skip_when_both_within_uln", default=True),
+            source=self.string(tbl, f"{key}.source", default=""))
+
+    def hys_law(self, key: str, tbl: Any) -> HysLawRule:
+        tbl = self.mapping(key, tbl, _HYS_LAW_KEYS)
+        return HysLawRule(
+            aminotransferase_uln=self.positive(tbl, f"{key}.aminotransferase_uln"),
+            bilirubin_uln=self.positive(tbl, f"{key}.bilirubin_uln"),
+            alp_uln=self.positive(tbl, f"{key}.alp_uln"),
+            window_hours=self.positive(tbl, f"{key}.window_hours"),
+            aminotransferases=self.names(tbl, f"{key}.aminotransferases", ("ALT", "AST")),
+            bilirubin=self.names(tbl, f"{key}.bilirubin", ("TBIL",)),
+            alkaline_phosphatase=self.names(tbl, f"{key}.alkaline_phosphatase", ("ALP",)),
+            enabled=self.flag(tbl, f"{key}.enabled", default=True),
+            source=self.string(tbl, f"{key}.source", default=""))
 
     def analyzer(self, name: str, tbl: Any, methods: Mapping[str, Method]) -> AnalyzerSettings:
         key = f"analyzers.{name}"
@@ -366,6 +524,8 @@ class _Validator:
             lf_segments=self.flag(tbl, f"{key}.lf_segments", default=False),
             max_message_bytes=self.integer(tbl, f"{key}.max_message_bytes", default=4 * 1024 * 1024, low=1024,
                                            high=64 * 1024 * 1024),
+            query_mode=self.choice(tbl, f"{key}.query_mode", ("no-order", "ignore"), default="no-order"),
+            frame_timeout=self.number(tbl, f"{key}.frame_timeout", default=30.0),
         )
 
     def flag(self, tbl: Mapping[str, Any], key: str, *, default: bool) -> bool:
@@ -404,4 +564,20 @@ class _Validator:
 
 
 _METHOD_KEYS = frozenset({"analyte", "units", "loinc", "measuring_range", "critical_low", "critical_high",
-                          "ranges", "delta", "status", "source"})
+                          "ranges", "delta", "status", "source", "conversions", "thresholds", "grading",
+                          "alt_delta", "hys_law"})
+_RANGE_KEYS = frozenset({"sex", "age_min", "age_max", "low", "high", "source", "status"})
+_DELTA_KEYS = frozenset({"abs", "pct", "window_days", "action"})
+_CONVERSION_KEYS = frozenset({"units", "factor", "decimals", "source"})
+_THRESHOLD_KEYS = frozenset({"name", "value", "sex", "age_min", "age_max", "enabled", "source"})
+_GRADING_KEYS = frozenset({"scheme", "above_uln", "source"})
+_ALT_DELTA_KEYS = frozenset({"window_days", "skip_when_both_within_uln", "source", "significant_change",
+                             "implausible_fall", "abrupt_rise"})
+_TIER_KEYS = {
+    "significant_change": frozenset({"ratio_up", "ratio_down", "min_change", "min_change_uln", "enabled", "source"}),
+    "implausible_fall": frozenset({"previous_above_uln", "half_life_hours", "fraction_of_expected", "enabled",
+                                   "source"}),
+    "abrupt_rise": frozenset({"ratio", "min_rise", "within_hours", "enabled", "source"}),
+}
+_HYS_LAW_KEYS = frozenset({"aminotransferase_uln", "bilirubin_uln", "alp_uln", "window_hours", "aminotransferases",
+                           "bilirubin", "alkaline_phosphatase", "enabled", "source"})

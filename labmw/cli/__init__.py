@@ -45,12 +45,13 @@ def _root(
 
 
 def register() -> None:
-    from labmw.cli import audit_cmd, config_cmd, queue_cmd, review_cmd, run_cmd, status_cmd
+    from labmw.cli import audit_cmd, config_cmd, queue_cmd, review_cmd, rules_cmd, run_cmd, status_cmd
 
     config_cmd.register(app)
     run_cmd.register(app)
     status_cmd.register(app)
     review_cmd.register(app)
+    rules_cmd.register(app)
     audit_cmd.register(app)
     queue_cmd.register(app)
 

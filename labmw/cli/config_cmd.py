@@ -24,6 +24,7 @@ from labmw.config import (
     parse_interval,
 )
 from labmw.errors import RuleError, UsageError
+from labmw.mapping.astm_query import QUERY_MODES
 from labmw.model import Method
 from labmw.rules.age import parse_age
 
@@ -157,6 +158,12 @@ def analyzer_add(
     stopbits: Annotated[int | None, typer.Option(help="Serial stop bits (1 or 2).")] = None,
     allow: Annotated[list[str] | None, typer.Option(help="Only accept this peer address; repeatable.")] = None,
     specimen_field: Annotated[str | None, typer.Option(help="HL7: SPM-2, OBR-3 or OBR-2.")] = None,
+    max_frame_text: Annotated[int | None, typer.Option(
+        help="ASTM: text bytes per frame labmw sends (240 by default, up to 63993).")] = None,
+    query_mode: Annotated[str | None, typer.Option(
+        help="ASTM host queries: no-order (answer at once, the default) or ignore.")] = None,
+    frame_timeout: Annotated[float | None, typer.Option(
+        help="ASTM: seconds to wait for the analyzer's next frame (default 30).")] = None,
 ) -> None:
     """Add an analyzer; --map ties its test code to a method."""
     cfg = settings(ctx)
@@ -165,9 +172,14 @@ def analyzer_add(
     if name in cfg.analyzers:
         raise UsageError(f"analyzer {name!r} already exists (remove it first with `labmw analyzer remove {name}`)")
     for option, value, choices in (("--protocol", protocol, PROTOCOLS), ("--transport", transport, TRANSPORTS),
-                                   ("--checksum-policy", checksum_policy, CHECKSUM_POLICIES)):
+                                   ("--checksum-policy", checksum_policy, CHECKSUM_POLICIES),
+                                   ("--query-mode", query_mode, QUERY_MODES)):
         if value is not None and value not in choices:
             raise UsageError(f"{option}: expected one of {', '.join(choices)}, got {value!r}")
+    if max_frame_text is not None and not 16 <= max_frame_text <= 63_993:
+        raise UsageError(f"--max-frame-text: expected 16 to 63993 bytes, got {max_frame_text}")
+    if frame_timeout is not None and not frame_timeout > 0:
+        raise UsageError(f"--frame-timeout: expected a positive number of seconds, got {frame_timeout}")
     mapping: dict[str, str] = {}
     for item in map_ or []:
         code, sep, method = item.partition("=")
@@ -181,7 +193,9 @@ def analyzer_add(
                        ("device", device), ("baud", baud), ("encoding", encoding),
                        ("test_code_component", test_code_component), ("specimen_component", specimen_component),
                        ("checksum_policy", checksum_policy), ("parity", parity), ("bytesize", bytesize),
-                       ("stopbits", stopbits), ("specimen_field", specimen_field)):
+                       ("stopbits", stopbits), ("specimen_field", specimen_field),
+                       ("max_frame_text", max_frame_text), ("query_mode", query_mode),
+                       ("frame_timeout", frame_timeout)):
         if value is not None:
             table[key] = value
     if allow:
@@ -241,16 +255,40 @@ def method_json(m: Method) -> dict[str, Any]:
     def text(value: Decimal | None) -> str | None:
         return None if value is None else str(value)
 
+    def age(bound: Any) -> str | None:
+        return str(bound) if bound else None
+
+    def fields(obj: Any) -> dict[str, Any] | None:
+        # A rule dataclass as JSON: numbers as their configured text, tuples as lists.
+        if obj is None:
+            return None
+        values = {name: getattr(obj, name) for name in obj.__slots__}
+        return {k: str(v) if isinstance(v, Decimal) else list(v) if isinstance(v, tuple) else v
+                for k, v in values.items()}
+
+    window = m.delta_window_days
     return {
         "name": m.name, "analyte": m.analyte, "loinc": m.loinc, "units": m.units,
         "measuring_range": None if m.measuring_low is None else f"{m.measuring_low}-{m.measuring_high}",
         "critical_low": text(m.critical_low), "critical_high": text(m.critical_high),
         "status": m.status, "source": m.source,
-        "ranges": [{"sex": r.sex, "age_min": str(r.age_min) if r.age_min else None,
-                    "age_max": str(r.age_max) if r.age_max else None, "low": str(r.low), "high": str(r.high),
-                    "source": r.source} for r in m.ranges],
+        "ranges": [{"sex": r.sex, "age_min": age(r.age_min), "age_max": age(r.age_max), "low": str(r.low),
+                    "high": str(r.high), "status": r.status, "source": r.source} for r in m.ranges],
         "delta": None if m.delta is None else {"abs": text(m.delta.abs_change), "pct": text(m.delta.pct_change),
                                                "window_days": str(m.delta.window_days), "action": m.delta.action},
+        "delta_window_days": text(window),
+        "alt_delta": None if m.alt_delta is None else {
+            "window_days": str(m.alt_delta.window_days),
+            "skip_when_both_within_uln": m.alt_delta.skip_when_both_within_uln, "source": m.alt_delta.source,
+            "significant_change": fields(m.alt_delta.significant_change),
+            "implausible_fall": fields(m.alt_delta.implausible_fall), "abrupt_rise": fields(m.alt_delta.abrupt_rise)},
+        "conversions": [{"units": c.units, "factor": str(c.factor), "decimals": c.decimals, "source": c.source}
+                        for c in m.conversions],
+        "thresholds": [{"name": t.name, "sex": t.sex, "age_min": age(t.age_min), "age_max": age(t.age_max),
+                        "value": str(t.value), "enabled": t.enabled, "source": t.source} for t in m.thresholds],
+        "grading": None if m.grading is None else {"scheme": m.grading.scheme, "source": m.grading.source,
+                                                   "above_uln": [str(b) for b in m.grading.above_uln]},
+        "hys_law": fields(m.hys_law),
     }
 
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from labmw.config import AnalyzerSettings, Settings
 from labmw.errors import CodecError, MappingError
 from labmw.mapping.astm_lis2a import AstmProfile, map_message
+from labmw.mapping.astm_query import answer_note, answer_queries, read_query
 from labmw.mapping.hl7_oru import build_oru
-from labmw.model import Evaluation, Method, PreviousResult, Result
+from labmw.model import Evaluation, Method, PreviousResult, RelatedResult, Result
 from labmw.rules.engine import evaluate
 from labmw.store import Store, Tx
-from labmw.wire.astm_records import decode_message
+from labmw.wire.astm_records import Record, decode_message
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +35,8 @@ class Outcome:
     held: int
     problems: int
     rejected_reason: str = ""
+    #: Messages to send back to the analyzer on the same link (answers to host queries, ASTM.md §2.8).
+    replies: tuple[bytes, ...] = ()
 
 
 def utcnow() -> datetime:
@@ -71,9 +75,32 @@ class Pipeline:
         except (CodecError, MappingError) as exc:
             return self.store_rejected(analyzer, protocol="astm", raw=raw or text, digest=digest, peer=peer,
                                        reason=str(exc), now=now)
+        # Host queries are answered at once, never forwarded: the analyzer must not wait on us.
+        replies, reply_error = self._answer_queries(analyzer, mapped.queries)
 
-        return self.store_mapped(analyzer, protocol="astm", raw=raw or text, digest=digest, peer=peer,
-                                 sender=mapped.sender, results=mapped.results, problems=mapped.problems, now=now)
+        def audit_queries(tx: Tx, message_id: int) -> None:
+            for query in mapped.queries:
+                key = read_query(query)
+                # The specimen only: Q-3 component 1 is a patient ID and stays out of the audit.
+                tx.audit("host_query_received", analyzer=analyzer.name, specimen=key.specimen_id, ref=str(message_id),
+                         data={"sequence": query.text(2), "request_status": query.component(13, 1),
+                               "tests": query.text(5), "mode": analyzer.query_mode,
+                               "answer": answer_note(key, mode=analyzer.query_mode, error=reply_error)})
+
+        outcome = self.store_mapped(analyzer, protocol="astm", raw=raw or text, digest=digest, peer=peer,
+                                    sender=mapped.sender, results=mapped.results, problems=mapped.problems, now=now,
+                                    before_commit=audit_queries if mapped.queries else None)
+        return replace(outcome, replies=tuple(replies))
+
+    def _answer_queries(self, analyzer: AnalyzerSettings, queries: Sequence[Record]) -> tuple[list[bytes], str]:
+        """The reply messages for ``queries`` per the analyzer's query mode, and why none could be built."""
+        if not queries:
+            return [], ""
+        name = self.settings.lis.sending_application if self.settings.lis else "LABMW"
+        try:
+            return answer_queries(queries, sender_name=name, mode=analyzer.query_mode, encoding=analyzer.encoding), ""
+        except CodecError as exc:
+            return [], str(exc)
 
     def store_mapped(self, analyzer: AnalyzerSettings, *, protocol: str, raw: bytes, digest: str, peer: str,
                      sender: str, results: Sequence[Result], problems: Sequence[str], now: datetime,
@@ -121,10 +148,21 @@ class Pipeline:
         """Evaluate, store, audit and queue (or hold) one result; returns True when held."""
         method_name = analyzer.map.get(result.test_code)
         method = self.settings.methods.get(method_name) if method_name else None
+        corrected = (tx.corrected_result(analyzer=analyzer.name, specimen=result.specimen_id,
+                                         test_code=result.test_code)
+                     if result.status == "C" and result.specimen_id else None)
         previous = self._previous(tx, result, method)
-        evaluation = evaluate(result, method, previous=previous)
+        evaluation = evaluate(result, method, previous=previous, related=self._related(tx, result, method))
         state = "held" if evaluation.hold else "queued"
         result_id = tx.add_result(message_id=message_id, result=result, evaluation=evaluation, state=state)
+        if corrected is not None:
+            # The correction replaces the earlier value (kept, marked superseded) instead of
+            # standing beside it as a second result of the same specimen and test.
+            tx.supersede(old_id=corrected[0], new_id=result_id)
+            tx.audit("result_corrected", analyzer=analyzer.name, specimen=result.specimen_id,
+                     patient=result.patient_id, ref=str(result_id),
+                     data={"replaces_result_id": corrected[0], "earlier_value": corrected[1],
+                           "value": result.raw_value, "test_code": result.test_code})
         who = {"analyzer": analyzer.name, "specimen": result.specimen_id, "patient": result.patient_id}
         tx.audit("result_received", **who, ref=str(result_id),
                  data={"message_id": message_id, "sha256": digest, "test_code": result.test_code,
@@ -148,13 +186,41 @@ class Pipeline:
         return False
 
     def _previous(self, tx: Tx, result: Result, method: Method | None) -> PreviousResult | None:
-        if method is None or method.delta is None or not result.patient_id or result.value is None:
+        window_days = method.delta_window_days if method is not None else None
+        if method is None or window_days is None or not result.patient_id or result.value is None:
             return None
         at = result.collected_at or result.completed_at
         if at is None:
             return None
-        window = timedelta(days=float(method.delta.window_days))
-        return tx.previous_result(patient_id=result.patient_id, method=method.name, before=at, not_before=at - window)
+        return tx.previous_result(patient_id=result.patient_id, method=method.name, before=at,
+                                  not_before=at - timedelta(days=float(window_days)),
+                                  other_than_specimen=result.specimen_id)
+
+    def _related(self, tx: Tx, result: Result, method: Method | None) -> list[RelatedResult]:
+        """The patient's other analytes around this collection, for the Hy's-law note (when enabled)."""
+        rule = method.hys_law if method is not None else None
+        at = result.collected_at or result.completed_at
+        if rule is None or not rule.enabled or not result.patient_id or at is None:
+            return []
+        related = []
+        hours = float(rule.window_hours)
+        for name, value, applied, collected, specimen in tx.recent_results(
+                patient_id=result.patient_id, around=at, hours=hours, other_than_method=method.name):
+            other = self.settings.methods.get(name)
+            uln = _upper(applied)
+            if other is not None and uln is not None:
+                related.append(RelatedResult(analyte=other.analyte, value=value, uln=uln, collected_at=collected,
+                                             method=name, specimen_id=specimen))
+        return related
+
+
+def _upper(applied_range: str) -> Decimal | None:
+    """The upper limit of an applied range text such as ``9-59`` (None when there is none)."""
+    low, sep, high = applied_range.rpartition("-")
+    try:
+        return Decimal(high) if sep and low else None
+    except ArithmeticError:
+        return None
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -20,9 +20,10 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from typing import Protocol
 
 from labmw.errors import RuleError
-from labmw.model import AgeBound, RangeRule
+from labmw.model import AgeBound
 
 #: The units an age bound may carry: days, months, years.
 UNITS: tuple[str, ...] = ("d", "m", "y")
@@ -37,6 +38,16 @@ _APPROX_DAYS: dict[str, Decimal] = {
     "m": Decimal("30.4375"),
     "y": Decimal("365.25"),
 }
+
+
+class Banded(Protocol):
+    """Anything with a half-open age band: a reference range, a decision threshold."""
+
+    @property
+    def age_min(self) -> AgeBound | None: ...
+
+    @property
+    def age_max(self) -> AgeBound | None: ...
 
 
 def parse_age(text: str) -> AgeBound:
@@ -127,7 +138,7 @@ class AgeAt:
         return f"{self.amount('d')}d"
 
 
-def matches(rule: RangeRule, age: AgeAt) -> bool:
+def matches(rule: Banded, age: AgeAt) -> bool:
     """Whether ``age`` lies in the rule's half-open band ``[age_min, age_max)``.
 
     Each bound is compared in its own unit: ``age_min=18y`` compares completed years,
@@ -139,7 +150,7 @@ def matches(rule: RangeRule, age: AgeAt) -> bool:
     return rule.age_max is None or age.amount(rule.age_max.unit) < rule.age_max.amount
 
 
-def describe_band(rule: RangeRule) -> str:
+def describe_band(rule: Banded) -> str:
     """The rule's age band as text: ``all ages``, ``18y+``, ``<1y`` or ``1y to <13y``."""
     low, high = rule.age_min, rule.age_max
     if low is None and high is None:

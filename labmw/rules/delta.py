@@ -7,7 +7,8 @@ a threshold that is not set is not applied. Finding the previous result is the s
 module only judges the one it is handed.
 
 Deliberately *not* here: the tiered ALT rules of CLINICAL.md §3.5 (ratio limits, ULN gating, the
-clearance-based implausible fall). Those are separate rules; this is the lab-configured simple one.
+clearance-based implausible fall), which live in :mod:`labmw.rules.alt_tiers` and share
+:func:`window_skip_reason`; this is the lab-configured simple one.
 
 Pure: stdlib and ``labmw.model`` / ``labmw.errors`` only.
 """
@@ -61,32 +62,62 @@ def validate_delta_rule(rule: DeltaRule) -> None:
 
 
 def skip_reason(
-    rule: DeltaRule, *, collected_at: datetime | None, previous: PreviousResult | None
+    rule: DeltaRule,
+    *,
+    collected_at: datetime | None,
+    previous: PreviousResult | None,
+    specimen_id: str = "",
 ) -> str | None:
     """Why ``previous`` cannot be compared with a result collected at ``collected_at``, or ``None``.
 
-    The previous result must have been collected strictly before this one and no earlier than
-    ``window_days`` before it (the window's far edge is included). Times that cannot be compared
-    (one with a time zone, one without) are a reason to skip, not an error.
+    See :func:`window_skip_reason`, applied with the rule's ``window_days``.
     Raises: :class:`~labmw.errors.RuleError` for an invalid rule (see :func:`validate_delta_rule`).
     """
     validate_delta_rule(rule)
+    return window_skip_reason(
+        rule.window_days, collected_at=collected_at, previous=previous, specimen_id=specimen_id
+    )
+
+
+def window_skip_reason(
+    window_days: Decimal,
+    *,
+    collected_at: datetime | None,
+    previous: PreviousResult | None,
+    specimen_id: str = "",
+) -> str | None:
+    """Why ``previous`` cannot be compared with this result, or ``None`` when it can.
+
+    The previous result must have been collected strictly before this one and no earlier than
+    ``window_days`` before it (the window's far edge is included). Times that cannot be compared
+    (one with a time zone, one without) are a reason to skip, not an error. A previous result of
+    the *same specimen* (``specimen_id``, when given) is never compared: a correction (status C)
+    replaces the value it corrects, and comparing the two would report the correction as a change
+    in the patient (the store hands the specimen's own earlier result only by mistake).
+    """
     if previous is None:
         return "no previous result"
     if collected_at is None:
         return "no collection time"
+    if specimen_id and previous.specimen_id == specimen_id:
+        return "previous result is from the same specimen (a correction replaces it, not compared)"
     if (collected_at.tzinfo is None) != (previous.collected_at.tzinfo is None):
         return "previous result time not comparable (time zone on one side only)"
     if previous.collected_at >= collected_at:
         return "previous result not collected before this one"
-    window = timedelta(microseconds=int(rule.window_days * _MICROSECONDS_PER_DAY))
+    window = timedelta(microseconds=int(window_days * _MICROSECONDS_PER_DAY))
     if collected_at - previous.collected_at > window:
-        return f"previous result older than {rule.window_days} days"
+        return f"previous result older than {window_days} days"
     return None
 
 
 def check_simple_delta(
-    rule: DeltaRule, *, value: Decimal, collected_at: datetime, previous: PreviousResult | None
+    rule: DeltaRule,
+    *,
+    value: Decimal,
+    collected_at: datetime,
+    previous: PreviousResult | None,
+    specimen_id: str = "",
 ) -> DeltaOutcome | None:
     """Apply the simple delta rule to ``value`` against ``previous``.
 
@@ -106,7 +137,9 @@ def check_simple_delta(
 
     Raises: :class:`~labmw.errors.RuleError` for an invalid rule (see :func:`validate_delta_rule`).
     """
-    reason = skip_reason(rule, collected_at=collected_at, previous=previous)
+    reason = skip_reason(
+        rule, collected_at=collected_at, previous=previous, specimen_id=specimen_id
+    )
     if reason is not None or previous is None:
         return None
     old = previous.value

@@ -1,4 +1,4 @@
-"""Judge one result against its method: measuring range, reference range, critical limits, delta.
+"""Judge one result against its method: units, measuring range, ranges, critical limits, deltas.
 
 PRODUCT.md "Rules and flags": labmw adds HL7 table-0078 codes after the instrument's own flags,
 ``L``/``H`` outside the patient's reference range, ``LL``/``HH`` beyond a critical limit (in place
@@ -6,83 +6,67 @@ of ``L``/``H``), ``<``/``>`` outside the measuring range, ``U``/``D`` for a sign
 OBX-7 carries the applied range and NTE notes explain in words. Every rule's verdict is kept as a
 :class:`~labmw.model.Decision` with its inputs as strings for the audit trail.
 
+The follow-up rules that need the applied range (grading, decision thresholds, both delta rules,
+the Hy's-law note) are in :mod:`labmw.rules.followup`.
+
 Pure: no store, no clock, no logging, no I/O. Stdlib and ``labmw.model`` / ``labmw.errors`` only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 
-from labmw.model import Decision, Evaluation, Flag, Method, PreviousResult, Result
-from labmw.rules.delta import check_simple_delta, skip_reason
-from labmw.rules.ranges import RangeSelection, normalize_sex, select_range
+from labmw.model import Evaluation, Flag, Method, PreviousResult, RelatedResult, Result
+from labmw.rules.draft import Draft
+from labmw.rules.followup import check_followups
+from labmw.rules.ranges import PENDING_REVIEW, RangeSelection, normalize_sex, select_range
+from labmw.rules.units import Converted, from_method_units, to_method_units
 
 #: Result statuses (OBX-11 / ASTM R-9) that are range-checked: final and corrected. An empty
 #: status counts as final, because many ASTM analyzers leave R-9 blank on ordinary results.
 CHECKED_STATUSES: tuple[str, ...] = ("F", "C")
 
 
-class _Draft:
-    """The evaluation being built; local to one :func:`evaluate` call, never shared."""
-
-    __slots__ = ("decisions", "hold", "method", "notes", "range_flag", "scale_flag", "delta_flag")
-
-    def __init__(self, method: str | None) -> None:
-        self.method = method
-        self.range_flag = ""  # L, H, LL or HH
-        self.scale_flag = ""  # < or >
-        self.delta_flag = ""  # U or D
-        self.hold = False
-        self.notes: list[str] = []
-        self.decisions: list[Decision] = []
-
-    def decide(self, rule: str, outcome: str, **inputs: str) -> None:
-        self.decisions.append(Decision(rule=rule, outcome=outcome, inputs=dict(inputs)))
-
-    def finish(self, applied_range: str = "") -> Evaluation:
-        # Table 0078 order: reference/critical first, then measuring range, then delta.
-        flags = tuple(f for f in (self.range_flag, self.scale_flag, self.delta_flag) if f)
-        return Evaluation(
-            method=self.method,
-            flags=flags,
-            applied_range=applied_range,
-            notes=tuple(self.notes),
-            hold=self.hold,
-            decisions=tuple(self.decisions),
-        )
-
-
 def evaluate(
-    result: Result, method: Method | None, *, previous: PreviousResult | None = None
+    result: Result,
+    method: Method | None,
+    *,
+    previous: PreviousResult | None = None,
+    related: Sequence[RelatedResult] = (),
 ) -> Evaluation:
-    """Evaluate ``result`` against ``method`` (and ``previous`` for the delta rule).
+    """Evaluate ``result`` against ``method`` (``previous`` for deltas, ``related`` for Hy's law).
 
     Inputs: the result as the instrument reported it; its mapped method, or ``None`` when the test
-    code maps to none; the same patient's previous result of the method, if the caller found one.
+    code maps to none; the same patient's previous result of the method (latest earlier collection
+    within :attr:`~labmw.model.Method.delta_window_days`), if the caller found one; the patient's
+    recent results of other analytes (only the Hy's-law note reads them).
 
     Output: an :class:`~labmw.model.Evaluation`. In order:
 
-    1. No method: no flags, a note naming the test code.
+    1. No method: no flags, a note naming the test code. A method ``pending review`` says so.
     2. Gates that stop all checking (no flags at all, a note and a decision saying why): a status
        other than final ``F`` or corrected ``C`` (empty counts as ``F``); a non-numeric value;
-       units other than the method's (case-insensitive; empty units mean the method's).
+       units that are neither the method's (case-insensitive, micro signs as ``u``; empty units
+       mean the method's) nor converted by one of its ``conversions``. A converted value is
+       checked in the method's units from here on; the applied range comes back in the result's.
     3. Measuring range: ``<`` below ``measuring_low``, ``>`` above ``measuring_high``; a comparator
        value is judged by what it asserts (``<5`` with low 5 gives ``<``, ``>7000`` with high 7000
        gives ``>``). A comparator value then stops: no reference, critical or delta checks.
     4. Reference range from :func:`~labmw.rules.ranges.select_range`: ``L`` below low, ``H`` above
        high (a value equal to a limit is inside); ``applied_range`` is ``low-high`` as configured.
+       A range pending review, or incomplete demographics, is said in a note.
     5. Critical limits, even without a reference range: ``HH`` when value >= critical_high and
-       ``LL`` when value <= critical_low, in place of ``H``/``L``. With ``H``/``HH`` and a range, a
-       note ``"{x:.1f} x ULN {high}"``.
-    6. Simple delta against ``previous``: ``U``/``D`` appended, or ``hold=True`` instead of a flag
-       when the rule's action is ``hold``.
+       ``LL`` when value <= critical_low, in place of ``H``/``L``.
+    6. Follow-ups (:func:`~labmw.rules.followup.check_followups`): the multiple of the ULN and
+       grade, decision thresholds, the simple delta rule, the ALT tiers, the Hy's-law note.
 
     Flags come out as [L|H|LL|HH] then [<|>] then [U|D].
     Raises: :class:`~labmw.errors.RuleError` when the method is misconfigured (an age bound with an
-    unknown unit, an invalid delta rule).
+    unknown unit, an invalid delta rule, tier, scale or conversion).
     """
     if method is None:
-        draft = _Draft(None)
+        draft = Draft(None)
         draft.notes.append(
             f"no method mapped for test code {result.test_code}: forwarded without range flags"
         )
@@ -91,10 +75,13 @@ def evaluate(
         )
         return draft.finish()
 
-    draft = _Draft(method.name)
-    value = result.value
-    if not _passes_gates(result, method, draft) or value is None:
+    draft = Draft(method.name)
+    if method.status == PENDING_REVIEW:
+        draft.notes.append(f"method {method.name} is pending laboratory review")
+    converted = _passes_gates(result, method, draft)
+    if converted is None:
         return draft.finish()
+    value = converted.value
 
     _check_measuring_range(result, value, method, draft)
     if result.comparator:
@@ -105,37 +92,59 @@ def evaluate(
         return draft.finish()
 
     selection = _select(result, method)
-    rule = selection.rule
-    _check_reference_range(result, value, selection, draft)
+    _check_reference_range(result, converted, selection, draft)
     _check_critical(value, method, draft)
-    if rule is not None and draft.range_flag in (Flag.HIGH, Flag.CRITICAL_HIGH) and rule.high > 0:
-        draft.notes.append(f"{value / rule.high:.1f} x ULN {rule.high}")
-    _check_delta(result, value, method, previous, draft)
-    return draft.finish(selection.applied_range)
+    check_followups(
+        result, value, method, selection, draft, previous=previous, related=related
+    )
+    return draft.finish(_applied_range(selection, converted))
 
 
-def _passes_gates(result: Result, method: Method, draft: _Draft) -> bool:
-    """Status, numeric value and units; records why a result is not checked at all."""
+def _passes_gates(result: Result, method: Method, draft: Draft) -> Converted | None:
+    """Status, numeric value and units; records why a result is not checked at all.
+
+    Returns the value in the method's units, or ``None`` when the result is not checked.
+    """
     status = result.status.strip().upper() or "F"
     if status not in CHECKED_STATUSES:
         draft.notes.append(f"status {status} is not final: not range-checked")
         draft.decide("status", "not checked", status=status)
-        return False
+        return None
     if result.value is None:
         draft.notes.append("value is not numeric: not range-checked")
         draft.decide("value", "not checked", value=result.raw_value)
-        return False
+        return None
+    if status == "C":
+        # The store replaces the corrected value; the delta rules never compare the two.
+        draft.decide("status", "corrected", status=status, specimen=result.specimen_id)
     units = result.units.strip() or method.units
-    if units.casefold() != method.units.strip().casefold():
+    converted = to_method_units(result.value, units, method)
+    if converted is None:
         draft.notes.append(
             f"units {units} not checked: method {method.name} expects {method.units}"
         )
         draft.decide("units", "not checked", units=units, method_units=method.units)
-        return False
-    return True
+        return None
+    if converted.conversion is not None:
+        factor = converted.conversion.factor
+        draft.notes.append(
+            f"{result.raw_value.strip()} {units} = {converted.value} {method.units} "
+            f"(x {factor}): checked in {method.units}"
+        )
+        draft.decide("units", "converted", units=units, method_units=method.units,
+                     factor=str(factor), value=str(converted.value))
+    return converted
 
 
-def _check_measuring_range(result: Result, value: Decimal, method: Method, draft: _Draft) -> None:
+def _applied_range(selection: RangeSelection, converted: Converted) -> str:
+    """OBX-7 in the result's own units: U/L limits beside a µkat/L value would mislead the LIS."""
+    rule, conversion = selection.rule, converted.conversion
+    if rule is None or conversion is None:
+        return selection.applied_range
+    return f"{from_method_units(rule.low, conversion)}-{from_method_units(rule.high, conversion)}"
+
+
+def _check_measuring_range(result: Result, value: Decimal, method: Method, draft: Draft) -> None:
     low, high = method.measuring_low, method.measuring_high
     if low is None and high is None:
         return
@@ -194,9 +203,9 @@ def _select(result: Result, method: Method) -> RangeSelection:
 
 
 def _check_reference_range(
-    result: Result, value: Decimal, selection: RangeSelection, draft: _Draft
+    result: Result, converted: Converted, selection: RangeSelection, draft: Draft
 ) -> None:
-    rule = selection.rule
+    rule, value = selection.rule, converted.value
     inputs = {
         "value": result.raw_value,
         "sex": normalize_sex(result.sex) or "unknown",
@@ -206,8 +215,16 @@ def _check_reference_range(
         "incomplete_demographics": str(selection.incomplete_demographics).lower(),
         "reason": selection.reason,
     }
+    if converted.conversion is not None:
+        inputs["checked_value"] = str(value)
     if selection.incomplete_demographics:
         draft.notes.append(f"incomplete demographics: {selection.reason}")
+    if rule is not None and rule.status == PENDING_REVIEW:
+        draft.notes.append(
+            f"reference range {selection.applied_range} ({selection.partition}) is pending "
+            "laboratory review"
+        )
+        inputs["range_status"] = rule.status
     if rule is None:
         draft.notes.append(f"{selection.reason}: forwarded without L/H flags")
         draft.decide("reference_range", "no range", **inputs)
@@ -220,7 +237,7 @@ def _check_reference_range(
     draft.decide("reference_range", outcome, low=str(rule.low), high=str(rule.high), **inputs)
 
 
-def _check_critical(value: Decimal, method: Method, draft: _Draft) -> None:
+def _check_critical(value: Decimal, method: Method, draft: Draft) -> None:
     low, high = method.critical_low, method.critical_high
     if low is None and high is None:
         return
@@ -236,46 +253,5 @@ def _check_critical(value: Decimal, method: Method, draft: _Draft) -> None:
     )
 
 
-def _check_delta(
-    result: Result,
-    value: Decimal,
-    method: Method,
-    previous: PreviousResult | None,
-    draft: _Draft,
-) -> None:
-    rule = method.delta
-    if rule is None:
-        return
-    when = result.collected_at or result.completed_at
-    inputs = {
-        "value": str(value),
-        "collected_at": when.isoformat() if when is not None else "",
-        "previous_value": str(previous.value) if previous is not None else "",
-        "previous_collected_at": previous.collected_at.isoformat() if previous is not None else "",
-        "previous_specimen": previous.specimen_id if previous is not None else "",
-        "abs": _text(rule.abs_change),
-        "pct": _text(rule.pct_change),
-        "window_days": str(rule.window_days),
-        "action": rule.action,
-    }
-    reason = skip_reason(rule, collected_at=when, previous=previous)
-    if reason is not None or when is None:
-        draft.decide("delta", "skipped", reason=reason or "no collection time", **inputs)
-        return
-    outcome = check_simple_delta(rule, value=value, collected_at=when, previous=previous)
-    if outcome is None:
-        draft.decide("delta", "not fired", **inputs)
-        return
-    draft.notes.append(outcome.note)
-    if outcome.hold:
-        draft.hold = True
-        draft.notes.append("held for review by the delta rule")
-        draft.decide("delta", f"hold {outcome.flag}", **inputs)
-    else:
-        draft.delta_flag = outcome.flag
-        draft.decide("delta", outcome.flag, **inputs)
-
-
 def _text(value: Decimal | None) -> str:
     return "" if value is None else str(value)
-

@@ -15,6 +15,11 @@ from decimal import Decimal
 from labmw.model import Method, RangeRule
 from labmw.rules.age import AgeAt, approx_days, describe_band, matches
 
+#: The status of a range row kept in the file but never applied.
+DISABLED = "disabled"
+#: The status of a range row applied but not yet signed off (CLINICAL.md item 25).
+PENDING_REVIEW = "pending review"
+
 #: Sex codes that can select a sex-specific range (HL7 table 0001 / ASTM P-9). Anything else
 #: ("U", "O", "A", "N", "") is "sex unknown" for range selection.
 KNOWN_SEXES: tuple[str, ...] = ("M", "F")
@@ -67,7 +72,8 @@ def select_range(
 ) -> RangeSelection:
     """Pick the reference range of ``method`` for a patient of ``sex`` born ``birth_date``.
 
-    Inputs: the method (its ``ranges`` in configuration order); the patient's sex code (``"M"``,
+    Inputs: the method (its ``ranges`` in configuration order; rows with status ``disabled`` are
+    never considered); the patient's sex code (``"M"``,
     ``"F"``; anything else, including ``""`` and ``"U"``, is unknown); the birth date or ``None``;
     the collection date the age is computed at, or ``None`` when the result carries no time.
 
@@ -96,7 +102,9 @@ def select_range(
     candidates = [
         (index, rule)
         for index, rule in enumerate(method.ranges)
-        if _sex_matches(rule, patient_sex) and (age is None or matches(rule, age))
+        if rule.status != DISABLED
+        and _sex_matches(rule, patient_sex)
+        and (age is None or matches(rule, age))
     ]
     age_text = age.describe() if age is not None else "unknown"
     known = f"sex {patient_sex or 'unknown'}, age {age_text}"
@@ -198,7 +206,10 @@ def _widest(rules: list[RangeRule]) -> RangeRule:
     low = min(r.low for r in rules)
     high = max(r.high for r in rules)
     sources = "; ".join(dict.fromkeys(r.source for r in rules if r.source))
-    return RangeRule(low=low, high=high, sex=None, source=sources)
+    # The synthetic band is only as reviewed as the least reviewed row it is built from.
+    pending = any(r.status == PENDING_REVIEW for r in rules)
+    return RangeRule(low=low, high=high, sex=None, source=sources,
+                     status=PENDING_REVIEW if pending else "active")
 
 
 def _limits(rule: RangeRule) -> str:

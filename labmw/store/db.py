@@ -104,6 +104,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX inbound_keys_lookup ON inbound_keys
         (analyzer, sending_application, sending_facility, control_id, received_at);
     """,
+    # 3: corrections (status C) replace the earlier result of the same specimen and test instead of
+    # standing beside it (ASTM.md 2.6 R-9; CLIA 493.1291(k) keeps both, so the earlier row stays).
+    """
+    ALTER TABLE results ADD COLUMN superseded_by INTEGER;
+    CREATE INDEX results_correction ON results (analyzer, specimen, test_code);
+    """,
 )
 
 

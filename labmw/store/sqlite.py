@@ -84,18 +84,48 @@ class Tx:
             (result_id, control_id, payload, self.now.isoformat(), self.now.isoformat()))
         return int(cur.lastrowid or 0)
 
-    def previous_result(self, *, patient_id: str, method: str, before: datetime,
-                        not_before: datetime) -> PreviousResult | None:
-        """The patient's latest numeric result of ``method`` collected in [not_before, before)."""
+    def previous_result(self, *, patient_id: str, method: str, before: datetime, not_before: datetime,
+                        other_than_specimen: str = "") -> PreviousResult | None:
+        """The patient's latest final numeric result of ``method`` collected in [not_before, before).
+
+        Only values that still stand: not replaced by a correction, not held or rejected in review,
+        and from another specimen (a correction is not compared with the value it corrects).
+        """
         row = self._conn.execute(
-            "SELECT value, collected_at, specimen FROM results WHERE patient_id = ? AND method = ?"
+            "SELECT value, collected_at, specimen, units FROM results WHERE patient_id = ? AND method = ?"
             " AND value IS NOT NULL AND comparator IS NULL AND collected_at >= ? AND collected_at < ?"
-            " AND state != 'rejected' ORDER BY collected_at DESC, id DESC LIMIT 1",
-            (patient_id, method, not_before.isoformat(), before.isoformat())).fetchone()
+            " AND status IN ('F', 'C', '') AND superseded_by IS NULL AND state NOT IN ('rejected', 'held')"
+            " AND specimen != ? ORDER BY collected_at DESC, id DESC LIMIT 1",
+            (patient_id, method, not_before.isoformat(), before.isoformat(), other_than_specimen)).fetchone()
         if row is None:
             return None
         return PreviousResult(value=Decimal(row["value"]), collected_at=datetime.fromisoformat(row["collected_at"]),
-                              specimen_id=row["specimen"])
+                              specimen_id=row["specimen"], units=row["units"])
+
+    def recent_results(self, *, patient_id: str, around: datetime, hours: float,
+                       other_than_method: str) -> list[tuple[str, Decimal, str, datetime, str]]:
+        """(method, value, applied range, collected at, specimen) of the patient's standing numeric
+        results of other methods collected within ``hours`` either side of ``around``."""
+        from datetime import timedelta
+
+        span = timedelta(hours=hours)
+        rows = self._conn.execute(
+            "SELECT method, value, applied_range, collected_at, specimen FROM results WHERE patient_id = ?"
+            " AND method IS NOT NULL AND method != ? AND value IS NOT NULL AND comparator IS NULL"
+            " AND collected_at BETWEEN ? AND ? AND superseded_by IS NULL AND state != 'rejected'",
+            (patient_id, other_than_method, (around - span).isoformat(), (around + span).isoformat()))
+        return [(r["method"], Decimal(r["value"]), r["applied_range"], datetime.fromisoformat(r["collected_at"]),
+                 r["specimen"]) for r in rows]
+
+    def corrected_result(self, *, analyzer: str, specimen: str, test_code: str) -> tuple[int, str] | None:
+        """(id, raw value) of the standing result a correction of this specimen and test replaces."""
+        row = self._conn.execute(
+            "SELECT id, raw_value FROM results WHERE analyzer = ? AND specimen = ? AND test_code = ?"
+            " AND superseded_by IS NULL ORDER BY id DESC LIMIT 1", (analyzer, specimen, test_code)).fetchone()
+        return (int(row["id"]), str(row["raw_value"])) if row else None
+
+    def supersede(self, *, old_id: int, new_id: int) -> None:
+        self._conn.execute("UPDATE results SET superseded_by = ? WHERE id = ?", (new_id, old_id))
 
     def audit(self, event: str, *, actor: str = "labmw", analyzer: str = "", specimen: str = "", patient: str = "",
               ref: str = "", data: Mapping[str, Any] | None = None) -> int:

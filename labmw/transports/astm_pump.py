@@ -1,8 +1,13 @@
-"""Drives one ASTM link engine from one byte stream (a TCP connection today, a serial port next).
+"""Drives one ASTM link engine from one byte stream (a TCP connection or a serial port).
 
 read -> engine -> pipeline (commit) -> write. The only policy here is the order of the last two:
 the engine withholds the ACK of a message's final frame until :meth:`AstmLink.message_committed`,
 which we call only after the pipeline's transaction committed. Timers come from the engine.
+
+The engine also sends: the pipeline's answers to host queries go to :meth:`AstmLink.send_message`
+once their message is committed, and the engine bids for the link when the analyzer's session ends
+(ASTM.md §2.8). Because the sender role writes on timers too (a re-bid after a busy NAK, an EOT after
+a timeout), the engine's output is written after every input *and* every timer.
 """
 
 from __future__ import annotations
@@ -17,10 +22,14 @@ from labmw.daemon.pipeline import Outcome
 from labmw.errors import StoreError, WireError
 from labmw.wire.astm_events import (
     BytesIgnored,
+    ContentionYielded,
     DuplicateFrame,
+    FrameRefused,
     FrameRejected,
     MessageDiscarded,
     MessageReceived,
+    MessageSent,
+    SendFailed,
 )
 from labmw.wire.astm_frames import EOT
 from labmw.wire.astm_link import AstmLink
@@ -34,11 +43,17 @@ AuditDiscard = Callable[[str, bytes], Awaitable[None]]
 READ_SIZE = 65536
 
 
+def make_link(analyzer: AnalyzerSettings) -> AstmLink:
+    """The link engine for one connection of ``analyzer``, with its profile's link settings."""
+    return AstmLink(checksum_policy=analyzer.checksum_policy, max_send_text=analyzer.max_frame_text,
+                    frame_timeout=analyzer.frame_timeout)
+
+
 async def pump_astm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, analyzer: AnalyzerSettings,
                     handle: HandleMessage, audit_discard: AuditDiscard, stats: dict[str, float] | None = None) -> None:
     """Serve one ASTM link until the peer closes it. Never raises for anything the peer sends."""
     loop = asyncio.get_running_loop()
-    link = AstmLink(checksum_policy=analyzer.checksum_policy)
+    link = make_link(analyzer)
     stats = stats if stats is not None else {}
     while True:
         deadline = link.get_timer()
@@ -50,16 +65,20 @@ async def pump_astm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
         except TimeoutError:
             link.handle_timer(loop.time())
             await _drain(link, handle, audit_discard, stats)
+            await _write(link, writer)
             continue
         except OSError as exc:
             log.info("analyzer_connection_error", error=str(exc))
             data = b""
         if not data:
-            # The connection is gone: for the engine this ends the transfer like an EOT, so a
-            # partial message is discarded and audited rather than silently lost.
-            if link.state != "IDLE":
+            # The connection is gone: for the receiver this ends the transfer like an EOT, so a
+            # partial message is discarded and audited rather than silently lost. A transfer of
+            # ours cannot go on either: what is queued is lost with the connection.
+            if link.state in ("RECEIVING", "REJECTING"):
                 link.receive_data(EOT, loop.time())
                 await _drain(link, handle, audit_discard, stats)
+            for text in link.pending_messages:
+                log.warning("astm_send_failed", reason="connection closed", requeued=False, bytes=len(text))
             return
         try:
             link.receive_data(data, loop.time())
@@ -67,10 +86,14 @@ async def pump_astm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
             log.warning("astm_link_error", error=str(exc))
             return
         await _drain(link, handle, audit_discard, stats)
-        out = link.data_to_send()
-        if out:
-            writer.write(out)
-            await writer.drain()
+        await _write(link, writer)
+
+
+async def _write(link: AstmLink, writer: asyncio.StreamWriter) -> None:
+    out = link.data_to_send()
+    if out:
+        writer.write(out)
+        await writer.drain()
 
 
 async def _drain(link: AstmLink, handle: HandleMessage, audit_discard: AuditDiscard, stats: dict[str, float]) -> None:
@@ -83,25 +106,47 @@ async def _drain(link: AstmLink, handle: HandleMessage, audit_discard: AuditDisc
             elif isinstance(event, MessageDiscarded):
                 log.warning("astm_transfer_incomplete", reason=event.reason, bytes=len(event.text))
                 await audit_discard(event.reason, event.text)
-            elif isinstance(event, FrameRejected):
-                log.warning("astm_frame_rejected", reason=event.reason, fn=event.fn)
-            elif isinstance(event, DuplicateFrame):
-                log.info("astm_duplicate_frame", fn=event.fn)
-            elif isinstance(event, BytesIgnored):
-                log.debug("astm_bytes_ignored", count=event.count, state=event.state)
+            else:
+                _log_event(event)
         if not received:
             return
+        replies: list[bytes] = []
         try:
             for message in received:
                 outcome = await handle(message.text, message.raw)
+                replies += outcome.replies
                 stats["messages"] = stats.get("messages", 0) + 1
                 stats["results"] = stats.get("results", 0) + outcome.results
                 log.info("astm_message_stored", message_id=outcome.message_id, results=outcome.results,
-                         queued=outcome.queued, held=outcome.held, problems=outcome.problems)
+                         queued=outcome.queued, held=outcome.held, problems=outcome.problems,
+                         replies=len(outcome.replies))
         except StoreError as exc:
             # Not durable, so not acknowledged: the NAK makes the analyzer send the frame again.
+            # Replies to messages stored before the failure are dropped with them: the analyzer
+            # repeats those messages, and their queries, after the NAK.
             log.error("astm_message_not_stored", error=str(exc))
             link.message_failed(str(exc))
         else:
+            # ACK first, then queue the replies: they go out once the analyzer's session ends.
             link.message_committed()
+            for reply in replies:
+                link.send_message(reply, now=asyncio.get_running_loop().time())
         # Committing may release buffered bytes that produce further events: loop.
+
+
+def _log_event(event: object) -> None:
+    """Log one engine event that needs no action (counts and codes only, never payloads)."""
+    if isinstance(event, FrameRejected):
+        log.warning("astm_frame_rejected", reason=event.reason, fn=event.fn)
+    elif isinstance(event, DuplicateFrame):
+        log.info("astm_duplicate_frame", fn=event.fn)
+    elif isinstance(event, BytesIgnored):
+        log.debug("astm_bytes_ignored", count=event.count, state=event.state)
+    elif isinstance(event, MessageSent):
+        log.info("astm_reply_sent", bytes=len(event.text))
+    elif isinstance(event, SendFailed):
+        log.warning("astm_send_failed", reason=event.reason, requeued=event.requeued, bytes=len(event.text))
+    elif isinstance(event, FrameRefused):
+        log.info("astm_frame_refused", fn=event.fn, reply=event.reply)
+    elif isinstance(event, ContentionYielded):
+        log.info("astm_contention_yielded")

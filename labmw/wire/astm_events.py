@@ -73,6 +73,40 @@ class BytesIgnored:
     state: str
 
 
+# --- sender role (ASTM.md §1.3, §1.5, §1.7) ------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MessageSent:
+    """Every frame of a queued message was accepted (ACK, or EOT as a receiver interrupt)."""
+
+    text: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailed:
+    """A try to send a queued message failed; ``reason`` says how.
+
+    ``requeued`` True: the message stays first in the queue and is bid for again after a hold-off.
+    False: the engine gave up on it (6 failed tries, ASTM.md §1.3 and §1.5) and dropped it.
+    """
+
+    reason: str
+    text: bytes
+    requeued: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRefused:
+    """The receiver answered our frame ``fn`` with ``reply`` (NAK or another byte): it is sent again."""
+
+    fn: int
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContentionYielded:
+    """The instrument bid (ENQ) while we awaited the reply to ours: we ACKed it and now receive."""
+
+
 #: Any event :meth:`AstmLink.next_event` can return.
 Event: TypeAlias = (
     LinkEstablished
@@ -83,4 +117,8 @@ Event: TypeAlias = (
     | MessageDiscarded
     | TransferEnded
     | BytesIgnored
+    | MessageSent
+    | SendFailed
+    | FrameRefused
+    | ContentionYielded
 )

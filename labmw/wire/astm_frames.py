@@ -109,6 +109,33 @@ def build_frames(message_text: bytes, *, max_text: int = LEGACY_MAX_TEXT, first_
     return [build_frame((first_fn + i) % 8, piece, final=i == last) for i, piece in enumerate(pieces)]
 
 
+def frame_texts(message_text: bytes, *, max_text: int = LEGACY_MAX_TEXT) -> list[tuple[bytes, bool]]:
+    """Cut a message into the texts of the frames that carry it, one record per frame.
+
+    Each record (ending with its CR) starts a new frame, as ASTM.md §6 item 13 recommends; a record
+    longer than ``max_text`` continues in further frames. Returns ``(text, final)`` pairs: ``final``
+    (an ETX end frame) for the frame that ends a record, ETB for the frames before it. Frame numbers
+    are not assigned here: they depend on where the transfer phase stands. Raises
+    :class:`LocalProtocolError` on ``max_text < 1``, empty text or a restricted byte in the text.
+    """
+    if max_text < 1:
+        raise LocalProtocolError(f"max_text must be at least 1, got {max_text}")
+    if not message_text:
+        raise LocalProtocolError("a message needs at least one record")
+    bad = _RESTRICTED_RE.search(message_text)
+    if bad is not None:
+        raise LocalProtocolError(f"restricted byte 0x{bad.group()[0]:02X} in message text")
+    pieces: list[tuple[bytes, bool]] = []
+    pos = 0
+    while pos < len(message_text):
+        cr = message_text.find(CR, pos)
+        end = len(message_text) if cr == -1 else cr + 1
+        starts = range(pos, end, max_text)
+        pieces += [(message_text[s : min(s + max_text, end)], s + max_text >= end) for s in starts]
+        pos = end
+    return pieces
+
+
 # --- tokens produced by FrameReader --------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Frame:

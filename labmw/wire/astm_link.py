@@ -1,13 +1,18 @@
-"""Sans-I/O ASTM E1381 / CLSI LIS01-A2 link engine (receiver role).
+"""Sans-I/O ASTM E1381 / CLSI LIS01-A2 link engine: receiver and sender roles on one link.
 
 Bytes go in through :meth:`AstmLink.receive_data`, events come out of :meth:`AstmLink.next_event`,
-and the ACK/NAK replies to write come from :meth:`AstmLink.data_to_send`. Time comes in as ``now``;
-the deadline goes out through :meth:`AstmLink.get_timer` (aioquic style, STYLE.md §1).
+and the bytes to write (ACK/NAK as receiver; ENQ, frames and EOT as sender) come from
+:meth:`AstmLink.data_to_send`. Time comes in as ``now``; the deadline goes out through
+:meth:`AstmLink.get_timer` (aioquic style, STYLE.md §1).
 
 All state logic is the table :data:`TRANSITIONS`, keyed by (state, input) (STYLE.md §7.5). Inputs
-are reader tokens refined by a pure judgement of frames, plus the timer and the pump's calls. The
-table knows no roles: a sender role (host-query replies) adds its own states and inputs without
-touching these rows.
+are reader tokens refined by a pure judgement (of frames in RECEIVING, of replies in SENDING), plus
+the timer, the pump's calls, and SEND_DUE: "idle, a message is queued and no hold-off is in force".
+
+Sender role (host-query replies, ASTM.md §2.8): :meth:`AstmLink.send_message` queues a message;
+from IDLE the engine bids with ENQ (BIDDING), then sends one frame at a time and waits for each
+reply (SENDING). labmw is the "computer system", so it always yields to the instrument: an ENQ
+received while bidding is ACKed and the engine receives (ASTM.md §1.3, §5.8).
 
 "Persist, then acknowledge" (STYLE.md §6, data flow step 4): an accepted ETX frame that completes
 messages is not ACKed. The engine emits ``MessageReceived`` and waits in AWAITING_COMMIT, only
@@ -30,13 +35,27 @@ IDLE = "IDLE"  #: neutral: only ENQ means anything (ASTM.md §1.2)
 RECEIVING = "RECEIVING"  #: transfer phase, we are the receiver
 AWAITING_COMMIT = "AWAITING_COMMIT"  #: messages emitted; their frame's reply waits for the pump
 REJECTING = "REJECTING"  #: a message grew too large: NAK every frame until EOT, ENQ or timeout
+BIDDING = "BIDDING"  #: we sent ENQ and wait for the reply (ASTM.md §1.3)
+SENDING = "SENDING"  #: transfer phase, we are the sender: our frame waits for its reply (§1.5)
 
 CHECKSUM_POLICIES = ("strict", "warn", "ignore")
 _SLICE = 4096  # input reaches the reader in slices, so one huge read cannot balloon its buffer
 
+# Sender timers and limits (ASTM.md §1.3, §1.5-1.7 and §6 items 11-14), in seconds.
+REPLY_TIMEOUT = 15.0  #: for the reply to our ENQ or to our frame
+BUSY_DELAY = 10.0  #: after a NAK to our ENQ (the receiver is busy) before we bid again
+CONTENTION_DELAY = 20.0  #: after we yielded to the instrument's ENQ (or until its session ends)
+INTERRUPT_DELAY = 15.0  #: after we honoured a receiver interrupt (or until the other side's session ends)
+#: After a timeout or 6 refusals. E1381 names no value; the busy back-off keeps a dead peer from
+#: being hammered every 15 s.
+RETRY_DELAY = 10.0
+#: Refusals of one frame, and failed tries (bids and transfers) of one message, before giving up.
+MAX_TRIES = 6
+
 
 class Input(enum.Enum):
-    """What drives a transition: a reader token (frames judged in RECEIVING), timer or pump."""
+    """What drives a transition: a reader token (frames judged in RECEIVING, replies in SENDING),
+    the timer, the pump's calls, or SEND_DUE."""
 
     ENQ = "ENQ"
     EOT = "EOT"
@@ -53,6 +72,12 @@ class Input(enum.Enum):
     TIMEOUT = "timer expired"
     COMMITTED = "message_committed()"
     FAILED = "message_failed()"
+    SEND_DUE = "idle, a message queued, no hold-off"
+    ACKED_MORE = "ACK to our frame, more to send"
+    ACKED_LAST = "ACK to our last queued frame"
+    REFUSED = "NAK or another byte in reply to our frame"
+    REFUSED_LAST = "the 6th refusal of one frame"
+    INTERRUPTED = "EOT in reply to our frame: receiver interrupt"
 
 
 class Transition(NamedTuple):
@@ -69,7 +94,7 @@ def _rows(state: str, inputs: tuple[Input, ...], action: str) -> dict[tuple[str,
 _NOISE = (Input.ACK, Input.NAK, Input.JUNK, Input.FRAME_CUT)
 _UNJUDGED = (Input.FRAME, Input.FRAME_BAD)  # frames are judged only in RECEIVING, broken ones anywhere
 
-#: Every receiver transition. In AWAITING_COMMIT no input is read, so only the pump's calls appear.
+#: Every transition. In AWAITING_COMMIT no input is read, so only the pump's calls appear.
 TRANSITIONS: dict[tuple[str, Input], Transition] = {
     # IDLE ignores everything but ENQ; an EOT there is silently ignored (ASTM.md §6 item 2, §5.7).
     (IDLE, Input.ENQ): Transition("_establish", RECEIVING),
@@ -95,7 +120,28 @@ TRANSITIONS: dict[tuple[str, Input], Transition] = {
     **_rows(REJECTING, _NOISE, "_ignore"),
     **_rows(REJECTING, _UNJUDGED, "_refuse"),
     (REJECTING, Input.TIMEOUT): Transition("_time_out", IDLE),
+    # IDLE with messages queued: bid when no hold-off is in force (ASTM.md §6 item 11). The timer
+    # in IDLE is the end of a hold-off.
+    (IDLE, Input.SEND_DUE): Transition("_bid", BIDDING),
+    (IDLE, Input.TIMEOUT): Transition("_wake", IDLE),
+    # BIDDING (ASTM.md §1.3, §6 items 11-12). An ENQ now is contention: the instrument wins.
+    (BIDDING, Input.ACK): Transition("_start_sending", SENDING),
+    (BIDDING, Input.NAK): Transition("_busy", IDLE),
+    (BIDDING, Input.ENQ): Transition("_yield", RECEIVING),
+    **_rows(BIDDING, (Input.EOT, Input.JUNK, Input.FRAME_CUT, *_UNJUDGED), "_ignore"),
+    (BIDDING, Input.TIMEOUT): Transition("_abort", IDLE),
+    # SENDING (ASTM.md §1.5, §1.7, §6 item 14): every reply is judged against the frame in flight.
+    (SENDING, Input.ACKED_MORE): Transition("_send_next", SENDING),
+    (SENDING, Input.ACKED_LAST): Transition("_finish", IDLE),
+    (SENDING, Input.REFUSED): Transition("_retransmit", SENDING),
+    (SENDING, Input.REFUSED_LAST): Transition("_abort", IDLE),
+    (SENDING, Input.INTERRUPTED): Transition("_interrupted", IDLE),
+    (SENDING, Input.TIMEOUT): Transition("_abort", IDLE),
 }
+
+#: Wire inputs that SENDING judges as refusals: anything but ACK and EOT (e411 p.24).
+_REFUSALS = {Input.NAK: "NAK", Input.ENQ: "ENQ", Input.JUNK: "other bytes", Input.FRAME: "a frame",
+             Input.FRAME_CUT: "a broken frame", Input.FRAME_BAD: "a broken frame"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,13 +198,33 @@ class _Transfer:
         return messages
 
 
+@dataclass(slots=True)
+class _Outgoing:
+    """A queued message: its text, the texts of its frames, and how many of its tries failed."""
+
+    text: bytes
+    pieces: tuple[tuple[bytes, bool], ...]
+    failures: int = 0
+
+
+@dataclass(slots=True)
+class _Flight:
+    """The frame in flight as sender: which piece of the first queued message, its FN and bytes."""
+
+    piece: int = 0
+    fn: int = 1
+    refusals: int = 0
+    frame: bytes = b""
+
+
 class AstmLink:
-    """One E1381 link (a serial port or a TCP connection), receiver role.
+    """One E1381 link (a serial port or a TCP connection), receiver and sender roles.
 
     ``checksum_policy``: "strict" NAKs a bad checksum, "warn" accepts it and emits
     ``ChecksumMismatchTolerated``, "ignore" accepts it silently. ``max_frame_text``: text bytes
-    per frame (63,993 in LIS01-A2). ``max_message_bytes``: one reassembled message.
+    per received frame (63,993 in LIS01-A2). ``max_message_bytes``: one reassembled message.
     ``frame_timeout``: the receiver's frame-wait timer in seconds (30 s, ASTM.md §1.6).
+    ``max_send_text``: text bytes per frame we send (240 by default, ASTM.md §1.4).
     Raises :class:`LocalProtocolError` on invalid settings.
     """
 
@@ -169,11 +235,13 @@ class AstmLink:
         max_frame_text: int = f.MAX_TEXT,
         max_message_bytes: int = 4 * 1024 * 1024,
         frame_timeout: float = 30.0,
+        max_send_text: int = f.LEGACY_MAX_TEXT,
     ) -> None:
         if checksum_policy not in CHECKSUM_POLICIES:
             raise LocalProtocolError(f"checksum_policy {checksum_policy!r} is not one of {CHECKSUM_POLICIES}")
-        if max_message_bytes < 1 or not frame_timeout > 0:
-            raise LocalProtocolError("max_message_bytes and frame_timeout must be positive")
+        if max_message_bytes < 1 or not frame_timeout > 0 or not 1 <= max_send_text <= f.MAX_TEXT:
+            raise LocalProtocolError(f"max_message_bytes, frame_timeout and max_send_text (up to {f.MAX_TEXT}) "
+                                     "must be positive")
         self._policy = checksum_policy
         self._max_message = max_message_bytes
         self._timeout = frame_timeout
@@ -188,19 +256,45 @@ class AstmLink:
         self._now = 0.0
         self._rx = _Transfer()
         self._saved: tuple[_Transfer, int] | None = None  # state before the uncommitted frame, its FN
+        self._max_send = max_send_text
+        self._outbox: deque[_Outgoing] = deque()
+        self._flight = _Flight()
+        self._hold_until: float | None = None  # no bid before this time (ASTM.md §1.6 hold-offs)
 
     # --- public API -----------------------------------------------------------------------------
     @property
     def state(self) -> str:
-        """The state name: "IDLE", "RECEIVING", "AWAITING_COMMIT" or "REJECTING"."""
+        """The state name: IDLE, RECEIVING, AWAITING_COMMIT, REJECTING, BIDDING or SENDING."""
         return self._state
+
+    @property
+    def pending_messages(self) -> tuple[bytes, ...]:
+        """The texts of the queued messages not yet sent (the one in flight first)."""
+        return tuple(item.text for item in self._outbox)
+
+    def send_message(self, text: bytes, now: float | None = None) -> None:
+        """Queue one message (records H..L, each ending with CR) to send in the sender role.
+
+        It goes out when the link is idle and no hold-off is in force: the ENQ is in
+        :meth:`data_to_send` at once if the link is idle now, else after the current transfer.
+        Messages queued before a transfer phase ends go in the same phase. ``now`` advances the
+        clock first (default: the latest time seen). Outcomes come as ``MessageSent`` and
+        ``SendFailed`` events. Raises :class:`LocalProtocolError` for empty text or text holding a
+        restricted byte (nothing is queued then).
+        """
+        pieces = tuple(f.frame_texts(text, max_text=self._max_send))
+        if now is not None:
+            self._expire(now)
+        self._outbox.append(_Outgoing(bytes(text), pieces))
+        self._settle()
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes read at time ``now``, split anywhere (b"" only advances the clock).
 
         An expired timer is handled first, as by :meth:`handle_timer`. In AWAITING_COMMIT the
         bytes are only buffered; past one frame's worth they are dropped and reported as
-        ``BytesIgnored``. Raises nothing.
+        ``BytesIgnored``. A queued message is bid for once the input leaves the link idle.
+        Raises nothing.
         """
         self._expire(now)
         for start in range(0, len(data), _SLICE):
@@ -213,13 +307,18 @@ class AstmLink:
             else:
                 self._reader.feed(chunk)
                 self._process()
+        self._settle()
 
     def next_event(self) -> ev.Event | None:
         """Return the oldest pending event, or None. Raises nothing."""
         return self._events.popleft() if self._events else None
 
     def data_to_send(self) -> bytes:
-        """Return, and forget, the bytes the transport must write now (ACK/NAK), or b""."""
+        """Return, and forget, the bytes the transport must write now, or b"".
+
+        ACK/NAK as receiver; ENQ, frames and EOT as sender. Check it after every call that takes
+        ``now`` and after :meth:`send_message`: timers produce bytes too.
+        """
         out = bytes(self._outgoing)
         self._outgoing.clear()
         return out
@@ -227,7 +326,9 @@ class AstmLink:
     def get_timer(self) -> float | None:
         """Return the absolute deadline (the clock of ``now``), or None.
 
-        No timer runs in IDLE, nor in AWAITING_COMMIT, where we wait on the pump, not the peer.
+        The frame wait as receiver, the reply wait as sender, and in IDLE the end of a hold-off
+        while a message is queued. None otherwise, and in AWAITING_COMMIT, where we wait on the
+        pump, not the peer.
         """
         return self._deadline
 
@@ -235,9 +336,10 @@ class AstmLink:
         """Act on the deadline if ``now`` reached it; otherwise do nothing. Raises nothing.
 
         Receiver timeout (ASTM.md §1.6): go IDLE, emitting ``MessageDiscarded("timeout", text)``
-        if text was buffered.
+        if text was buffered. Sender timeout: EOT, go IDLE, ``SendFailed``. End of a hold-off: bid.
         """
         self._expire(now)
+        self._settle()
 
     def message_committed(self) -> None:
         """Report that every emitted message is durably stored: ACK the completing frame.
@@ -247,6 +349,7 @@ class AstmLink:
         """
         self._fire(_Step(Input.COMMITTED))
         self._process()
+        self._settle()
 
     def message_failed(self, reason: str) -> None:
         """Report that the emitted messages could not be stored: NAK the completing frame.
@@ -257,11 +360,23 @@ class AstmLink:
         """
         self._fire(_Step(Input.FAILED, reason=reason))
         self._process()
+        self._settle()
 
     # --- driving the table ----------------------------------------------------------------------
     def _process(self) -> None:
         while self._state != AWAITING_COMMIT and (token := self._reader.next_token()) is not None:
-            self._fire(self._step_for(token))
+            step = self._step_for(token)
+            self._fire(self._judge_reply(step) if self._state == SENDING else step)
+
+    def _settle(self) -> None:
+        """Idle with messages queued: bid now, or arm the timer for the end of the hold-off."""
+        if self._state != IDLE or not self._outbox:
+            return
+        if self._hold_until is not None and self._now < self._hold_until:
+            self._deadline = self._hold_until
+        else:
+            self._hold_until = None
+            self._fire(_Step(Input.SEND_DUE))
 
     def _fire(self, step: _Step) -> None:
         transition = TRANSITIONS.get((self._state, step.input))
@@ -315,6 +430,18 @@ class AstmLink:
         kind = Input.FRAME_COMPLETES if frame.final and (rx.ends or scan.ends) else Input.FRAME_GOOD
         return _Step(kind, fn=fn, frame=frame, tolerated=tolerated, scan=scan)
 
+    def _judge_reply(self, step: _Step) -> _Step:
+        """Classify the receiver's reply to our frame in flight (ASTM.md §1.5, §6 item 14). Pure."""
+        flight, fn = self._flight, self._flight.fn
+        if step.input is Input.ACK:
+            last = len(self._outbox) == 1 and flight.piece == len(self._outbox[0].pieces) - 1
+            return _Step(Input.ACKED_LAST if last else Input.ACKED_MORE, fn=fn)
+        if step.input is Input.EOT:
+            return _Step(Input.INTERRUPTED, fn=fn)
+        # NAK or any other byte: "characters other than [ACK]" reject the frame (e411 p.24).
+        kind = Input.REFUSED_LAST if flight.refusals + 1 >= MAX_TRIES else Input.REFUSED
+        return _Step(kind, fn=fn, reason=_REFUSALS.get(step.input, "other bytes"))
+
     # --- actions (named in TRANSITIONS) ---------------------------------------------------------
     def _nothing(self, step: _Step) -> None:
         """Do nothing (an EOT in IDLE)."""
@@ -335,12 +462,14 @@ class AstmLink:
         self._establish(step)
 
     def _end_transfer(self, step: _Step) -> None:
-        # EOT is never answered (ASTM.md §1.8); an incomplete message is discarded.
+        # EOT is never answered (ASTM.md §1.8); an incomplete message is discarded. The other
+        # side's session is over, which also ends any hold-off on our bids (§1.6, §5.8).
         self._discard("eot")
         self._events.append(ev.TransferEnded())
-        self._deadline = None
+        self._deadline = self._hold_until = None
 
     def _time_out(self, step: _Step) -> None:
+        # A silent peer did not finish its session: a hold-off on our bids still runs its course.
         self._discard("timeout")
         self._deadline = None
 
@@ -390,7 +519,107 @@ class AstmLink:
         self._events.append(ev.FrameRejected(f"message not stored: {step.reason}", fn))
         self._reply(f.NAK)
 
+    # --- sender actions (named in TRANSITIONS) --------------------------------------------------
+    def _bid(self, step: _Step) -> None:
+        # ENQ and a 15 s wait for the reply (ASTM.md §1.3).
+        self._send(f.ENQ)
+
+    def _wake(self, step: _Step) -> None:
+        """The hold-off ended; :meth:`_settle` bids."""
+        self._deadline = None
+
+    def _start_sending(self, step: _Step) -> None:
+        # The receiver ACKed our ENQ: FN is 1 for the first frame of every transfer phase (§1.4).
+        self._flight = _Flight()
+        self._send_frame()
+
+    def _send_next(self, step: _Step) -> None:
+        self._advance()
+        self._send_frame()
+
+    def _finish(self, step: _Step) -> None:
+        self._advance()
+        self._terminate(hold=None)
+
+    def _retransmit(self, step: _Step) -> None:
+        # Same frame, same FN (§1.5); every transmission restarts the 15 s reply timer.
+        self._flight.refusals += 1
+        self._events.append(ev.FrameRefused(self._flight.fn, step.reason))
+        self._send(self._flight.frame)
+
+    def _busy(self, step: _Step) -> None:
+        # NAK to ENQ: the receiver is busy; bid again after at least 10 s (§1.3). No EOT: the
+        # link was never ours.
+        self._deadline = None
+        self._hold_until = self._now + BUSY_DELAY
+        self._fail("receiver busy: NAK to ENQ")
+
+    def _yield(self, step: _Step) -> None:
+        # Contention (§1.3, §6 item 12): the instrument has priority. We ACK its ENQ and receive,
+        # and bid again only after 20 s or once its session ends (_end_transfer, _time_out).
+        self._events.append(ev.ContentionYielded())
+        self._hold_until = self._now + CONTENTION_DELAY
+        self._establish(step)
+
+    def _interrupted(self, step: _Step) -> None:
+        # Receiver interrupt (§1.7): the frame counts as received. We honour it: EOT, and no bid
+        # for 15 s, so the other side can send. A message cut short is sent whole again later.
+        if self._flight.piece == len(self._outbox[0].pieces) - 1:
+            self._events.append(ev.MessageSent(self._outbox.popleft().text))
+        else:
+            self._fail(f"receiver interrupt after frame {self._flight.fn}")
+        self._terminate(hold=INTERRUPT_DELAY)
+
+    def _abort(self, step: _Step) -> None:
+        # Timeout (§1.3, §1.5) or the 6th refusal of one frame (§1.5): EOT, idle, requeue.
+        if step.input is Input.REFUSED_LAST:
+            self._events.append(ev.FrameRefused(self._flight.fn, step.reason))
+            reason = f"frame {self._flight.fn} refused {MAX_TRIES} times (last reply: {step.reason})"
+        elif self._state == BIDDING:
+            reason = f"no reply to ENQ within {REPLY_TIMEOUT:g} s"
+        else:
+            reason = f"no reply to frame {self._flight.fn} within {REPLY_TIMEOUT:g} s"
+        self._terminate(hold=RETRY_DELAY)
+        self._fail(reason)
+
     # --- helpers --------------------------------------------------------------------------------
+    def _send(self, data: bytes) -> None:
+        # Every ENQ or frame we send starts the 15 s reply timer (ASTM.md §1.6).
+        self._outgoing += data
+        self._deadline = self._now + REPLY_TIMEOUT
+
+    def _send_frame(self) -> None:
+        flight = self._flight
+        text, final = self._outbox[0].pieces[flight.piece]
+        flight.frame = f.build_frame(flight.fn, text, final=final)
+        self._send(flight.frame)
+
+    def _advance(self) -> None:
+        """Our frame was ACKed: move on to the next piece, or to the next queued message."""
+        flight, head = self._flight, self._outbox[0]
+        if flight.piece == len(head.pieces) - 1:
+            self._outbox.popleft()
+            self._events.append(ev.MessageSent(head.text))
+            flight.piece = 0
+        else:
+            flight.piece += 1
+        flight.fn, flight.refusals = (flight.fn + 1) % 8, 0
+
+    def _terminate(self, *, hold: float | None) -> None:
+        # EOT ends our transfer phase; nobody answers it (§1.8).
+        self._outgoing += f.EOT
+        self._deadline = None
+        self._hold_until = None if hold is None else self._now + hold
+
+    def _fail(self, reason: str) -> None:
+        """Count a failed try of the first queued message; drop it after the 6th."""
+        head = self._outbox[0]
+        head.failures += 1
+        requeued = head.failures < MAX_TRIES
+        if not requeued:
+            self._outbox.popleft()
+        self._events.append(ev.SendFailed(reason, head.text, requeued))
+
     def _reply(self, byte: bytes) -> None:
         # Every ACK/NAK we send restarts the frame-wait timer (ASTM.md §6 item 4).
         self._outgoing += byte

@@ -33,7 +33,17 @@ from labmw.wire.astm_events import (
     TransferEnded,
 )
 from labmw.wire.astm_frames import STX, build_frame, build_frames
-from labmw.wire.astm_link import AWAITING_COMMIT, IDLE, RECEIVING, REJECTING, TRANSITIONS, AstmLink, Input
+from labmw.wire.astm_link import (
+    AWAITING_COMMIT,
+    BIDDING,
+    IDLE,
+    RECEIVING,
+    REJECTING,
+    SENDING,
+    TRANSITIONS,
+    AstmLink,
+    Input,
+)
 
 H = b"H|\\^&|||labmw-test\r"
 P = b"P|1\r"
@@ -408,14 +418,18 @@ def test_api_misuse_is_a_local_protocol_error() -> None:
 
 
 def test_transition_table_is_total_for_wire_inputs() -> None:
-    """Every wire input has a transition in IDLE, RECEIVING and REJECTING; none in AWAITING_COMMIT."""
+    """Every wire input has a transition in every state that reads input; none in AWAITING_COMMIT."""
     unjudged = {Input.ENQ, Input.EOT, Input.ACK, Input.NAK, Input.JUNK, Input.FRAME, Input.FRAME_CUT,
                 Input.FRAME_BAD}  # fmt: skip
     judged = unjudged - {Input.FRAME} | {Input.FRAME_GOOD, Input.FRAME_COMPLETES, Input.FRAME_DUPLICATE,
                                         Input.MESSAGE_TOO_LARGE, Input.TIMEOUT}  # fmt: skip
-    assert {i for (s, i) in TRANSITIONS if s == IDLE} == unjudged
+    replies = {Input.ACKED_MORE, Input.ACKED_LAST, Input.REFUSED, Input.REFUSED_LAST, Input.INTERRUPTED,
+               Input.TIMEOUT}  # fmt: skip
+    assert {i for (s, i) in TRANSITIONS if s == IDLE} == unjudged | {Input.SEND_DUE, Input.TIMEOUT}
     assert {i for (s, i) in TRANSITIONS if s == REJECTING} == unjudged | {Input.TIMEOUT}
     assert {i for (s, i) in TRANSITIONS if s == RECEIVING} == judged
     assert {i for (s, i) in TRANSITIONS if s == AWAITING_COMMIT} == {Input.COMMITTED, Input.FAILED}
-    assert {t.target for t in TRANSITIONS.values()} <= {IDLE, RECEIVING, AWAITING_COMMIT, REJECTING}
+    assert {i for (s, i) in TRANSITIONS if s == BIDDING} == unjudged | {Input.TIMEOUT}
+    assert {i for (s, i) in TRANSITIONS if s == SENDING} == replies
+    assert {t.target for t in TRANSITIONS.values()} <= {IDLE, RECEIVING, AWAITING_COMMIT, REJECTING, BIDDING, SENDING}
     assert all(callable(getattr(AstmLink, t.action, None)) for t in TRANSITIONS.values())
