@@ -102,6 +102,22 @@ class LisSettings:
     sending_facility: str = ""
     receiving_application: str = "LIS"
     receiving_facility: str = ""
+    tls: TlsSettings | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSettings:
+    """TLS for an MLLP link (stdlib ssl). Paths are resolved against the config file's directory.
+
+    As a client: ``ca_file`` verifies the server (system CAs when empty), ``cert_file``/``key_file``
+    present a client certificate when the peer asks. As a server: ``cert_file``/``key_file`` are
+    required, and ``ca_file`` (when set) makes the client certificate mandatory.
+    """
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    server_name: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -560,7 +576,33 @@ class _Validator:
             sending_facility=self.string(tbl, "lis.sending_facility", default=""),
             receiving_application=self.string(tbl, "lis.receiving_application", default="LIS"),
             receiving_facility=self.string(tbl, "lis.receiving_facility", default=""),
+            tls=self.tls(tbl, "lis.tls", server=False),
         )
+
+    def tls(self, tbl: Mapping[str, Any], key: str, *, server: bool) -> TlsSettings | None:
+        """An optional ``tls`` sub-table; every named file must exist (checked now, not at 3 a.m.)."""
+        sub = tbl.get(key.rsplit(".", 1)[-1])
+        if sub is None:
+            return None
+        if not isinstance(sub, Mapping):
+            raise self.fail(key, "expected a table with ca_file, cert_file, key_file, server_name")
+        files: dict[str, str] = {}
+        for name in ("ca_file", "cert_file", "key_file"):
+            value = self.string(sub, f"{key}.{name}", default="")
+            if value:
+                path = Path(value) if Path(value).is_absolute() else self.path.parent / value
+                if not path.is_file():
+                    raise self.fail(f"{key}.{name}", f"expected an existing file, {path} not found")
+                value = str(path)
+            files[name] = value
+        if server and not (files["cert_file"] and files["key_file"]):
+            raise self.fail(key, "a TLS listener needs cert_file and key_file")
+        if bool(files["cert_file"]) != bool(files["key_file"]):
+            raise self.fail(f"{key}.key_file", "expected cert_file and key_file together")
+        for name in sub:
+            if name not in ("ca_file", "cert_file", "key_file", "server_name"):
+                raise self.fail(f"{key}.{name}", "unknown key (expected ca_file, cert_file, key_file, server_name)")
+        return TlsSettings(**files, server_name=self.string(sub, f"{key}.server_name", default=""))
 
 
 _METHOD_KEYS = frozenset({"analyte", "units", "loinc", "measuring_range", "critical_low", "critical_high",

@@ -41,9 +41,10 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: s
 class MllpLis:
     """A LIS: python-hl7's asyncio MLLP server on its own thread, ACKing AA and keeping what arrived."""
 
-    def __init__(self, port: int, *, ack_code: str = "AA") -> None:
+    def __init__(self, port: int, *, ack_code: str = "AA", ssl: object = None) -> None:
         self.port = port
         self.ack_code = ack_code
+        self.ssl = ssl
         self.received: list[hl7.Message] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -64,7 +65,8 @@ class MllpLis:
     def start(self) -> MllpLis:
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(
-            hl7.mllp.start_hl7_server(self._handle, "127.0.0.1", self.port, encoding="utf-8", limit=4 * 2**20),
+            hl7.mllp.start_hl7_server(self._handle, "127.0.0.1", self.port, encoding="utf-8", limit=4 * 2**20,
+                                      ssl=self.ssl),
             self._loop)
         self._server = future.result(10)
         return self

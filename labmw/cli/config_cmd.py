@@ -114,15 +114,24 @@ def lis_set(
     ctx: typer.Context,
     connect: Annotated[str, typer.Option(help="LIS MLLP listener, HOST:PORT.")],
     ack_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the LIS's ACK.")] = None,
+    tls_ca_file: Annotated[str | None, typer.Option(help="TLS: CA file that verifies the LIS (turns TLS on).")] = None,
+    tls_cert_file: Annotated[str | None, typer.Option(help="TLS: client certificate, if the LIS asks.")] = None,
+    tls_key_file: Annotated[str | None, typer.Option(help="TLS: the client certificate's key.")] = None,
+    tls_server_name: Annotated[str | None, typer.Option(help="TLS: name to verify (default: the host).")] = None,
 ) -> None:
-    """Set where results are delivered."""
+    """Set where results are delivered (optionally over TLS)."""
     endpoint = _endpoint("--connect", connect)
+    tls = {k: v for k, v in (("ca_file", tls_ca_file), ("cert_file", tls_cert_file), ("key_file", tls_key_file),
+                             ("server_name", tls_server_name)) if v is not None}
 
     def change(doc: TOMLDocument) -> None:
         lis = config_edit.table_at(doc, "lis")
         lis["connect"] = endpoint
         if ack_timeout is not None:
             lis["ack_timeout"] = ack_timeout
+        if tls:
+            lis["tls"] = tomlkit.item({k: str(Path(v).resolve()) if k != "server_name" else v
+                                       for k, v in tls.items()})
 
     config_edit.edit(config_file(ctx), "lis set", "lis", change)
     typer.echo(f"LIS set to {endpoint}")

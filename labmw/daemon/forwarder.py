@@ -21,6 +21,7 @@ from datetime import datetime
 import structlog
 
 from labmw.config import LisSettings
+from labmw.transports.tls import client_context
 from labmw.daemon.pipeline import utcnow
 from labmw.daemon.runner import StoreRunner
 from labmw.errors import CodecError, ForwardError
@@ -57,9 +58,12 @@ class LisConnection:
 
     async def open(self) -> None:
         endpoint = self.settings.connect
+        tls = self.settings.tls
         try:
             self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(endpoint.host, endpoint.port), self.settings.connect_timeout)
+                asyncio.open_connection(endpoint.host, endpoint.port, ssl=client_context(tls) if tls else None,
+                                        server_hostname=(tls.server_name or endpoint.host) if tls else None),
+                self.settings.connect_timeout)
         except (OSError, TimeoutError) as exc:
             raise ForwardError(f"cannot connect to LIS {endpoint}: {exc or 'timeout'}") from None
         self._framer = MllpFramer(max_size=1024 * 1024)
