@@ -7,6 +7,7 @@ never a traceback.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +27,14 @@ class _Group(TyperGroup):
         except LabmwError as exc:
             typer.echo(f"labmw: error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except Exception as exc:
+            # Typer/click's own exits and usage errors pass through; anything else is a labmw bug:
+            # one line for the person at the console, the traceback only when asked for.
+            if type(exc).__module__.startswith(("typer", "click")) or os.environ.get("LABMW_DEBUG"):
+                raise
+            typer.echo(f"labmw: internal error: {type(exc).__name__}: {exc} (this is a bug; set LABMW_DEBUG=1 "
+                       "for the traceback)", err=True)
+            raise typer.Exit(70) from None
 
 
 app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -45,7 +54,7 @@ def _root(
 
 
 def register() -> None:
-    from labmw.cli import audit_cmd, config_cmd, queue_cmd, review_cmd, rules_cmd, run_cmd, status_cmd
+    from labmw.cli import audit_cmd, config_cmd, demo_cmd, queue_cmd, review_cmd, rules_cmd, run_cmd, status_cmd
 
     config_cmd.register(app)
     run_cmd.register(app)
@@ -54,6 +63,7 @@ def register() -> None:
     rules_cmd.register(app)
     audit_cmd.register(app)
     queue_cmd.register(app)
+    demo_cmd.register(app)
 
 
 register()
