@@ -54,7 +54,17 @@ def _root(
 
 
 def register() -> None:
-    from labmw.cli import audit_cmd, config_cmd, demo_cmd, queue_cmd, review_cmd, rules_cmd, run_cmd, status_cmd
+    from labmw.cli import (
+        audit_cmd,
+        config_cmd,
+        demo_cmd,
+        queue_cmd,
+        review_cmd,
+        rules_cmd,
+        run_cmd,
+        simulate_cmd,
+        status_cmd,
+    )
 
     config_cmd.register(app)
     run_cmd.register(app)
@@ -64,6 +74,7 @@ def register() -> None:
     audit_cmd.register(app)
     queue_cmd.register(app)
     demo_cmd.register(app)
+    simulate_cmd.register(app)
 
 
 register()

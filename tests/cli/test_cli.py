@@ -18,7 +18,7 @@ COMMANDS = [
     ["method", "add"], ["method", "list"], ["method", "show"], ["range"], ["range", "add"], ["delta"],
     ["delta", "set"], ["run"], ["audit"], ["audit", "list"], ["audit", "verify"], ["audit", "export"],
     ["queue"], ["queue", "list"], ["queue", "retry"], ["status"], ["review"], ["review", "list"],
-    ["review", "release"], ["review", "reject"], ["rules"], ["rules", "test"], ["rules", "check"], ["demo"],
+    ["review", "release"], ["review", "reject"], ["rules"], ["rules", "test"], ["rules", "check"], ["demo"], ["simulate"],
 ]
 
 
