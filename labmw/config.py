@@ -89,6 +89,8 @@ class AnalyzerSettings:
     # and the receiver's frame wait in seconds (ASTM.md §1.6; short values expose half-open links).
     query_mode: str = "no-order"
     frame_timeout: float = 30.0
+    # TLS on a tcp-server listener (HL7 over MLLP/TLS); ``tls.ca_file`` makes client certificates mandatory.
+    tls: TlsSettings | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -542,6 +544,7 @@ class _Validator:
                                            high=64 * 1024 * 1024),
             query_mode=self.choice(tbl, f"{key}.query_mode", ("no-order", "ignore"), default="no-order"),
             frame_timeout=self.number(tbl, f"{key}.frame_timeout", default=30.0),
+            tls=self.tls(tbl, f"{key}.tls", server=True) if transport == "tcp-server" else None,
         )
 
     def flag(self, tbl: Mapping[str, Any], key: str, *, default: bool) -> bool:

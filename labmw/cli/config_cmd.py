@@ -167,6 +167,12 @@ def analyzer_add(
     stopbits: Annotated[int | None, typer.Option(help="Serial stop bits (1 or 2).")] = None,
     allow: Annotated[list[str] | None, typer.Option(help="Only accept this peer address; repeatable.")] = None,
     specimen_field: Annotated[str | None, typer.Option(help="HL7: SPM-2, OBR-3 or OBR-2.")] = None,
+    lf_segments: Annotated[bool, typer.Option(help="HL7: accept LF-separated segments (only when no CR).")] = False,
+    tls_cert_file: Annotated[str | None, typer.Option(help="TLS listener: certificate (with --tls-key-file).")]
+    = None,
+    tls_key_file: Annotated[str | None, typer.Option(help="TLS listener: private key.")] = None,
+    tls_ca_file: Annotated[str | None, typer.Option(help="TLS listener: require client certificates of this CA.")]
+    = None,
     max_frame_text: Annotated[int | None, typer.Option(
         help="ASTM: text bytes per frame labmw sends (240 by default, up to 63993).")] = None,
     query_mode: Annotated[str | None, typer.Option(
@@ -209,6 +215,12 @@ def analyzer_add(
             table[key] = value
     if allow:
         table["allow"] = list(allow)
+    if lf_segments:
+        table["lf_segments"] = True
+    tls = {k: str(Path(v).resolve()) for k, v in (("cert_file", tls_cert_file), ("key_file", tls_key_file),
+                                                  ("ca_file", tls_ca_file)) if v is not None}
+    if tls:
+        table["tls"] = tls
 
     def change(doc: TOMLDocument) -> None:
         analyzers = config_edit.table_at(doc, "analyzers")

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from labmw.config import AnalyzerSettings
+from labmw.transports.tls import server_context
 
 log = structlog.get_logger(__name__)
 
@@ -84,8 +85,9 @@ class TcpServerEndpoint(Endpoint):
 
     async def start(self) -> None:
         assert self.analyzer.listen is not None  # noqa: S101 - config validation guarantees it
+        tls = server_context(self.analyzer.tls) if self.analyzer.tls else None
         self.server = await asyncio.start_server(self._accept, self.analyzer.listen.host, self.analyzer.listen.port,
-                                                 limit=2**20)
+                                                 limit=2**20, ssl=tls, ssl_handshake_timeout=30 if tls else None)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer(writer)

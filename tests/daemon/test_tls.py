@@ -52,3 +52,51 @@ def test_results_reach_a_tls_lis_and_an_untrusted_one_is_refused(tmp_path: Path)
     finally:
         impostor.stop()
     assert impostor.received == [], "nothing is sent to a LIS whose certificate is not trusted"
+
+
+def test_hl7_analyzer_over_tls_listener(tmp_path: Path) -> None:
+    """An HL7 analyzer connecting with TLS to a labmw listener gets its AA; a plain-TCP peer gets nothing."""
+    import asyncio
+    import socket
+
+    from labmw.wire.hl7_codec import parse_ack
+    from labmw.wire.mllp import BlockReceived, MllpFramer, frame
+
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    server_cert.cert_chain_pems[0].write_to_path(str(cert))
+    server_cert.private_key_pem.write_to_path(str(key))
+    config = configure(tmp_path, free_port(), free_port())
+    port = free_port()
+    labmw(config, "analyzer", "add", "mx", "--protocol", "hl7", "--transport", "tcp-server", "--listen",
+          f"127.0.0.1:{port}", "--map", "ALT=ALT-T", "--tls-cert-file", str(cert), "--tls-key-file", str(key))
+    message = ("MSH|^~\\&|MX|LAB|LABMW|LAB|20261125090000||ORU^R01^ORU_R01|TLS-1|P|2.5.1\r"
+               "PID|||PX1||DOE^JOHN||19800101|M\rOBR|1||TLS-H1|ALT\r"
+               "OBX|1|NM|ALT^ALT||85|U/L|||||F|||20261125080000\r").encode()
+
+    async def send() -> bytes:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        writer.write(frame(message))
+        await writer.drain()
+        framer = MllpFramer()
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            assert data, "closed before the ACK"
+            for event in framer.feed(data):
+                if isinstance(event, BlockReceived):
+                    writer.close()
+                    return event.payload
+
+    with daemon(config, wait_port=port):
+        ack = parse_ack(asyncio.run(send()))
+        assert ack.code == "AA" and ack.control_id == "TLS-1"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+            plain.sendall(frame(message))
+            try:
+                answer = plain.recv(100)
+            except (ConnectionResetError, TimeoutError):
+                answer = b""
+            assert b"MSA" not in answer, "no HL7 answer without TLS"
