@@ -59,14 +59,17 @@ def build_corpus(out: Path) -> Corpus:
     return Corpus(out, tuple(used), tuple(skipped), tuple(hl7_files))
 
 
-def astm_python() -> Path:
-    """bench/.venv-astm/bin/python with python-astm 0.5.0, created on first use.
+def astm_python(*, create: bool = True) -> Path:
+    """bench/.venv-astm/bin/python with python-astm 0.5.0, created on first use when ``create``.
 
-    Raises RuntimeError naming the step that failed (no network, no venv module, a build error).
+    Raises RuntimeError naming the step that failed (no network, no venv module, a build error),
+    or saying the venv is not there when ``create`` is false (--quick stays fast: no installs).
     """
     python = ASTM_VENV / "bin" / "python"
     if (ASTM_VENV / "ok").exists() and python.exists():
         return python
+    if not create:
+        raise RuntimeError("bench/.venv-astm not created yet (a full run creates it; --quick does not)")
 
     def step(what: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -100,8 +103,40 @@ def run_worker(mode: str, corpus: Path, seconds: float, python: Path | None = No
     return result
 
 
-def hl7_inbound_status() -> str:
-    """Whether labmw's own HL7 inbound mapping can be timed yet (issue 3 is building it)."""
+def hl7_inbound_available() -> str | None:
+    """None when labmw's own HL7 inbound mapping can be timed, else why not (issue 3 is building it)."""
     if not (REPO / "labmw/mapping/hl7_inbound.py").exists():
-        return "unavailable: labmw/mapping/hl7_inbound.py does not exist yet"
-    return "unavailable: labmw/mapping/hl7_inbound.py exists but bench/codec_worker.py has no mode for it yet"
+        return "labmw/mapping/hl7_inbound.py does not exist yet"
+    return None
+
+
+def _speed(result: dict[str, float]) -> float:
+    return result["passes"] / result["seconds"]
+
+
+def measure_astm(corpus: Path, seconds: float, *, rounds: int, create_venv: bool) -> dict[str, dict[str, float] | str]:
+    """Time labmw, labmw-full and python-astm on the corpus, interleaved over ``rounds`` rounds; keep each one's best.
+
+    Interleaving and best-of keep a burst of load from other processes from deciding a ratio.
+    Values are counts from :func:`run_worker`, or a string: ``"error: ..."`` for a labmw failure,
+    ``"unavailable: ..."`` when python-astm cannot be installed or run.
+    """
+    out: dict[str, dict[str, float] | str] = {}
+    python: Path | None = None
+    try:
+        python = astm_python(create=create_venv)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        out["python-astm"] = f"unavailable: {exc}"
+    for _ in range(rounds):
+        for mode in ("labmw", "labmw-full", "python-astm"):
+            if isinstance(out.get(mode), str):
+                continue
+            try:
+                got = run_worker(mode, corpus, seconds / rounds, python if mode == "python-astm" else None)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                out[mode] = f"{'unavailable' if mode == 'python-astm' else 'error'}: {exc}"
+                continue
+            best = out.get(mode)
+            if not isinstance(best, dict) or _speed(got) > _speed(best):
+                out[mode] = got
+    return out

@@ -40,7 +40,8 @@ def labmw(config: Path, *args: str) -> str:
     """Run the real `labmw` console script; raise RuntimeError with its output when it fails."""
     proc = subprocess.run([LABMW, "--config", str(config), *args], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
-        raise RuntimeError(f"labmw {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}")
+        last = ((proc.stderr.strip() or proc.stdout.strip()).splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"`labmw {args[0]}` failed ({proc.returncode}): {last[:200]}")
     return proc.stdout
 
 
@@ -119,14 +120,14 @@ class Daemon:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def stop(self) -> int | None:
-        """SIGTERM, wait, SIGKILL if needed; returns the exit code."""
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM, wait ``grace`` seconds, then SIGKILL; returns the exit code (-9 when killed)."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                self.proc.wait(grace)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -14,8 +14,9 @@ measurement could wrongly charge to labmw.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 ENQ, ACK, NAK, EOT, STX, ETX = b"\x05", b"\x06", b"\x15", b"\x04", b"\x02", b"\x03"
@@ -31,7 +32,8 @@ def astm_frame(fn: int, text: bytes) -> bytes:
     return STX + body + f"{sum(body) % 256:02X}".encode() + b"\r\n"
 
 
-def astm_message(*, specimen: str, patient: str, sex: str, birth: str, values: Sequence[tuple[str, str]]) -> list[bytes]:
+def astm_message(*, specimen: str, patient: str, sex: str, birth: str,
+                 values: Sequence[tuple[str, str]]) -> list[bytes]:
     """The frames of one H, P, O, R..., L message (one record per frame, FN from 1, as cobas sends)."""
     records = [
         rb"H|\^&|||c501^1|||||host|RSUPL^REAL|P|1",
@@ -75,10 +77,15 @@ class Analyzer:
     async def connect(self) -> None:
         self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
 
+    def _streams(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._reader is None or self._writer is None:
+            raise ProtocolFailure(f"port {self.port}: not connected")
+        return self._reader, self._writer
+
     async def _exchange(self, data: bytes) -> None:
-        assert self._reader is not None and self._writer is not None  # noqa: S101 - connect() first
-        self._writer.write(data)
-        reply = await self._reader.read(1)
+        reader, writer = self._streams()
+        writer.write(data)
+        reply = await reader.read(1)
         if reply != ACK:
             raise ProtocolFailure(f"port {self.port}: expected ACK, got {reply!r} for {data[:30]!r}")
 
@@ -90,8 +97,7 @@ class Analyzer:
         self.sent_final[specimen] = time.perf_counter()
         await self._exchange(frames[-1])
         self.acked_final[specimen] = time.perf_counter()
-        assert self._writer is not None  # noqa: S101 - set by _exchange's caller chain
-        self._writer.write(EOT)
+        self._streams()[1].write(EOT)
 
     async def send_all(self, messages: Sequence[tuple[str, Sequence[bytes]]]) -> None:
         for specimen, frames in messages:
@@ -100,10 +106,8 @@ class Analyzer:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            try:
+            with contextlib.suppress(OSError):
                 await self._writer.wait_closed()
-            except OSError:
-                pass
             self._writer = None
 
 
@@ -123,6 +127,8 @@ class Lis:
 
     ``expect(n)`` arms a phase: :attr:`done` is set when ``n`` more blocks have arrived, and
     :attr:`last_at` is when the last of them did (its ACK is written in the same step).
+    :attr:`gaps` holds, for each block after the phase's first, the time from our previous ACK to it:
+    with one message in flight that is the sender's whole turn-around per message.
     """
 
     def __init__(self) -> None:
@@ -130,10 +136,11 @@ class Lis:
         self.received = 0
         self.arrivals: dict[str, float] = {}
         self.last_at = 0.0
+        self.gaps: list[float] = []
         self.done = asyncio.Event()
-        self.on_block: Callable[[bytes], None] | None = None
         self._target = 0
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> Lis:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -142,12 +149,15 @@ class Lis:
 
     def expect(self, count: int) -> None:
         self._target = self.received + count
+        self.gaps = []
+        self.last_at = 0.0
         self.done.clear()
         if count <= 0:
             self.done.set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         buf = b""
+        self._writers.add(writer)
         try:
             while data := await reader.read(65536):
                 buf += data
@@ -161,17 +171,27 @@ class Lis:
                             self.arrivals[_field(segment, 3).split(b"^")[0].decode()] = now
                             break
                     self.received += 1
+                    if self.last_at:
+                        self.gaps.append(now - self.last_at)
                     self.last_at = now
                     if self.received >= self._target:
                         self.done.set()
         except ConnectionError:
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def stop(self) -> None:
+        """Stop listening and close the open connections (their handlers then end on EOF)."""
         if self._server is not None:
             self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        for _ in range(50):
+            if not self._writers:
+                break
+            await asyncio.sleep(0.01)
 
 
 async def run_senders(ports: Sequence[int], messages: Sequence[Sequence[tuple[str, Sequence[bytes]]]],

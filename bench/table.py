@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,13 +45,15 @@ def render(rows: list[Row], header: list[str], notes: list[str]) -> str:
     """The report as text: header lines, the table, then notes."""
     cells = [COLUMNS] + [(r.measurement, r.value, r.target, r.verdict) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    lines = list(header) + [""]
+    lines = [*header, ""]
     for n, cell in enumerate(cells):
         lines.append(" | ".join(text.ljust(width) for text, width in zip(cell, widths, strict=True)).rstrip())
         if n == 0:
             lines.append("-+-".join("-" * width for width in widths))
     if notes:
-        lines += ["", *notes]
+        lines.append("")
+    for note in notes:
+        lines += textwrap.wrap(note, width=120, initial_indent="- ", subsequent_indent="  ")
     return "\n".join(lines)
 
 

@@ -29,6 +29,8 @@ from labmw.transports.endpoints import Endpoint, make_endpoint
 
 log = structlog.get_logger(__name__)
 
+FORWARDER_STOP_GRACE = 5.0  # seconds the forwarder may take to finish the exchange in hand
+
 
 class AnalyzerState:
     """One configured analyzer while it runs: its endpoint and its counters (for `labmw status`)."""
@@ -221,13 +223,31 @@ class Service:
             return
         self.forwarder = Forwarder(self.settings.lis, self._runner(), self._wake, clock=self.clock)
         self._forwarder_task = asyncio.ensure_future(self.forwarder.run())
+        self._forwarder_task.add_done_callback(self._forwarder_ended)
+
+    def _forwarder_ended(self, task: asyncio.Task[None]) -> None:
+        """The forwarder only ends when told to; if it ever dies, say so and start a new one."""
+        if task is not self._forwarder_task or task.cancelled():
+            return
+        error = task.exception()
+        log.error("forwarder_died", error=repr(error))
+        if self.runner is not None and not self._stopped.is_set():
+            self._start_forwarder()
 
     async def _stop_forwarder(self) -> None:
-        task, self._forwarder_task, self.forwarder = self._forwarder_task, None, None
-        if task is not None:
+        task, forwarder = self._forwarder_task, self.forwarder
+        self._forwarder_task = self.forwarder = None
+        if task is None or forwarder is None:
+            return
+        forwarder.stop()  # finish the exchange in hand (its ACK is recorded), then return
+        try:
+            async with asyncio.timeout(FORWARDER_STOP_GRACE):
+                await asyncio.shield(task)
+        except (TimeoutError, Exception):  # noqa: BLE001 - stopping; what matters is that it ends
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                async with asyncio.timeout(FORWARDER_STOP_GRACE):
+                    await task
 
     # --- helpers -----------------------------------------------------------------------------------
     def _runner(self) -> StoreRunner:

@@ -14,7 +14,6 @@ with the same bytes and MSH-10 on every attempt, so a LIS can recognise a repeat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import datetime
 
@@ -33,6 +32,9 @@ log = structlog.get_logger(__name__)
 
 ACCEPTED = ("AA", "CA")
 POLL_INTERVAL = 1.0  # seconds between outbox checks when idle
+BATCH = 64  # outbox entries fetched per store call
+ERROR_BACKOFF_INITIAL = 1.0
+ERROR_BACKOFF_MAX = 30.0
 
 
 class ConnectionClosed(ForwardError):
@@ -60,10 +62,10 @@ class LisConnection:
         endpoint = self.settings.connect
         tls = self.settings.tls
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(endpoint.host, endpoint.port, ssl=client_context(tls) if tls else None,
-                                        server_hostname=(tls.server_name or endpoint.host) if tls else None),
-                self.settings.connect_timeout)
+            async with asyncio.timeout(self.settings.connect_timeout):
+                self._reader, self._writer = await asyncio.open_connection(
+                    endpoint.host, endpoint.port, ssl=client_context(tls) if tls else None,
+                    server_hostname=(tls.server_name or endpoint.host) if tls else None)
         except (OSError, TimeoutError) as exc:
             raise ForwardError(f"cannot connect to LIS {endpoint}: {exc or 'timeout'}") from None
         self._framer = MllpFramer(max_size=1024 * 1024)
@@ -112,7 +114,8 @@ class LisConnection:
             if remaining <= 0:
                 raise ForwardError(f"no ACK for {entry.control_id} within {self.settings.ack_timeout:g} s")
             try:
-                data = await asyncio.wait_for(self._reader.read(65536), remaining)
+                async with asyncio.timeout(remaining):
+                    data = await self._reader.read(65536)
             except TimeoutError:
                 raise ForwardError(f"no ACK for {entry.control_id} within {self.settings.ack_timeout:g} s") from None
             except OSError as exc:
@@ -127,7 +130,8 @@ class LisConnection:
 
 
 class Forwarder:
-    """Drains the outbox to the LIS until cancelled."""
+    """Drains the outbox to the LIS until stopped. Nothing that happens to one message, the LIS or
+    the store ends this worker: errors are logged, counted and retried with backoff."""
 
     def __init__(self, settings: LisSettings, runner: StoreRunner, wake: asyncio.Event, *,
                  clock: Callable[[], datetime] = utcnow) -> None:
@@ -138,29 +142,90 @@ class Forwarder:
         self.connection = LisConnection(settings)
         self._backoff = settings.retry_initial
         self._rejecting = False  # inside an episode of LIS rejections (one alert per episode)
+        self._stopping = False
+        self._after_id = 0  # entries up to this id were sent in this run (their marks may be in flight)
+        self._marks: set[asyncio.Future[None]] = set()
         self.link_state = "idle"
         self.last_error = ""
 
+    def stop(self) -> None:
+        """Finish the exchange in hand, then return from :meth:`run`."""
+        self._stopping = True
+        self.wake.set()
+
     async def run(self) -> None:
+        error_delay = ERROR_BACKOFF_INITIAL
         try:
-            while True:
-                entry = await self.runner.call(self.runner.store.next_pending)
-                if entry is None:
-                    self.wake.clear()
-                    # Re-check after clearing so an enqueue between the two calls is not missed.
-                    entry = await self.runner.call(self.runner.store.next_pending)
-                    if entry is None:
-                        # The CLI (review release, queue retry) enqueues from another process:
-                        # poll as well as wait for the in-process wake-up.
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self.wake.wait(), POLL_INTERVAL)
-                        continue
-                await self.deliver(entry)
+            while not self._stopping:
+                try:
+                    await self._drain_once()
+                    error_delay = ERROR_BACKOFF_INITIAL
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # store full or failing, or a bug: log it, wait, go on
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.error("forwarder_error", error=self.last_error, retry_in_s=error_delay)
+                    await self.connection.close()
+                    await self._sleep(error_delay)
+                    error_delay = min(error_delay * 2, ERROR_BACKOFF_MAX)
         finally:
+            await self._settle_marks()
             await self.connection.close()
 
-    async def deliver(self, entry: OutboxEntry) -> None:
-        """One attempt at the head of the queue, with its bookkeeping and any backoff sleep."""
+    async def _drain_once(self) -> None:
+        """Send a batch of pending entries in id order; when none is left, wait for new ones."""
+        batch = await self.runner.call(self.runner.store.pending_after, self._after_id, BATCH)
+        if not batch:
+            # Nothing newer: let the marks land, then look again from the start (a dead letter put
+            # back by `labmw queue retry` keeps its older id), and only then sleep.
+            await self._settle_marks()
+            self.wake.clear()
+            self._after_id = 0
+            batch = await self.runner.call(self.runner.store.pending_after, 0, BATCH)
+            if not batch:
+                await self._sleep(POLL_INTERVAL, wake=True)
+                return
+        for entry in batch:
+            if self._stopping:
+                return
+            if not await self.deliver(entry):
+                self._after_id = 0  # retry the head next time: order is kept
+                return
+            self._after_id = entry.id
+
+    async def _sleep(self, seconds: float, *, wake: bool = False) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (gh-86296),
+        # which once left the daemon unable to stop.
+        try:
+            async with asyncio.timeout(seconds):
+                if wake:
+                    await self.wake.wait()
+                else:
+                    while not self._stopping:
+                        await asyncio.sleep(min(seconds, 1.0))
+        except TimeoutError:
+            pass
+
+    async def _settle_marks(self) -> None:
+        if self._marks:
+            await asyncio.gather(*self._marks, return_exceptions=True)
+
+    def _mark_delivered(self, entry: OutboxEntry, ack: Ack) -> None:
+        """Record the delivery without waiting: it rides on the next group commit."""
+        future = asyncio.ensure_future(self.runner.call_batched(
+            self.runner.store.mark_delivered, entry, now=self.clock(), ack_code=ack.code, ack_text=ack.text))
+        self._marks.add(future)
+
+        def done(f: asyncio.Future[None]) -> None:
+            self._marks.discard(f)
+            if not f.cancelled() and f.exception() is not None:
+                # Still pending in the store, so it is sent again under the same MSH-10 later.
+                log.error("delivery_not_recorded", control_id=entry.control_id, error=str(f.exception()))
+
+        future.add_done_callback(done)
+
+    async def deliver(self, entry: OutboxEntry) -> bool:
+        """One attempt at ``entry``; True when the LIS answered (accepted or rejected)."""
         try:
             ack = await self._attempt(entry)
         except ForwardError as exc:
@@ -172,22 +237,22 @@ class Forwarder:
             log.warning("lis_delivery_failed", control_id=entry.control_id, error=str(exc), retry_in_s=delay)
             await self.runner.call(self.runner.store.mark_attempt_failed, entry, now=self.clock(), error=str(exc),
                                    retry_in=delay)
-            await asyncio.sleep(delay)
-            return
+            await self._sleep(delay)
+            return False
         self.link_state = "up"
         self.last_error = ""
         self._backoff = self.settings.retry_initial
         if ack.code in ACCEPTED:
             self._rejecting = False
-            await self.runner.call(self.runner.store.mark_delivered, entry, now=self.clock(), ack_code=ack.code,
-                                   ack_text=ack.text)
-            log.info("result_delivered", control_id=entry.control_id, ack=ack.code)
+            self._mark_delivered(entry, ack)
+            log.debug("result_delivered", control_id=entry.control_id, ack=ack.code)
         else:
             reason = f"LIS answered {ack.code}" + (f": {ack.text}" if ack.text else "")
             await self.runner.call(self.runner.store.mark_dead, entry, now=self.clock(), reason=reason,
                                    alert=not self._rejecting)
             self._rejecting = True
             log.error("result_dead_lettered", control_id=entry.control_id, ack=ack.code)
+        return True
 
     async def _attempt(self, entry: OutboxEntry) -> Ack:
         reused = self.connection.connected

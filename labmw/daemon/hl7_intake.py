@@ -51,7 +51,7 @@ from labmw.wire.hl7_codec import ENCODING_CHARS, build_ack, escape
 
 log = structlog.get_logger(__name__)
 
-DUPLICATE_WINDOW = timedelta(days=7)
+from labmw.daemon.pipeline import DUPLICATE_WINDOW  # noqa: E402 - one window for every protocol
 ACK_TYPES = frozenset({"AL", "NE", "ER", "SU"})  # table 0155
 _TEXT_LIMIT = 80  # MSA-3 is ST(80) in v2.5.1
 

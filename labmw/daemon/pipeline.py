@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from labmw.config import AnalyzerSettings, Settings
-from labmw.errors import CodecError, MappingError
+from labmw.errors import CodecError, LabmwError, MappingError, RuleError, StoreError
 from labmw.mapping.astm_lis2a import AstmProfile, map_message
 from labmw.mapping.astm_query import answer_note, answer_queries, read_query
 from labmw.mapping.hl7_oru import build_oru
-from labmw.model import Evaluation, Method, PreviousResult, RelatedResult, Result
+from labmw.model import Decision, Evaluation, Method, PreviousResult, RelatedResult, Result
 from labmw.rules.engine import evaluate
 from labmw.store import Store, Tx
 from labmw.wire.astm_records import Record, decode_message
@@ -37,6 +37,12 @@ class Outcome:
     rejected_reason: str = ""
     #: Messages to send back to the analyzer on the same link (answers to host queries, ASTM.md §2.8).
     replies: tuple[bytes, ...] = ()
+    #: A resend of a message already stored: acknowledged again, nothing new stored or forwarded.
+    duplicate: bool = False
+
+
+# Resends are recognised within this window (HL7.md 1.4 uses 7 days; ASTM resends come within minutes).
+DUPLICATE_WINDOW = timedelta(days=7)
 
 
 def utcnow() -> datetime:
@@ -87,10 +93,40 @@ class Pipeline:
                                "tests": query.text(5), "mode": analyzer.query_mode,
                                "answer": answer_note(key, mode=analyzer.query_mode, error=reply_error)})
 
-        outcome = self.store_mapped(analyzer, protocol="astm", raw=raw or text, digest=digest, peer=peer,
-                                    sender=mapped.sender, results=mapped.results, problems=mapped.problems, now=now,
-                                    before_commit=audit_queries if mapped.queries else None)
+        content = astm_content_key(text)
+        if mapped.results and not mapped.queries:
+            duplicate = self._astm_duplicate(analyzer, content, digest, peer, now)
+            if duplicate is not None:
+                return duplicate
+
+        def before_commit(tx: Tx, message_id: int) -> None:
+            tx.add_inbound_key(message_id=message_id, analyzer=analyzer.name, sending_application=mapped.sender,
+                               sending_facility="", control_id="", content_sha256=content)
+            if mapped.queries:
+                audit_queries(tx, message_id)
+
+        try:
+            outcome = self.store_mapped(analyzer, protocol="astm", raw=raw or text, digest=digest, peer=peer,
+                                        sender=mapped.sender, results=mapped.results, problems=mapped.problems,
+                                        now=now, before_commit=before_commit)
+        except StoreError:
+            raise
+        except LabmwError as exc:  # rolled back; keep the bytes and the reason, visibly rejected
+            return self.store_rejected(analyzer, protocol="astm", raw=raw or text, digest=digest, peer=peer,
+                                       reason=f"{type(exc).__name__}: {exc}", now=now)
         return replace(outcome, replies=tuple(replies))
+
+    def _astm_duplicate(self, analyzer: AnalyzerSettings, content: str, digest: str, peer: str,
+                        now: datetime) -> Outcome | None:
+        """A resend of a message already stored (its final ACK was lost): audited, ACKed, not stored again."""
+        with self.store.transaction(now) as tx:
+            original = tx.message_with_content(analyzer=analyzer.name, content_sha256=content,
+                                               since=now - DUPLICATE_WINDOW)
+            if original is None:
+                return None
+            tx.audit("duplicate_message", analyzer=analyzer.name, ref=str(original),
+                     data={"protocol": "astm", "sha256": digest, "peer": peer, "original_message_id": original})
+        return Outcome(message_id=original, results=0, queued=0, held=0, problems=0, duplicate=True)
 
     def _answer_queries(self, analyzer: AnalyzerSettings, queries: Sequence[Record]) -> tuple[list[bytes], str]:
         """The reply messages for ``queries`` per the analyzer's query mode, and why none could be built."""
@@ -152,7 +188,15 @@ class Pipeline:
                                          test_code=result.test_code)
                      if result.status == "C" and result.specimen_id else None)
         previous = self._previous(tx, result, method)
-        evaluation = evaluate(result, method, previous=previous, related=self._related(tx, result, method))
+        try:
+            evaluation = evaluate(result, method, previous=previous, related=self._related(tx, result, method))
+        except RuleError as exc:
+            # A rule that cannot be applied as configured: hold the result for a person, say why.
+            evaluation = Evaluation(method=method.name if method else None, hold=True,
+                                    notes=(f"rules could not be applied, held for review: {exc}",),
+                                    decisions=(Decision(rule="engine", outcome="error", inputs={"error": str(exc)}),))
+        if not result.status:
+            evaluation = replace(evaluation, notes=(*evaluation.notes, NO_STATUS_NOTE))
         state = "held" if evaluation.hold else "queued"
         result_id = tx.add_result(message_id=message_id, result=result, evaluation=evaluation, state=state)
         if corrected is not None:
@@ -174,13 +218,14 @@ class Pipeline:
             tx.audit("result_held", **who, ref=str(result_id), data={"notes": list(evaluation.notes)})
             return True
         cid = control_id(self.store.install_id, result_id)
-        lis = self.settings.lis
-        payload = build_oru(
-            result, evaluation, method=method, control_id=cid, now=tx.now,
-            sending_application=lis.sending_application if lis else "LABMW",
-            sending_facility=lis.sending_facility if lis else "",
-            receiving_application=lis.receiving_application if lis else "LIS",
-            receiving_facility=lis.receiving_facility if lis else "")
+        try:
+            payload = oru_for(self.settings, result, evaluation, method, cid, tx.now)
+        except LabmwError as exc:
+            # Not sendable as it stands (e.g. no test code for OBX-3): visibly held, never dropped.
+            note = f"cannot build the message for the LIS, held for review: {exc}"
+            tx.hold_result(result_id, notes=(*evaluation.notes, note))
+            tx.audit("result_held", **who, ref=str(result_id), data={"notes": [note]})
+            return True
         outbox_id = tx.enqueue(result_id=result_id, control_id=cid, payload=payload)
         tx.audit("result_queued", **who, ref=cid, data={"outbox_id": outbox_id, "result_id": result_id})
         return False
@@ -212,6 +257,41 @@ class Pipeline:
                 related.append(RelatedResult(analyte=other.analyte, value=value, uln=uln, collected_at=collected,
                                              method=name, specimen_id=specimen))
         return related
+
+
+NO_STATUS_NOTE = "the instrument sent no result status: treated and forwarded as final (F)"
+
+
+def oru_for(settings: Settings, result: Result, evaluation: Evaluation, method: Method | None, cid: str,
+            now: datetime) -> bytes:
+    """The ORU^R01 for one result (shared by the pipeline and review releases).
+
+    OBX-11 is required: a result the instrument sent without a status goes out as F, which is how
+    the rules treated it, and the NTE says so.
+
+    Raises:
+        MappingError: the result cannot be expressed as an ORU (e.g. no test code).
+    """
+    lis = settings.lis
+    return build_oru(
+        result if result.status else replace(result, status="F"), evaluation, method=method, control_id=cid,
+        now=now,
+        sending_application=lis.sending_application if lis else "LABMW",
+        sending_facility=lis.sending_facility if lis else "",
+        receiving_application=lis.receiving_application if lis else "LIS",
+        receiving_facility=lis.receiving_facility if lis else "")
+
+
+def astm_content_key(text: bytes) -> str:
+    """SHA-256 of an ASTM message without its H-14 (message date/time), which a resend may renew."""
+    lines = text.split(b"\r")
+    for index, line in enumerate(lines):
+        if line[:1] == b"H" and len(line) > 1:
+            fields = line.split(line[1:2])
+            if len(fields) > 13:
+                fields[13] = b""
+                lines[index] = line[1:2].join(fields)
+    return hashlib.sha256(b"\r".join(lines)).hexdigest()
 
 
 def _upper(applied_range: str) -> Decimal | None:

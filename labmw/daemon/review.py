@@ -6,9 +6,8 @@ import dataclasses
 from datetime import datetime
 
 from labmw.config import Settings
-from labmw.daemon.pipeline import control_id
+from labmw.daemon.pipeline import control_id, oru_for
 from labmw.errors import UsageError
-from labmw.mapping.hl7_oru import build_oru
 from labmw.store import Store
 
 
@@ -32,12 +31,7 @@ def decide(settings: Settings, store: Store, result_id: int, *, decision: str, r
     evaluation = dataclasses.replace(
         evaluation, hold=False, notes=(*evaluation.notes, f"held for review, released by {actor}: {reason}"))
     cid = control_id(store.install_id, result_id)
-    lis = settings.lis
-    payload = build_oru(result, evaluation, method=method, control_id=cid, now=now,
-                        sending_application=lis.sending_application if lis else "LABMW",
-                        sending_facility=lis.sending_facility if lis else "",
-                        receiving_application=lis.receiving_application if lis else "LIS",
-                        receiving_facility=lis.receiving_facility if lis else "")
+    payload = oru_for(settings, result, evaluation, method, cid, now)
     store.decide_held(result_id, decision="release", reason=reason, actor=actor, now=now, control_id=cid,
                       payload=payload)
     return cid

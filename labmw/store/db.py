@@ -110,6 +110,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE results ADD COLUMN superseded_by INTEGER;
     CREATE INDEX results_correction ON results (analyzer, specimen, test_code);
     """,
+    # 4: ASTM resends are recognised by content (an analyzer resends a whole message whose final ACK
+    # it never saw; ASTM.md 5.4), so the same key table is searched by content too.
+    """
+    CREATE INDEX inbound_keys_content ON inbound_keys (analyzer, content_sha256, received_at);
+    """,
 )
 
 

@@ -124,6 +124,11 @@ class Tx:
             " AND superseded_by IS NULL ORDER BY id DESC LIMIT 1", (analyzer, specimen, test_code)).fetchone()
         return (int(row["id"]), str(row["raw_value"])) if row else None
 
+    def hold_result(self, result_id: int, *, notes: tuple[str, ...]) -> None:
+        """Put a just-stored result on hold for review with the given notes."""
+        self._conn.execute("UPDATE results SET state = 'held', notes = ? WHERE id = ?",
+                           (json.dumps(list(notes)), result_id))
+
     def supersede(self, *, old_id: int, new_id: int) -> None:
         self._conn.execute("UPDATE results SET superseded_by = ? WHERE id = ?", (new_id, old_id))
 
@@ -141,6 +146,13 @@ class Tx:
             " content_sha256, received_at) VALUES (?,?,?,?,?,?,?)",
             (message_id, analyzer, sending_application, sending_facility, control_id, content_sha256,
              self.now.isoformat()))
+
+    def message_with_content(self, *, analyzer: str, content_sha256: str, since: datetime) -> int | None:
+        """The id of a message from ``analyzer`` with this content key received at or after ``since``."""
+        row = self._conn.execute(
+            "SELECT message_id FROM inbound_keys WHERE analyzer = ? AND content_sha256 = ? AND received_at >= ?"
+            " ORDER BY id DESC LIMIT 1", (analyzer, content_sha256, since.isoformat())).fetchone()
+        return int(row[0]) if row else None
 
     def inbound_keys(self, *, analyzer: str, sending_application: str, sending_facility: str, control_id: str,
                      since: datetime) -> list[tuple[int, str]]:
@@ -241,6 +253,12 @@ class Store:
     _OUTBOX_SELECT = (
         "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code FROM outbox o JOIN results r ON r.id = o.result_id")
 
+    def pending_after(self, after_id: int, limit: int) -> list[OutboxEntry]:
+        """Up to ``limit`` entries waiting for the LIS with ids above ``after_id``, oldest first."""
+        rows = self._conn.execute(f"{self._OUTBOX_SELECT} WHERE o.state = 'pending' AND o.id > ? ORDER BY o.id"
+                                  " LIMIT ?", (after_id, limit))
+        return [_entry(r) for r in rows]
+
     def next_pending(self) -> OutboxEntry | None:
         """The oldest entry still waiting for the LIS (results go out in the order they arrived)."""
         row = self._conn.execute(f"{self._OUTBOX_SELECT} WHERE o.state = 'pending' ORDER BY o.id LIMIT 1").fetchone()
@@ -261,6 +279,10 @@ class Store:
         labmw, and if a power cut loses it the result is sent again under the same MSH-10, which the
         LIS recognises as a repeat (PRODUCT.md guarantee 2). The next durable commit flushes it.
         """
+        if self._group_depth or self._conn.in_transaction:
+            # Part of a group commit: it becomes durable with the group, at no extra cost.
+            self._mark_delivered(entry, now=now, ack_code=ack_code, ack_text=ack_text)
+            return
         self._conn.execute("PRAGMA synchronous=NORMAL")
         try:
             self._mark_delivered(entry, now=now, ack_code=ack_code, ack_text=ack_text)

@@ -31,7 +31,6 @@ log = structlog.get_logger(__name__)
 HandleMessage = Callable[[bytes], Awaitable[bytes]]
 
 READ_SIZE = 65536
-BLOCK_TIMEOUT = 60.0
 # MLLP release 2 commit replies (HL7.md 1.1): meaningless from an analyzer, answered by nobody.
 _MLLP2_REPLIES = (b"\x06", b"\x15")
 # The MSH of a message we could not read: an ACK to it has empty MSH-3..6 and MSA-2 (HL7.md 1.3 #4).
@@ -54,23 +53,34 @@ def unaddressed_ack(code: str, *, text: str, error_code: str, now: datetime, enc
 
 
 async def pump_hl7(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, analyzer: AnalyzerSettings,
-                   handle: HandleMessage, block_timeout: float = BLOCK_TIMEOUT,
+                   handle: HandleMessage, block_timeout: float | None = None,
                    idle_timeout: float | None = None) -> None:
     """Serve one analyzer connection until the peer closes it (then return).
 
     Inputs: the stream pair; the analyzer (``max_message_bytes`` caps a block); ``handle``, awaited
     once per block in order, returning the unframed ACK (``b""``: send nothing). ``block_timeout``:
-    seconds a started block may stall before the connection is dropped; ``idle_timeout``: seconds
+    seconds a started block may take in all, however it trickles in (a deadline, not an idle timer;
+    default the analyzer's ``frame_timeout``), before the connection is dropped; ``idle_timeout``: seconds
     without any byte before closing (None: keep idle connections, analyzers reconnect rarely).
     Raises: nothing for peer input or socket errors. If ``handle`` raises, the error is logged and
     the connection closed without an ACK, so the sender will send the message again.
     """
     _keepalive(writer)
     framer = MllpFramer(max_size=analyzer.max_message_bytes)
+    block_timeout = analyzer.frame_timeout if block_timeout is None else block_timeout
+    loop = asyncio.get_running_loop()
+    block_deadline: float | None = None  # set when a block starts, cleared when none is pending
     while True:
-        timeout = block_timeout if framer.pending_bytes else idle_timeout
+        if framer.pending_bytes:
+            if block_deadline is None:
+                block_deadline = loop.time() + block_timeout
+            timeout: float | None = max(0.0, block_deadline - loop.time())
+        else:
+            block_deadline = None
+            timeout = idle_timeout
         try:
-            data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
+            async with asyncio.timeout(timeout):
+                data = await reader.read(READ_SIZE)
         except TimeoutError:
             if framer.pending_bytes:
                 log.warning("hl7_block_timeout", pending_bytes=framer.pending_bytes, timeout_s=timeout)

@@ -13,6 +13,7 @@ policy. :func:`scan_records` finds where messages end in the text of accepted fr
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -54,6 +55,9 @@ LEGACY_MAX_TEXT = 240
 MAX_TEXT = 63_993
 
 _RESTRICTED_RE = re.compile(b"[" + re.escape(bytes(sorted(RESTRICTED))) + b"]")
+# FN '0'..'7' then text free of restricted bytes: the whole of a good frame's FN..text, checked in
+# one pass; only a frame that fails it is examined byte by byte for the reason.
+_CLEAN_FRAME_RE = re.compile(b"[0-7][^" + re.escape(bytes(sorted(RESTRICTED))) + b"]*")
 # Inside a frame: the terminators ETX/ETB, and STX/ENQ/EOT, which can only mean the frame was cut.
 _IN_FRAME_RE = re.compile(b"[\x02\x03\x04\x05\x17]")
 # Between frames: bytes that mean something (STX opens a frame; the rest are link control bytes).
@@ -74,7 +78,21 @@ def checksum(body: bytes) -> bytes:
     ``body`` is every byte from FN up to and including ETX or ETB (STX excluded). The sum is taken
     over raw bytes, never decoded text (ASTM.md §1.4, §5.2). Raises nothing.
     """
-    return b"%02X" % (sum(body) & 0xFF)
+    return b"%02X" % (_byte_sum(body) & 0xFF)
+
+
+# Adler-32's low half is 1 + the byte sum modulo 65521 (RFC 1950 §8.2). Up to 256 bytes the sum is at
+# most 65,280, so no reduction happens and the exact sum comes back at C speed (``sum`` iterates in
+# Python objects, ten times slower on a typical frame).
+_ADLER_CHUNK = 256
+
+
+def _byte_sum(data: bytes | bytearray | memoryview) -> int:
+    """Return the plain sum of the bytes of ``data``. Raises nothing."""
+    if len(data) <= _ADLER_CHUNK:
+        return (zlib.adler32(data) & 0xFFFF) - 1
+    view = memoryview(data)
+    return sum((zlib.adler32(view[i : i + _ADLER_CHUNK]) & 0xFFFF) - 1 for i in range(0, len(view), _ADLER_CHUNK))
 
 
 def build_frame(fn: int, text: bytes, *, final: bool) -> bytes:
@@ -174,12 +192,16 @@ class Frame:
     @property
     def expected_checksum(self) -> bytes:
         """The checksum computed over FN..ETX/ETB, uppercase."""
-        return checksum(self.raw[1 : self.end + 1])
+        end = self.end
+        return b"%02X" % (_byte_sum(self.raw[1 : end + 1]) & 0xFF)
 
     @property
     def checksum_ok(self) -> bool:
         """Whether C1 C2 match, compared case-insensitively (ASTM.md §5.2: senders differ)."""
-        return self.received_checksum.upper() == self.expected_checksum
+        end = self.end
+        received = self.raw[end + 1 : end + 3]
+        expected = b"%02X" % (_byte_sum(self.raw[1 : end + 1]) & 0xFF)
+        return received == expected or received.upper() == expected
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +240,8 @@ def frame_problem(frame: Frame) -> str | None:
     Checks that FN is one ASCII digit '0'..'7' and that the text has no restricted byte
     (ASTM.md §1.4). Raises nothing.
     """
+    if _CLEAN_FRAME_RE.fullmatch(frame.raw, 1, frame.end) is not None:
+        return None  # the common case: one regex pass over FN and text
     number = frame.number
     if not number:
         return "missing frame number"
@@ -231,11 +255,13 @@ def frame_problem(frame: Frame) -> str | None:
     return None
 
 
-def _fn_of(buf: bytearray) -> int | None:
-    return buf[1] - 0x30 if len(buf) > 1 and 0x30 <= buf[1] <= 0x37 else None
-
-
 _BETWEEN, _IN_FRAME, _TRAILER_CR, _TRAILER_LF, _SKIP = range(5)
+_BETWEEN_BYTES = frozenset({STX_BYTE, EOT_BYTE, ENQ_BYTE, ACK_BYTE, NAK_BYTE})  # what _BETWEEN_RE finds
+# Frames are the hot path: built without the dataclass __init__ (two object.__setattr__ calls for a
+# frozen class). The slot descriptors set exactly the fields __init__ would.
+_new_object = object.__new__
+_set_raw = Frame.raw.__set__  # type: ignore[attr-defined]
+_set_end = Frame.end.__set__  # type: ignore[attr-defined]
 
 
 class FrameReader:
@@ -258,17 +284,26 @@ class FrameReader:
             raise LocalProtocolError(f"max_text must be at least 1, got {max_text}")
         self._max_text = max_text
         self._buf = bytearray()
+        # Bytes before _pos are read; they are cut off the buffer only when a token needs more
+        # input or more is fed, so each frame costs one copy, not a shift of the whole buffer.
+        self._pos = 0
         self._state = _BETWEEN
-        self._scan = 1  # where the search for the frame terminator resumes
+        self._scan = 1  # where the search for the frame terminator resumes, from the frame's STX
 
     @property
     def buffered(self) -> int:
         """Number of bytes held: a partial frame plus input fed but not yet read."""
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> None:
         """Append received bytes. Raises nothing."""
+        self._compact()
         self._buf += data
+
+    def _compact(self) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
 
     def next_token(self) -> Token | None:
         """Return the next token, or None when the buffered bytes do not complete one.
@@ -276,62 +311,99 @@ class FrameReader:
         Raises nothing: every byte sequence maps to tokens.
         """
         buf = self._buf
-        while buf:
+        while (pos := self._pos) < len(buf):
             state = self._state
             if state == _IN_FRAME:
-                return self._read_frame()
+                token = self._read_frame(pos)
+                if token is None:
+                    break
+                return token
+            byte = buf[pos]
             if state == _TRAILER_CR:
-                self._state = _TRAILER_LF if buf[0] == CR_BYTE else _BETWEEN
-                if buf[0] in (CR_BYTE, LF_BYTE):
-                    del buf[:1]
+                self._state = _TRAILER_LF if byte == CR_BYTE else _BETWEEN
+                if byte == CR_BYTE or byte == LF_BYTE:
+                    self._pos = pos + 1
                 continue
             if state == _TRAILER_LF:
                 self._state = _BETWEEN
-                if buf[0] == LF_BYTE:
-                    del buf[:1]
+                if byte == LF_BYTE:
+                    self._pos = pos + 1
                 continue
-            found = (_RESYNC_RE if state == _SKIP else _BETWEEN_RE).search(buf)
-            if found is None or found.start() > 0:
-                count = len(buf) if found is None else found.start()
-                del buf[:count]
-                return Junk(count)
-            self._state = _BETWEEN
-            if buf[0] == STX_BYTE:
+            if state == _SKIP or byte not in _BETWEEN_BYTES:
+                found = (_RESYNC_RE if state == _SKIP else _BETWEEN_RE).search(buf, pos)
+                if found is None or found.start() > pos:
+                    end = len(buf) if found is None else found.start()
+                    self._pos = end
+                    return Junk(end - pos)
+                byte = buf[pos]
+            if byte == STX_BYTE:
                 self._state, self._scan = _IN_FRAME, 1
                 continue
-            byte = buf[0]
-            del buf[:1]
+            self._state, self._pos = _BETWEEN, pos + 1
             return ControlByte(byte)
+        self._compact()
         return None
 
-    def _read_frame(self) -> Token | None:
+    def _read_frame(self, pos: int) -> Token | None:
+        """The frame whose STX is at ``pos``, a BrokenFrame, or None when more bytes are needed."""
         buf = self._buf
         # STX + FN + max_text + 1 bytes with no terminator yet: the text is already too long.
         limit = self._max_text + 3
-        found = _IN_FRAME_RE.search(buf, self._scan)
-        if found is None or found.start() >= limit:
-            if len(buf) < limit:
-                self._scan = len(buf)
+        found = _IN_FRAME_RE.search(buf, pos + self._scan, pos + limit)
+        if found is None:
+            if len(buf) - pos < limit:
+                self._scan = len(buf) - pos
                 return None
             return self._drop(limit, f"frame text exceeds {self._max_text} bytes", None, _SKIP)
         at = found.start()
-        if buf[at] in _INTERRUPTORS:
-            return self._drop(at, f"frame cut short by {CONTROL_NAMES[buf[at]]}", buf[at], _BETWEEN)
-        # ETX/ETB at `at`: two checksum bytes must follow. A control byte there cuts the frame too.
-        self._scan = at
-        for pos in (at + 1, at + 2):
-            if pos >= len(buf):
+        # ETX/ETB at `at`: two checksum bytes must follow. STX/ENQ/EOT there or instead cut the frame.
+        size = len(buf)
+        if (buf[at] in _INTERRUPTORS or at + 2 >= size or buf[at + 1] in _INTERRUPTORS
+                or buf[at + 2] in _INTERRUPTORS):  # fmt: skip
+            return self._cut_or_wait(pos, at)
+        frame = _new_object(Frame)
+        _set_raw(frame, bytes(buf[pos : at + 3]))
+        _set_end(frame, at - pos)
+        self._pos = self._after_trailer(at + 3)
+        return frame
+
+    def _cut_or_wait(self, pos: int, at: int) -> BrokenFrame | None:
+        """The frame from ``pos`` cut short at or after ``at``, or None while C1 C2 are still due."""
+        buf = self._buf
+        for check in (at, at + 1, at + 2):
+            if check >= len(buf):
+                self._scan = at - pos
                 return None
-            if buf[pos] in _INTERRUPTORS:
-                return self._drop(pos, f"frame cut short by {CONTROL_NAMES[buf[pos]]}", buf[pos], _BETWEEN)
-        raw = bytes(buf[: at + 3])
-        del buf[: at + 3]
-        self._state = _TRAILER_CR
-        return Frame(raw, at)
+            if buf[check] in _INTERRUPTORS:
+                cut = buf[check]
+                return self._drop(check - pos, f"frame cut short by {CONTROL_NAMES[cut]}", cut, _BETWEEN)
+        return None  # not reached: _read_frame comes here only when one of the checks holds
+
+    def _after_trailer(self, at: int) -> int:
+        """Skip a CR LF, CR or LF trailer at ``at`` as far as it has arrived; return the new read position.
+
+        What has not arrived yet is left to the _TRAILER_* states, so the result does not depend on
+        where reads split the trailer.
+        """
+        buf, size = self._buf, len(self._buf)
+        if at >= size:
+            self._state = _TRAILER_CR
+            return at
+        self._state = _BETWEEN
+        byte = buf[at]
+        if byte == LF_BYTE:
+            return at + 1
+        if byte != CR_BYTE:
+            return at
+        if at + 1 >= size:
+            self._state = _TRAILER_LF
+            return at + 1
+        return at + 2 if buf[at + 1] == LF_BYTE else at + 1
 
     def _drop(self, count: int, reason: str, interrupted_by: int | None, next_state: int) -> BrokenFrame:
-        fn = _fn_of(self._buf)
-        del self._buf[:count]
+        buf, pos = self._buf, self._pos
+        fn = buf[pos + 1] - 0x30 if len(buf) > pos + 1 and 0x30 <= buf[pos + 1] <= 0x37 else None
+        self._pos = pos + count
         self._state = next_state
         return BrokenFrame(reason, fn, count, interrupted_by)
 
@@ -365,21 +437,68 @@ def scan_records(text: bytes, *, head: bytes, delimiter: int, final: bool) -> Re
     ends at the end of the text, so an L record whose CR was left out still ends the message.
     Work is linear in ``len(text)``. Raises nothing.
     """
+    first_cr = text.find(CR_BYTE)
+    if first_cr == -1:  # the open record goes on (or, in an end frame, ends with the text)
+        record_head = (head + text[:2])[:2]
+        if not (final and record_head):
+            return _make_scan((), record_head, delimiter)
+        delimiter, terminator = _classify(record_head, delimiter)
+        return _make_scan((len(text),), b"", delimiter) if terminator else _make_scan((), record_head, delimiter)
     ends: list[int] = []
-    pos = 0
-    while True:
-        cr = text.find(CR, pos)
-        stop = len(text) if cr == -1 else cr
-        record_head = (head + text[pos : min(pos + 2, stop)])[:2]
-        if cr == -1 and not (final and record_head):
-            return RecordScan(tuple(ends), record_head, delimiter)  # the record stays open
-        if record_head[:1] == b"H" and len(record_head) == 2:
-            delimiter = record_head[1]
-        is_terminator = record_head[:1] == b"L" and (len(record_head) == 1 or record_head[1] == delimiter)
-        if is_terminator:
-            ends.append(stop if cr == -1 else cr + 1)
+    # The first record began in earlier text when `head` is set; it ends at the first CR.
+    record_head = (head + text[: min(2, first_cr)])[:2]
+    if record_head:
+        delimiter, terminator = _classify(record_head, delimiter)
+        if terminator:
+            ends.append(first_cr + 1)
+    # Records that end before the last CR: only those starting with H or L matter, and a regex
+    # finds them without visiting the others.
+    last_cr = text.rfind(CR_BYTE)
+    for found in _HL_RECORD_RE.finditer(text, first_cr, last_cr):
+        at = found.start() + 1  # where the record starts; its second byte exists (at most the last CR)
+        second = text[at + 1]
+        if text[at] == _H_BYTE:
+            if second != CR_BYTE:
+                delimiter = second
+        elif second == CR_BYTE or second == delimiter:
+            ends.append(text.index(CR_BYTE, at) + 1)
             delimiter = DEFAULT_DELIMITER
-        if cr == -1:
-            return RecordScan(tuple(ends), b"" if is_terminator else record_head, delimiter)
-        head = b""
-        pos = cr + 1
+    # The record still open after the last CR.
+    record_head = text[last_cr + 1 : last_cr + 3]
+    if not (final and record_head):
+        return _make_scan(tuple(ends), record_head, delimiter)
+    delimiter, terminator = _classify(record_head, delimiter)
+    if terminator:
+        ends.append(len(text))
+        return _make_scan(tuple(ends), b"", delimiter)
+    return _make_scan(tuple(ends), record_head, delimiter)
+
+
+_H_BYTE = 0x48
+# A record that starts with H (it may name a new delimiter) or L (it may end the message).
+_HL_RECORD_RE = re.compile(b"\rH|\rL")
+
+
+def _classify(record_head: bytes, delimiter: int) -> tuple[int, bool]:
+    """The delimiter after a record whose first (up to two) bytes are ``record_head``, and whether it
+    is a terminator record (which resets the delimiter for the next message)."""
+    kind = record_head[:1]
+    if kind == b"H":
+        return (record_head[1] if len(record_head) == 2 else delimiter), False
+    if kind == b"L" and (len(record_head) == 1 or record_head[1] == delimiter):
+        return DEFAULT_DELIMITER, True
+    return delimiter, False
+
+
+# One RecordScan per accepted frame: built like _make_frame, without the frozen __init__.
+_set_ends = RecordScan.ends.__set__  # type: ignore[attr-defined]
+_set_head = RecordScan.head.__set__  # type: ignore[attr-defined]
+_set_delimiter = RecordScan.delimiter.__set__  # type: ignore[attr-defined]
+
+
+def _make_scan(ends: tuple[int, ...], head: bytes, delimiter: int) -> RecordScan:
+    scan = _new_object(RecordScan)
+    _set_ends(scan, ends)
+    _set_head(scan, head)
+    _set_delimiter(scan, delimiter)
+    return scan

@@ -176,6 +176,9 @@ def parse_ack(payload: bytes, encoding: str = "utf-8") -> Ack:
     Raises: :class:`~labmw.errors.CodecError` when the payload cannot be decoded, is not an HL7
     message, has no MSA segment or an empty MSA-1.
     """
+    fast = _plain_ack(payload, encoding)
+    if fast is not None:
+        return fast
     message = _parse(payload, encoding)
     msa_segments = _segments(message, "MSA")
     if not msa_segments:
@@ -198,6 +201,37 @@ def parse_ack(payload: bytes, encoding: str = "utf-8") -> Ack:
         text="; ".join(unique),
         message_type=_raw(msh, 9),
     )
+
+
+def _plain_ack(payload: bytes, encoding: str) -> Ack | None:
+    """The common case without python-hl7's full parse: MSH + MSA, no ERR, no escapes in MSA.
+
+    The forwarder reads one ACK per result, so this is on the hot path. Anything unusual (ERR
+    segments, escape sequences, odd separators) returns None and takes the full parser.
+    """
+    try:
+        text = payload.decode(encoding)
+    except (UnicodeDecodeError, LookupError):
+        return None
+    if not text.startswith("MSH") or len(text) < 8 or "ERR" in text:
+        return None
+    field, component, escape = text[3], text[4], text[6]
+    msh = msa = None
+    for segment in text.split("\r"):
+        if segment.startswith("MSH" + field):
+            msh = segment
+        elif segment.startswith("MSA" + field) and msa is None:
+            msa = segment
+    if msh is None or msa is None or escape in msa:
+        return None
+    msa_fields = msa.split(field)
+    msh_fields = msh.split(field)
+    code = msa_fields[1].split(component)[0].strip() if len(msa_fields) > 1 else ""
+    if not code:
+        return None
+    return Ack(code=code, control_id=msa_fields[2] if len(msa_fields) > 2 else "",
+               text=msa_fields[3].split(component)[0] if len(msa_fields) > 3 else "",
+               message_type=msh_fields[8] if len(msh_fields) > 8 else "")
 
 
 def _error_text_v23(message: hl7.Message, err: hl7.Segment) -> str:
