@@ -67,6 +67,7 @@ class Service:
         self._wake = asyncio.Event()
         self._conn_ids = itertools.count(1)
         self.started_at = clock()
+        self._storage_episode: dict[str, Any] | None = None
 
     # --- life cycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -183,7 +184,12 @@ class Service:
         runner, analyzer = self._runner(), state.analyzer
 
         async def handle(text: bytes, raw: bytes) -> Outcome:
-            outcome = await runner.call_batched(self.pipeline.handle_astm, analyzer, text, raw, peer)
+            try:
+                outcome = await runner.call_batched(self.pipeline.handle_astm, analyzer, text, raw, peer)
+            except StoreError as exc:
+                self._storage_failed(analyzer.name, exc)
+                raise
+            await self._storage_ok()
             state.last_message_at = self.clock()
             if outcome.queued:
                 self._wake.set()
@@ -208,7 +214,9 @@ class Service:
             except StoreError as exc:
                 # The shared group commit failed after the intake had said AA: not stored, say AE.
                 log.error("hl7_message_not_stored", error=str(exc))
+                self._storage_failed(analyzer.name, exc)
                 return _not_stored_ack(payload, analyzer, self.clock())
+            await self._storage_ok()
             state.last_message_at = self.clock()
             state.counts["messages"] += 1
             self._wake.set()
@@ -248,6 +256,35 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 async with asyncio.timeout(FORWARDER_STOP_GRACE):
                     await task
+
+    # --- storage refusals ---------------------------------------------------------------------------
+    def _storage_failed(self, analyzer: str, exc: StoreError) -> None:
+        """Remember a refusal (NAK/AE because nothing could be stored) to audit once storage works again."""
+        episode = self._storage_episode
+        if episode is None:
+            self._storage_episode = {"first_at": self.clock().isoformat(), "first_error": str(exc),
+                                     "refusals": 1, "analyzers": [analyzer]}
+            log.error("storage_refusing_messages", error=str(exc))
+        else:
+            episode["refusals"] += 1
+            if analyzer not in episode["analyzers"]:
+                episode["analyzers"].append(analyzer)
+
+    async def _storage_ok(self) -> None:
+        # The audit trail could not take the refusals while the disk was full: record them now.
+        # (An HL7 intake answers AE itself when it cannot store, so "no exception" is not proof of
+        # recovery: if this audit fails too, keep the episode for the next success.)
+        episode, self._storage_episode = self._storage_episode, None
+        if episode is not None:
+            try:
+                await self._audit("storage_refusals", data={**episode, "recovered_at": self.clock().isoformat()})
+            except StoreError:
+                if self._storage_episode is None:
+                    self._storage_episode = episode
+                else:
+                    self._storage_episode["refusals"] += episode["refusals"]
+                return
+            log.info("storage_recovered", refusals=episode["refusals"])
 
     # --- helpers -----------------------------------------------------------------------------------
     def _runner(self) -> StoreRunner:

@@ -97,12 +97,15 @@ def test_disk_full_naks_the_final_frame_and_recovers_when_space_returns(tmp_path
             finally:
                 lis_back.stop()
             stored_full2 = len(db_rows(db, "SELECT id FROM results WHERE specimen = 'FULL2'"))
+            refusals = audit_events(db, "storage_refusals")
             verify = subprocess.run([*disk.prefix, *LABMW, "--config", str(config), "audit", "verify"],
                                     capture_output=True, text=True, timeout=60)
         finally:
             daemon.stop()
             lis.stop()
     assert stored_full2 == 1
+    assert len(refusals) == 1 and refusals[0]["data"]["refusals"] == 3, "the ASTM refusals are audited once space returns"
+    assert "full" in refusals[0]["data"]["first_error"]
     ids = {**lis.control_ids_by_specimen(), **lis_back.control_ids_by_specimen()}
     assert set(ids) == {"FULL0", "FULL1", "FULL2", "FULLH"} and all(len(v) == 1 for v in ids.values()), ids
     assert verify.returncode == 0, verify.stdout + verify.stderr
