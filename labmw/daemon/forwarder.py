@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 ACCEPTED = ("AA", "CA")
 POLL_INTERVAL = 1.0  # seconds between outbox checks when idle
 BATCH = 64  # outbox entries fetched per store call
+MARK_BATCH = 16  # deliveries recorded per store job
 ERROR_BACKOFF_INITIAL = 1.0
 ERROR_BACKOFF_MAX = 30.0
 
@@ -145,6 +146,7 @@ class Forwarder:
         self._stopping = False
         self._after_id = 0  # entries up to this id were sent in this run (their marks may be in flight)
         self._marks: set[asyncio.Future[None]] = set()
+        self._delivered: list[tuple[OutboxEntry, str, str]] = []  # accepted, not yet handed to the store
         self.link_state = "idle"
         self.last_error = ""
 
@@ -185,13 +187,16 @@ class Forwarder:
             if not batch:
                 await self._sleep(POLL_INTERVAL, wake=True)
                 return
-        for entry in batch:
-            if self._stopping:
-                return
-            if not await self.deliver(entry):
-                self._after_id = 0  # retry the head next time: order is kept
-                return
-            self._after_id = entry.id
+        try:
+            for entry in batch:
+                if self._stopping:
+                    return
+                if not await self.deliver(entry):
+                    self._after_id = 0  # retry the head next time: order is kept
+                    return
+                self._after_id = entry.id
+        finally:
+            self._flush_marks()
 
     async def _sleep(self, seconds: float, *, wake: bool = False) -> None:
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (gh-86296),
@@ -207,20 +212,26 @@ class Forwarder:
             pass
 
     async def _settle_marks(self) -> None:
+        self._flush_marks()
         if self._marks:
             await asyncio.gather(*self._marks, return_exceptions=True)
 
-    def _mark_delivered(self, entry: OutboxEntry, ack: Ack) -> None:
-        """Record the delivery without waiting: it rides on the next group commit."""
+    def _flush_marks(self) -> None:
+        """Hand the deliveries recorded so far to the store in one job, without waiting for it:
+        it rides on the next group commit while the next message is already on its way."""
+        items, self._delivered = self._delivered, []
+        if not items:
+            return
         future = asyncio.ensure_future(self.runner.call_batched(
-            self.runner.store.mark_delivered, entry, now=self.clock(), ack_code=ack.code, ack_text=ack.text))
+            self.runner.store.mark_delivered_many, items, now=self.clock()))
         self._marks.add(future)
 
         def done(f: asyncio.Future[None]) -> None:
             self._marks.discard(f)
             if not f.cancelled() and f.exception() is not None:
-                # Still pending in the store, so it is sent again under the same MSH-10 later.
-                log.error("delivery_not_recorded", control_id=entry.control_id, error=str(f.exception()))
+                # Still pending in the store, so they are sent again under the same MSH-10s later.
+                log.error("delivery_not_recorded", control_ids=[e.control_id for e, _, _ in items],
+                          error=str(f.exception()))
 
         future.add_done_callback(done)
 
@@ -244,7 +255,9 @@ class Forwarder:
         self._backoff = self.settings.retry_initial
         if ack.code in ACCEPTED:
             self._rejecting = False
-            self._mark_delivered(entry, ack)
+            self._delivered.append((entry, ack.code, ack.text))
+            if len(self._delivered) >= MARK_BATCH:
+                self._flush_marks()
             log.debug("result_delivered", control_id=entry.control_id, ack=ack.code)
         else:
             reason = f"LIS answered {ack.code}" + (f": {ack.text}" if ack.text else "")

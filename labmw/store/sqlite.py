@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -273,30 +273,39 @@ class Store:
         return int(self._conn.execute("SELECT count(*) FROM outbox WHERE state = ?", (state,)).fetchone()[0])
 
     def mark_delivered(self, entry: OutboxEntry, *, now: datetime, ack_code: str, ack_text: str) -> None:
-        """Record the LIS's acceptance.
+        """Record the LIS's acceptance of one entry (see :meth:`mark_delivered_many`)."""
+        self.mark_delivered_many([(entry, ack_code, ack_text)], now=now)
 
-        Committed without waiting for the disk (WAL, synchronous=NORMAL): safe against a crash of
-        labmw, and if a power cut loses it the result is sent again under the same MSH-10, which the
-        LIS recognises as a repeat (PRODUCT.md guarantee 2). The next durable commit flushes it.
+    def mark_delivered_many(self, items: Sequence[tuple[OutboxEntry, str, str]], *, now: datetime) -> None:
+        """Record the LIS's acceptance of ``(entry, ack code, ack text)`` items, in one transaction.
+
+        Outside a group it commits without waiting for the disk (WAL, synchronous=NORMAL): safe
+        against a crash of labmw, and if a power cut loses it the results are sent again under the
+        same MSH-10, which the LIS recognises as a repeat (PRODUCT.md guarantee 2). Inside a group
+        commit it becomes durable with the group at no extra cost.
         """
         if self._group_depth or self._conn.in_transaction:
-            # Part of a group commit: it becomes durable with the group, at no extra cost.
-            self._mark_delivered(entry, now=now, ack_code=ack_code, ack_text=ack_text)
+            self._mark_delivered(items, now=now)
             return
         self._conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            self._mark_delivered(entry, now=now, ack_code=ack_code, ack_text=ack_text)
+            self._mark_delivered(items, now=now)
         finally:
             self._conn.execute("PRAGMA synchronous=FULL")
 
-    def _mark_delivered(self, entry: OutboxEntry, *, now: datetime, ack_code: str, ack_text: str) -> None:
+    def _mark_delivered(self, items: Sequence[tuple[OutboxEntry, str, str]], *, now: datetime) -> None:
         with self.transaction(now) as tx:
-            self._conn.execute("UPDATE outbox SET state='delivered', attempts=attempts+1, updated_at=?, last_error=''"
-                               " WHERE id=?", (now.isoformat(), entry.id))
-            self._conn.execute("UPDATE results SET state='delivered' WHERE id=?", (entry.result_id,))
-            tx.audit("result_delivered", analyzer=entry.analyzer, specimen=entry.specimen, patient=entry.patient,
-                     ref=entry.control_id, data={"outbox_id": entry.id, "ack_code": ack_code, "ack_text": ack_text,
-                                                 "attempt": entry.attempts + 1, "test_code": entry.test_code})
+            when = now.isoformat()
+            self._conn.executemany(
+                "UPDATE outbox SET state='delivered', attempts=attempts+1, updated_at=?, last_error='' WHERE id=?",
+                [(when, entry.id) for entry, _, _ in items])
+            self._conn.executemany("UPDATE results SET state='delivered' WHERE id=?",
+                                   [(entry.result_id,) for entry, _, _ in items])
+            for entry, ack_code, ack_text in items:
+                tx.audit("result_delivered", analyzer=entry.analyzer, specimen=entry.specimen, patient=entry.patient,
+                         ref=entry.control_id, data={"outbox_id": entry.id, "ack_code": ack_code,
+                                                     "ack_text": ack_text, "attempt": entry.attempts + 1,
+                                                     "test_code": entry.test_code})
 
     def mark_attempt_failed(self, entry: OutboxEntry, *, now: datetime, error: str, retry_in: float) -> None:
         with self.transaction(now) as tx:
