@@ -11,7 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -136,6 +136,14 @@ def _lookup(doc: dict[str, Any], dotted: str) -> Any:
             return None
         node = node[part]
     return node
+
+
+def new_table(items: Mapping[str, Any]) -> Table:
+    """A TOML table holding ``items`` (nested mappings become sub-tables)."""
+    table = tomlkit.table()
+    for key, value in items.items():
+        table[key] = new_table(value) if isinstance(value, Mapping) else value
+    return table
 
 
 def table_at(doc: TOMLDocument, *parts: str, create: bool = True) -> Table:

@@ -163,8 +163,9 @@ def daemon(config: Path, wait_port: int | None = None, log: Path | None = None) 
         out.close()
 
 
-def configure(tmp_path: Path, lis_port: int, analyzer_port: int) -> Path:
-    """The exact command sequence of issue 2 / the README."""
+def configure(tmp_path: Path, lis_port: int, analyzer_port: int, *, protocol: str = "astm", analyzer: str = "c501",
+              code: str = "ALTL") -> Path:
+    """The exact command sequence of issue 2 / the README (an HL7 analyzer with ``protocol="hl7"``)."""
     config = tmp_path / "lab.toml"
     labmw(config, "init", "--data-dir", str(tmp_path / "data"))
     labmw(config, "method", "add", "ALT-T", "--analyte", "ALT", "--units", "U/L", "--loinc", "1743-4",
@@ -172,8 +173,8 @@ def configure(tmp_path: Path, lis_port: int, analyzer_port: int) -> Path:
     labmw(config, "range", "add", "ALT-T", "--sex", "M", "--age-min", "18y", "--low", "9", "--high", "59")
     labmw(config, "range", "add", "ALT-T", "--sex", "F", "--age-min", "18y", "--low", "8", "--high", "41")
     labmw(config, "lis", "set", "--connect", f"127.0.0.1:{lis_port}")
-    labmw(config, "analyzer", "add", "c501", "--protocol", "astm", "--transport", "tcp-server",
-          "--listen", f"127.0.0.1:{analyzer_port}", "--map", "ALTL=ALT-T")
+    labmw(config, "analyzer", "add", analyzer, "--protocol", protocol, "--transport", "tcp-server",
+          "--listen", f"127.0.0.1:{analyzer_port}", "--map", f"{code}=ALT-T")
     return config
 
 

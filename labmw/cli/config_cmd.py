@@ -223,15 +223,7 @@ def analyzer_add(
         table["tls"] = tls
 
     def change(doc: TOMLDocument) -> None:
-        analyzers = config_edit.table_at(doc, "analyzers")
-        entry = tomlkit.table()
-        for key, value in table.items():
-            entry[key] = value
-        codes = tomlkit.table()
-        for code, method in mapping.items():
-            codes[code] = method
-        entry["map"] = codes
-        analyzers[name] = entry
+        config_edit.table_at(doc, "analyzers")[name] = config_edit.new_table({**table, "map": mapping})
 
     config_edit.edit(config_file(ctx), "analyzer add", f"analyzers.{name}", change)
     typer.echo(f"analyzer {name} added")
@@ -350,10 +342,7 @@ def method_add(
         table["source"] = source
 
     def change(doc: TOMLDocument) -> None:
-        entry = tomlkit.table()
-        for key, value in table.items():
-            entry[key] = value
-        config_edit.table_at(doc, "methods")[name] = entry
+        config_edit.table_at(doc, "methods")[name] = config_edit.new_table(table)
 
     config_edit.edit(config_file(ctx), "method add", f"methods.{name}", change)
     typer.echo(f"method {name} added")

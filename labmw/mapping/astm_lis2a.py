@@ -94,7 +94,9 @@ class MappedMessage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _Patient:
+class PatientContext:
+    """The patient a result belongs to, as the message identified them (shared by ASTM and HL7 mapping)."""
+
     patient_id: str = ""
     name: str = ""
     birth_date: date | None = None
@@ -161,7 +163,7 @@ def map_message(records: Sequence[Record], *, analyzer: str, profile: AstmProfil
     queries: list[Record] = []
     sender = processing_id = ""
     seen_header = False
-    patient, order = _Patient(), _Order()
+    patient, order = PatientContext(), _Order()
     r_count = 0  # running index of R records: Result.sequence
     for line, record in enumerate(records, start=1):
         kind = record.type
@@ -171,7 +173,7 @@ def map_message(records: Sequence[Record], *, analyzer: str, profile: AstmProfil
                 sender = record.component(5, 1).strip()
                 processing_id = record.component(12, 1).strip()
                 seen_header = True
-            patient, order = _Patient(), _Order()
+            patient, order = PatientContext(), _Order()
         elif kind == "P":
             patient, order = _map_patient(record, where, problems), _Order()
         elif kind == "O":
@@ -197,7 +199,7 @@ def map_message(records: Sequence[Record], *, analyzer: str, profile: AstmProfil
                          processing_id=processing_id, problems=tuple(problems))
 
 
-def _map_patient(record: Record, where: str, problems: list[str]) -> _Patient:
+def _map_patient(record: Record, where: str, problems: list[str]) -> PatientContext:
     """Read the patient fields of a P record (E1394 §8)."""
     patient_id = ""
     for n in (3, 4, 5):  # practice-assigned, laboratory-assigned, ID No. 3
@@ -219,7 +221,7 @@ def _map_patient(record: Record, where: str, problems: list[str]) -> _Patient:
     sex = _SEX_WORDS.get(sex_text.upper(), "U") if sex_text else ""
     if sex_text and sex_text.upper() not in _SEX_WORDS:
         problems.append(f"{where} has an unknown sex {sex_text!r} in P-9, mapped to U")
-    return _Patient(patient_id=patient_id, name=name, birth_date=birth_date, sex=sex)
+    return PatientContext(patient_id=patient_id, name=name, birth_date=birth_date, sex=sex)
 
 
 def _map_order(record: Record, profile: AstmProfile, where: str, problems: list[str]) -> _Order:
@@ -244,7 +246,7 @@ def _map_result(
     where: str,
     analyzer: str,
     profile: AstmProfile,
-    patient: _Patient,
+    patient: PatientContext,
     order: _Order,
     problems: list[str],
 ) -> Result | None:

@@ -24,7 +24,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 from labmw.errors import CodecError, MappingError
-from labmw.mapping.astm_lis2a import parse_value
+from labmw.mapping.astm_lis2a import PatientContext, parse_value
 from labmw.model import Result
 
 __all__ = ["Hl7Header", "Hl7Mapped", "UnsupportedMessage", "content_digest", "first_segment", "map_hl7",
@@ -259,18 +259,11 @@ def _check_supported(header: Hl7Header) -> None:
         raise UnsupportedMessage("202", f"unsupported processing ID {header.processing_id!r} (only P, production)")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Patient:
-    patient_id: str = ""
-    name: str = ""
-    birth_date: date | None = None
-    sex: str = ""
-
 
 @dataclass(slots=True)
 class _Order:
     obr: list[str]
-    patient: _Patient
+    patient: PatientContext
     spm: list[str] | None
     observations: list[tuple[int, list[str]]] = field(default_factory=list)
 
@@ -300,7 +293,7 @@ def map_hl7(payload: bytes, *, analyzer: str, encoding: str, specimen_field: str
 def _walk(er7: _Er7, oul: bool, problems: list[str]) -> list[_Order]:
     """Group OBX under their OBR, with the patient and SPM that apply to them."""
     orders: list[_Order] = []
-    patient = _Patient()
+    patient = PatientContext()
     order: _Order | None = None
     spm: list[str] | None = None
     in_order = False  # last of OBR/SPM/PID seen was an OBR: an OBX here is a result
@@ -326,7 +319,7 @@ def _walk(er7: _Er7, oul: bool, problems: list[str]) -> list[_Order]:
     return orders
 
 
-def _patient(er7: _Er7, pid: list[str], problems: list[str]) -> _Patient:
+def _patient(er7: _Er7, pid: list[str], problems: list[str]) -> PatientContext:
     patient_id = er7.comp(pid, 3)
     if not patient_id and er7.comp(pid, 2):
         patient_id = er7.comp(pid, 2)
@@ -343,7 +336,7 @@ def _patient(er7: _Er7, pid: list[str], problems: list[str]) -> _Patient:
     if sex_text and sex_text not in _SEX:
         known = "table 0001 value without a reference-range partition" if sex_text in _SEX_OTHER else "unknown"
         problems.append(f"PID-8 sex {sex_text[:10]!r} ({known}) mapped to U")
-    return _Patient(patient_id=patient_id, name=name, birth_date=birth.date() if birth else None, sex=sex)
+    return PatientContext(patient_id=patient_id, name=name, birth_date=birth.date() if birth else None, sex=sex)
 
 
 def _specimen(er7: _Er7, order: _Order, specimen_field: str) -> tuple[str, str]:

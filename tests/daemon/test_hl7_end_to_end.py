@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from hl7.client import MLLPClient
 from hl7apy.core import Message
+import peers
 from peers import MllpLis, daemon, free_port, labmw, wait_until
 
 from labmw.config import AnalyzerSettings, Settings
@@ -33,16 +34,7 @@ MLLP_SEND = str(Path(sys.executable).with_name("mllp_send"))
 
 def configure(tmp_path: Path, lis_port: int, analyzer_port: int) -> Path:
     """The README's commands, with an HL7 analyzer instead of the ASTM one."""
-    config = tmp_path / "lab.toml"
-    labmw(config, "init", "--data-dir", str(tmp_path / "data"))
-    labmw(config, "method", "add", "ALT-T", "--analyte", "ALT", "--units", "U/L", "--loinc", "1743-4",
-          "--measuring-range", "5-7000", "--critical-high", "1000")
-    labmw(config, "range", "add", "ALT-T", "--sex", "M", "--age-min", "18y", "--low", "9", "--high", "59")
-    labmw(config, "range", "add", "ALT-T", "--sex", "F", "--age-min", "18y", "--low", "8", "--high", "41")
-    labmw(config, "lis", "set", "--connect", f"127.0.0.1:{lis_port}")
-    labmw(config, "analyzer", "add", "mx", "--protocol", "hl7", "--transport", "tcp-server",
-          "--listen", f"127.0.0.1:{analyzer_port}", "--map", "ALT=ALT-T")
-    return config
+    return peers.configure(tmp_path, lis_port, analyzer_port, protocol="hl7", analyzer="mx", code="ALT")
 
 
 def hl7apy_oru(control_id: str, *, specimen: str, value: str, sex: str = "M") -> bytes:
