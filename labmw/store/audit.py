@@ -57,18 +57,25 @@ def chain_hash(prev_hash: str, canonical: bytes) -> str:
     return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
 
 
-def append(conn: sqlite3.Connection, event: str, *, ts: datetime, actor: str, analyzer: str = "",
-           specimen: str = "", patient: str = "", ref: str = "", data: Mapping[str, Any] | None = None) -> int:
-    """Insert one event; the caller holds a write transaction. Returns its sequence number."""
+INSERT = "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+Row = tuple[int, str, str, str, str, str, str, str, str, str, str]
+
+
+def tail(conn: sqlite3.Connection) -> tuple[int, str]:
+    """(sequence, hash) of the last event, or (0, GENESIS) for an empty trail."""
     last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-    seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+    return (int(last[0]), str(last[1])) if last else (0, GENESIS)
+
+
+def make_row(after: tuple[int, str], event: str, *, ts: datetime, actor: str, analyzer: str = "",
+             specimen: str = "", patient: str = "", ref: str = "", data: Mapping[str, Any] | None = None) -> Row:
+    """The row that follows the event ``after`` = (sequence, hash) in the chain (nothing is written)."""
+    seq, prev = after[0] + 1, after[1]
     ts_text = ts.isoformat(timespec="milliseconds")
     data_json = json.dumps(dict(data or {}), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                            default=str)
     digest = chain_hash(prev, _canonical(seq, ts_text, event, actor, analyzer, specimen, patient, ref, data_json))
-    conn.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                 (seq, ts_text, event, actor, analyzer, specimen, patient, ref, data_json, prev, digest))
-    return seq
+    return (seq, ts_text, event, actor, analyzer, specimen, patient, ref, data_json, prev, digest)
 
 
 def query(conn: sqlite3.Connection, *, specimen: str | None = None, patient: str | None = None,
