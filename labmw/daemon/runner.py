@@ -115,17 +115,37 @@ class StoreRunner:
                     results.append(_run(job.fn))
         except StoreError as exc:
             for job in batch:
-                self._finish(job, False, exc)
+                job.outcome = (False, exc)
+            self._finish_all(batch)
             return
         except Exception as exc:  # noqa: BLE001 - a failed COMMIT of any kind: nobody was stored
             error = StoreError(f"group commit failed: {exc}")
             for job in batch:
-                self._finish(job, False, error)
+                job.outcome = (False, error)
+            self._finish_all(batch)
             return
         self.batches += 1
         self.batched_jobs += len(batch)
-        for job, (ok, value) in zip(batch, results, strict=True):
-            self._finish(job, ok, value)
+        for job, outcome in zip(batch, results, strict=True):
+            job.outcome = outcome
+        self._finish_all(batch)
+
+    def _finish_all(self, batch: list[_Job]) -> None:
+        """Resolve a whole batch with one wake-up of the event loop (each wake-up is a syscall)."""
+        loop = batch[0].loop
+        if loop is None or any(job.loop is not loop for job in batch):
+            for job in batch:
+                self._finish(job, *job.outcome)
+            return
+
+        def deliver_all() -> None:
+            for job in batch:
+                _resolve(job)
+
+        try:
+            loop.call_soon_threadsafe(deliver_all)
+        except RuntimeError:  # the loop is closed: the callers are gone
+            pass
 
     @staticmethod
     def _finish(job: _Job, ok: bool, value: Any) -> None:
@@ -147,6 +167,17 @@ class StoreRunner:
             job.loop.call_soon_threadsafe(deliver)
         except RuntimeError:  # the loop is closed: the caller is gone
             pass
+
+
+def _resolve(job: _Job) -> None:
+    future = job.future
+    if future is None or future.done():
+        return
+    ok, value = job.outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 def _run(fn: Callable[[], Any]) -> tuple[bool, Any]:
