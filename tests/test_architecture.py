@@ -64,3 +64,9 @@ def test_nothing_imports_the_cli() -> None:
         if "cli" in path.relative_to(PACKAGE).parts or path.name == "__main__.py":
             continue
         assert not any(n.startswith("labmw.cli") for n in _imports(path)), path
+
+
+def test_test_modules_have_unique_names() -> None:
+    """tests/ has no __init__.py files, so two test modules with one basename would not both be collected."""
+    names = [p.name for p in (PACKAGE.parent / "tests").rglob("*.py")]
+    assert sorted({n for n in names if names.count(n) > 1 and n != "conftest.py"}) == []
