@@ -176,6 +176,10 @@ class Forwarder:
 
     async def _drain_once(self) -> None:
         """Send a batch of pending entries in id order; when none is left, wait for new ones."""
+        if self._after_id == 0:
+            # Looking from the start again (first pass, or after a failed attempt): the deliveries
+            # recorded so far must be in the store first, or an accepted result would be sent twice.
+            await self._settle_marks()
         batch = await self.runner.call(self.runner.store.pending_after, self._after_id, BATCH)
         if not batch:
             # Nothing newer: let the marks land, then look again from the start (a dead letter put

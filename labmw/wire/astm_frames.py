@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from labmw.errors import LocalProtocolError
@@ -54,10 +54,10 @@ RESTRICTED: frozenset[int] = frozenset(
 LEGACY_MAX_TEXT = 240
 MAX_TEXT = 63_993
 
-_RESTRICTED_RE = re.compile(b"[" + re.escape(bytes(sorted(RESTRICTED))) + b"]")
-# FN '0'..'7' then text free of restricted bytes: the whole of a good frame's FN..text, checked in
-# one pass; only a frame that fails it is examined byte by byte for the reason.
-_CLEAN_FRAME_RE = re.compile(b"[0-7][^" + re.escape(bytes(sorted(RESTRICTED))) + b"]*")
+_RESTRICTED_CLASS = re.escape(bytes(sorted(RESTRICTED)))
+_RESTRICTED_RE = re.compile(b"[" + _RESTRICTED_CLASS + b"]")
+# FN '0'..'7', then text free of restricted bytes: all of a good frame's FN and text in one pass.
+_CLEAN_FRAME_RE = re.compile(b"[0-7][^" + _RESTRICTED_CLASS + b"]*")
 # Inside a frame: the terminators ETX/ETB, and STX/ENQ/EOT, which can only mean the frame was cut.
 _IN_FRAME_RE = re.compile(b"[\x02\x03\x04\x05\x17]")
 # Between frames: bytes that mean something (STX opens a frame; the rest are link control bytes).
@@ -78,21 +78,23 @@ def checksum(body: bytes) -> bytes:
     ``body`` is every byte from FN up to and including ETX or ETB (STX excluded). The sum is taken
     over raw bytes, never decoded text (ASTM.md §1.4, §5.2). Raises nothing.
     """
-    return b"%02X" % (_byte_sum(body) & 0xFF)
+    return _CHECKSUMS[_byte_sum(body) & 0xFF]
 
 
-# Adler-32's low half is 1 + the byte sum modulo 65521 (RFC 1950 §8.2). Up to 256 bytes the sum is at
-# most 65,280, so no reduction happens and the exact sum comes back at C speed (``sum`` iterates in
-# Python objects, ten times slower on a typical frame).
+# Adler-32's low half is 1 + the byte sum modulo 65521 (RFC 1950 §8.2). Over at most 256 bytes the
+# sum stays below 65,281, so it comes back exact, at C speed: ``sum`` is ten times slower per frame.
 _ADLER_CHUNK = 256
+_adler32 = zlib.adler32
+#: The checksum bytes of every byte sum modulo 256, so checking a frame formats no string.
+_CHECKSUMS = tuple(b"%02X" % i for i in range(256))
 
 
 def _byte_sum(data: bytes | bytearray | memoryview) -> int:
-    """Return the plain sum of the bytes of ``data``. Raises nothing."""
+    """Return the plain sum of the bytes of ``data``, 256 bytes per Adler-32 call. Raises nothing."""
     if len(data) <= _ADLER_CHUNK:
-        return (zlib.adler32(data) & 0xFFFF) - 1
+        return (_adler32(data) & 0xFFFF) - 1
     view = memoryview(data)
-    return sum((zlib.adler32(view[i : i + _ADLER_CHUNK]) & 0xFFFF) - 1 for i in range(0, len(view), _ADLER_CHUNK))
+    return sum((_adler32(view[i : i + _ADLER_CHUNK]) & 0xFFFF) - 1 for i in range(0, len(view), _ADLER_CHUNK))
 
 
 def build_frame(fn: int, text: bytes, *, final: bool) -> bytes:
@@ -157,11 +159,22 @@ def frame_texts(message_text: bytes, *, max_text: int = LEGACY_MAX_TEXT) -> list
 # --- tokens produced by FrameReader --------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """A complete frame, not yet judged: ``raw`` is STX through C2 as received (no CR LF)."""
+    """A complete frame, not yet judged: ``raw`` is STX through C2 as received (no CR LF).
+
+    ``Frame(raw, end)``; ``text`` is derived from them (``raw[2:end]``) and not part of the value.
+    """
 
     raw: bytes
     #: index of ETX/ETB in ``raw``
     end: int
+    #: the frame text between FN and ETX/ETB, kept because every user of a frame reads it
+    text: bytes = field(init=False, repr=False, compare=False)
+    # Set by FrameReader when its scan already proved FN '0'..'7' and no restricted byte in the
+    # text, so frame_problem need not scan again. Not part of the value.
+    _clean: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", self.raw[2 : self.end])
 
     @property
     def number(self) -> bytes:
@@ -171,13 +184,8 @@ class Frame:
     @property
     def fn(self) -> int | None:
         """The frame number 0..7, or None if FN is missing or not one of '0'..'7'."""
-        n = self.number
-        return n[0] - 0x30 if n and 0x30 <= n[0] <= 0x37 else None
-
-    @property
-    def text(self) -> bytes:
-        """The frame text between FN and ETX/ETB."""
-        return self.raw[2 : self.end]
+        raw = self.raw
+        return raw[1] - 0x30 if self.end > 1 and len(raw) > 1 and 0x30 <= raw[1] <= 0x37 else None
 
     @property
     def final(self) -> bool:
@@ -192,15 +200,15 @@ class Frame:
     @property
     def expected_checksum(self) -> bytes:
         """The checksum computed over FN..ETX/ETB, uppercase."""
-        end = self.end
-        return b"%02X" % (_byte_sum(self.raw[1 : end + 1]) & 0xFF)
+        return _CHECKSUMS[_byte_sum(self.raw[1 : self.end + 1]) & 0xFF]
 
     @property
     def checksum_ok(self) -> bool:
         """Whether C1 C2 match, compared case-insensitively (ASTM.md §5.2: senders differ)."""
-        end = self.end
-        received = self.raw[end + 1 : end + 3]
-        expected = b"%02X" % (_byte_sum(self.raw[1 : end + 1]) & 0xFF)
+        raw, end = self.raw, self.end
+        # See _byte_sum; Adler-32's low half is at least 1, so its low byte minus 1 is the sum's.
+        total = _adler32(raw[1 : end + 1]) - 1 if end <= _ADLER_CHUNK else _byte_sum(raw[1 : end + 1])
+        received, expected = raw[end + 1 : end + 3], _CHECKSUMS[total & 0xFF]
         return received == expected or received.upper() == expected
 
 
@@ -240,8 +248,8 @@ def frame_problem(frame: Frame) -> str | None:
     Checks that FN is one ASCII digit '0'..'7' and that the text has no restricted byte
     (ASTM.md §1.4). Raises nothing.
     """
-    if _CLEAN_FRAME_RE.fullmatch(frame.raw, 1, frame.end) is not None:
-        return None  # the common case: one regex pass over FN and text
+    if frame._clean or _CLEAN_FRAME_RE.fullmatch(frame.raw, 1, frame.end) is not None:
+        return None  # the common case: the reader's scan or one regex pass found nothing wrong
     number = frame.number
     if not number:
         return "missing frame number"
@@ -256,12 +264,18 @@ def frame_problem(frame: Frame) -> str | None:
 
 
 _BETWEEN, _IN_FRAME, _TRAILER_CR, _TRAILER_LF, _SKIP = range(5)
+# A whole frame as nearly all arrive: STX, FN '0'..'7' and text free of restricted bytes (or
+# neither: FN missing), ETX/ETB, and two checksum bytes that are not STX/ENQ/EOT. Anything else
+# takes the byte-by-byte path, which finds the same tokens.
+_WHOLE_FRAME_RE = re.compile(b"\x02(?:[0-7][^" + _RESTRICTED_CLASS + b"]*)?[\x03\x17][^\x02\x04\x05]{2}")
 _BETWEEN_BYTES = frozenset({STX_BYTE, EOT_BYTE, ENQ_BYTE, ACK_BYTE, NAK_BYTE})  # what _BETWEEN_RE finds
-# Frames are the hot path: built without the dataclass __init__ (two object.__setattr__ calls for a
-# frozen class). The slot descriptors set exactly the fields __init__ would.
+# Frames are the hot path: the reader builds them without the frozen dataclass's __init__ (an
+# object.__setattr__ per field, then __post_init__); the slot descriptors set the same fields.
 _new_object = object.__new__
 _set_raw = Frame.raw.__set__  # type: ignore[attr-defined]
 _set_end = Frame.end.__set__  # type: ignore[attr-defined]
+_set_text = Frame.text.__set__  # type: ignore[attr-defined]
+_set_clean = Frame._clean.__set__  # type: ignore[attr-defined]
 
 
 class FrameReader:
@@ -283,6 +297,7 @@ class FrameReader:
         if max_text < 1:
             raise LocalProtocolError(f"max_text must be at least 1, got {max_text}")
         self._max_text = max_text
+        self._max_end = max_text + 2  # the largest index of ETX/ETB in a frame: STX, FN, text
         self._buf = bytearray()
         # Bytes before _pos are read; they are cut off the buffer only when a token needs more
         # input or more is fed, so each frame costs one copy, not a shift of the whole buffer.
@@ -310,7 +325,26 @@ class FrameReader:
 
         Raises nothing: every byte sequence maps to tokens.
         """
-        buf = self._buf
+        buf, pos, state = self._buf, self._pos, self._state
+        # Fast path: the CR LF (or LF) after the previous frame, then a whole, clean frame, taken as
+        # the states below would take them. The returned frame's trailer stays buffered until the
+        # next call (it is the first thing the next call reads).
+        if state == _TRAILER_CR:
+            if buf.startswith(b"\r\n", pos):
+                state, pos = _BETWEEN, pos + 2
+            elif buf.startswith(b"\n", pos):
+                state, pos = _BETWEEN, pos + 1
+        if state == _BETWEEN:
+            found = _WHOLE_FRAME_RE.match(buf, pos)
+            if found is not None and (end := len(raw := found.group()) - 3) <= self._max_end:
+                frame = _new_object(Frame)
+                _set_raw(frame, raw)
+                _set_end(frame, end)
+                _set_text(frame, raw[2:end])
+                _set_clean(frame, end > 1)  # FN and text matched the clean pattern unless FN is missing
+                self._state, self._pos = _TRAILER_CR, found.end()
+                return frame
+        self._state, self._pos = state, pos
         while (pos := self._pos) < len(buf):
             state = self._state
             if state == _IN_FRAME:
@@ -356,49 +390,16 @@ class FrameReader:
                 return None
             return self._drop(limit, f"frame text exceeds {self._max_text} bytes", None, _SKIP)
         at = found.start()
-        # ETX/ETB at `at`: two checksum bytes must follow. STX/ENQ/EOT there or instead cut the frame.
-        size = len(buf)
-        if (buf[at] in _INTERRUPTORS or at + 2 >= size or buf[at + 1] in _INTERRUPTORS
-                or buf[at + 2] in _INTERRUPTORS):  # fmt: skip
-            return self._cut_or_wait(pos, at)
-        frame = _new_object(Frame)
-        _set_raw(frame, bytes(buf[pos : at + 3]))
-        _set_end(frame, at - pos)
-        self._pos = self._after_trailer(at + 3)
-        return frame
-
-    def _cut_or_wait(self, pos: int, at: int) -> BrokenFrame | None:
-        """The frame from ``pos`` cut short at or after ``at``, or None while C1 C2 are still due."""
-        buf = self._buf
+        # ETX/ETB at `at` needs two checksum bytes after it; STX/ENQ/EOT there or instead cut the frame.
+        self._scan = at - pos
         for check in (at, at + 1, at + 2):
             if check >= len(buf):
-                self._scan = at - pos
                 return None
             if buf[check] in _INTERRUPTORS:
                 cut = buf[check]
                 return self._drop(check - pos, f"frame cut short by {CONTROL_NAMES[cut]}", cut, _BETWEEN)
-        return None  # not reached: _read_frame comes here only when one of the checks holds
-
-    def _after_trailer(self, at: int) -> int:
-        """Skip a CR LF, CR or LF trailer at ``at`` as far as it has arrived; return the new read position.
-
-        What has not arrived yet is left to the _TRAILER_* states, so the result does not depend on
-        where reads split the trailer.
-        """
-        buf, size = self._buf, len(self._buf)
-        if at >= size:
-            self._state = _TRAILER_CR
-            return at
-        self._state = _BETWEEN
-        byte = buf[at]
-        if byte == LF_BYTE:
-            return at + 1
-        if byte != CR_BYTE:
-            return at
-        if at + 1 >= size:
-            self._state = _TRAILER_LF
-            return at + 1
-        return at + 2 if buf[at + 1] == LF_BYTE else at + 1
+        self._state, self._pos = _TRAILER_CR, at + 3
+        return Frame(bytes(buf[pos : at + 3]), at - pos)
 
     def _drop(self, count: int, reason: str, interrupted_by: int | None, next_state: int) -> BrokenFrame:
         buf, pos = self._buf, self._pos
@@ -437,50 +438,44 @@ def scan_records(text: bytes, *, head: bytes, delimiter: int, final: bool) -> Re
     ends at the end of the text, so an L record whose CR was left out still ends the message.
     Work is linear in ``len(text)``. Raises nothing.
     """
-    first_cr = text.find(CR_BYTE)
-    if first_cr == -1:  # the open record goes on (or, in an end frame, ends with the text)
-        record_head = (head + text[:2])[:2]
-        if not (final and record_head):
-            return _make_scan((), record_head, delimiter)
-        delimiter, terminator = _classify(record_head, delimiter)
-        return _make_scan((len(text),), b"", delimiter) if terminator else _make_scan((), record_head, delimiter)
+    size, first_cr = len(text), text.find(CR_BYTE)
+    if first_cr == size - 1 and first_cr > 0 and not head and text[0] not in _H_OR_L:
+        # One whole record that neither starts nor ends a message: the usual frame (ASTM.md §6 item 13).
+        return _NOTHING_OPEN if delimiter == DEFAULT_DELIMITER else RecordScan((), b"", delimiter)
     ends: list[int] = []
-    # The first record began in earlier text when `head` is set; it ends at the first CR.
-    record_head = (head + text[: min(2, first_cr)])[:2]
-    if record_head:
-        delimiter, terminator = _classify(record_head, delimiter)
+    last_cr = text.rfind(CR_BYTE)
+    if first_cr >= 0:
+        # The record begun in earlier text (or at the start of this one) ends at the first CR.
+        delimiter, terminator = _classify((head + text[: min(2, first_cr)])[:2], delimiter)
         if terminator:
             ends.append(first_cr + 1)
-    # Records that end before the last CR: only those starting with H or L matter, and a regex
-    # finds them without visiting the others.
-    last_cr = text.rfind(CR_BYTE)
-    for found in _HL_RECORD_RE.finditer(text, first_cr, last_cr):
-        at = found.start() + 1  # where the record starts; its second byte exists (at most the last CR)
-        second = text[at + 1]
-        if text[at] == _H_BYTE:
-            if second != CR_BYTE:
-                delimiter = second
-        elif second == CR_BYTE or second == delimiter:
-            ends.append(text.index(CR_BYTE, at) + 1)
-            delimiter = DEFAULT_DELIMITER
-    # The record still open after the last CR.
-    record_head = text[last_cr + 1 : last_cr + 3]
-    if not (final and record_head):
-        return _make_scan(tuple(ends), record_head, delimiter)
-    delimiter, terminator = _classify(record_head, delimiter)
-    if terminator:
-        ends.append(len(text))
-        return _make_scan(tuple(ends), b"", delimiter)
-    return _make_scan(tuple(ends), record_head, delimiter)
+        # Records after it, up to the last CR: a regex finds those starting with H or L, the only
+        # ones that matter, without visiting the others.
+        for found in _HL_RECORD_RE.finditer(text, first_cr, last_cr) if last_cr > first_cr else ():
+            at = found.start() + 1  # the record's first byte; its second one is at most the last CR
+            delimiter, terminator = _classify(text[at : at + 1 if text[at + 1] == CR_BYTE else at + 2], delimiter)
+            if terminator:
+                ends.append(text.index(CR_BYTE, at) + 1)
+    # The record still open at the end: after the last CR, or the one continued from `head`.
+    record_head = text[last_cr + 1 : last_cr + 3] if first_cr >= 0 else (head + text[:2])[:2]
+    if final and record_head:
+        delimiter, terminator = _classify(record_head, delimiter)
+        if terminator:
+            ends.append(size)
+            record_head = b""
+    if not ends and not record_head and delimiter == DEFAULT_DELIMITER:
+        return _NOTHING_OPEN
+    return RecordScan(tuple(ends), record_head, delimiter)
 
 
-_H_BYTE = 0x48
+_H_OR_L = b"HL"
 # A record that starts with H (it may name a new delimiter) or L (it may end the message).
 _HL_RECORD_RE = re.compile(b"\rH|\rL")
+_NOTHING_OPEN = RecordScan((), b"", DEFAULT_DELIMITER)
 
 
 def _classify(record_head: bytes, delimiter: int) -> tuple[int, bool]:
-    """The delimiter after a record whose first (up to two) bytes are ``record_head``, and whether it
+    """The delimiter after a record starting with ``record_head`` (up to two bytes), and whether it
     is a terminator record (which resets the delimiter for the next message)."""
     kind = record_head[:1]
     if kind == b"H":
@@ -488,17 +483,3 @@ def _classify(record_head: bytes, delimiter: int) -> tuple[int, bool]:
     if kind == b"L" and (len(record_head) == 1 or record_head[1] == delimiter):
         return DEFAULT_DELIMITER, True
     return delimiter, False
-
-
-# One RecordScan per accepted frame: built like _make_frame, without the frozen __init__.
-_set_ends = RecordScan.ends.__set__  # type: ignore[attr-defined]
-_set_head = RecordScan.head.__set__  # type: ignore[attr-defined]
-_set_delimiter = RecordScan.delimiter.__set__  # type: ignore[attr-defined]
-
-
-def _make_scan(ends: tuple[int, ...], head: bytes, delimiter: int) -> RecordScan:
-    scan = _new_object(RecordScan)
-    _set_ends(scan, ends)
-    _set_head(scan, head)
-    _set_delimiter(scan, delimiter)
-    return scan

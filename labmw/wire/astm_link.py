@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from labmw.errors import LocalProtocolError
@@ -175,7 +175,8 @@ class _Transfer:
         base = len(self.text)
         self.text += frame.text
         self.frames.append((base, len(self.text), frame.raw))
-        self.ends.extend(base + end for end in scan.ends)
+        if scan.ends:  # most frames end no message
+            self.ends.extend(base + end for end in scan.ends)
         self.head, self.delimiter = scan.head, scan.delimiter
         self.last_fn, self.expected_fn = fn, (fn + 1) % 8
 
@@ -426,8 +427,9 @@ class AstmLink:
             return _Step(Input.FRAME_BAD, fn=fn, reason=reason)
         if len(rx.text) - (rx.ends[-1] if rx.ends else 0) + len(frame.text) > self._max_message:
             return _Step(Input.MESSAGE_TOO_LARGE, fn=fn, reason=f"message exceeds {self._max_message} bytes")
-        scan = f.scan_records(frame.text, head=rx.head, delimiter=rx.delimiter, final=frame.final)
-        kind = Input.FRAME_COMPLETES if frame.final and (rx.ends or scan.ends) else Input.FRAME_GOOD
+        final = frame.final
+        scan = f.scan_records(frame.text, head=rx.head, delimiter=rx.delimiter, final=final)
+        kind = Input.FRAME_COMPLETES if final and (rx.ends or scan.ends) else Input.FRAME_GOOD
         return _Step(kind, fn=fn, frame=frame, tolerated=tolerated, scan=scan)
 
     def _judge_reply(self, step: _Step) -> _Step:
@@ -501,7 +503,8 @@ class AstmLink:
         # state before this frame in case the store fails.
         assert step.fn is not None  # internal invariant (set by _judge), not input validation
         rx = self._rx
-        before = replace(rx, text=bytearray(rx.text), frames=list(rx.frames), ends=list(rx.ends))
+        before = _Transfer(text=bytearray(rx.text), frames=list(rx.frames), ends=list(rx.ends), head=rx.head,
+                           delimiter=rx.delimiter, expected_fn=rx.expected_fn, last_fn=rx.last_fn)  # fmt: skip
         self._saved = (before, step.fn)
         self._append(step)
         self._events.extend(self._rx.take_messages())

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from labmw.errors import CodecError
 
 __all__ = [
     "Delimiters",
+    "FieldParts",
     "FieldValue",
     "Record",
     "build_record",
@@ -88,6 +89,11 @@ def _delimiter_problem(chars: str) -> str | None:
     return None
 
 
+#: One field as :meth:`Record.split_fields` gives it: its unescaped text when it holds no repeat or
+#: component delimiter, else its repeats, each a list of unescaped components.
+FieldParts = str | list[list[str]]
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """One E1394 record: its raw (still escaped) fields and the delimiters in force for it.
@@ -100,6 +106,11 @@ class Record:
 
     fields: tuple[str, ...]
     delimiters: Delimiters = Delimiters()
+    # Field position -> its repeats' components, filled by the accessors that split: the record is
+    # immutable, so each field is split once however often it is read (walking every repeat of a
+    # field used to re-split it per repeat). A private memo, not part of the value.
+    _split: dict[int, tuple[tuple[str, ...], ...]] | None = field(
+        default=None, init=False, repr=False, compare=False)  # fmt: skip
 
     def __post_init__(self) -> None:
         if not self.fields:
@@ -148,14 +159,7 @@ class Record:
         """
         if repeat < 1:
             raise ValueError(f"repeat positions start at 1, got {repeat}")
-        raw = self.raw(n)
-        if self._is_declaration(n):
-            return [raw] if raw and repeat == 1 else []
-        parts = raw.split(self.delimiters.repeat) if raw else []
-        if repeat > len(parts) or not parts[repeat - 1]:
-            return []
-        d = self.delimiters
-        return [_unescape(c, d) for c in parts[repeat - 1].split(d.component)]
+        return list(self._repeat(n, repeat))
 
     def component(self, n: int, c: int, repeat: int = 1) -> str:
         """Return component ``c`` (1-based) of repeat ``repeat`` of field ``n``, ``""`` when absent.
@@ -164,8 +168,79 @@ class Record:
         """
         if c < 1:
             raise ValueError(f"component positions start at 1, got {c}")
-        parts = self.components(n, repeat)
+        if repeat < 1:
+            raise ValueError(f"repeat positions start at 1, got {repeat}")
+        parts = self._repeat(n, repeat)
         return parts[c - 1] if c <= len(parts) else ""
+
+    def _repeat(self, n: int, repeat: int) -> tuple[str, ...]:
+        """The components of repeat ``repeat`` (at least 1) of field ``n``; the field is split once."""
+        if n < 1:
+            raise ValueError(f"field positions start at 1, got {n}")
+        fields = self.fields
+        if n > len(fields):
+            return ()
+        if n == 2 and fields[0] == "H":  # the declaration is one component, as written
+            return (fields[1],) if fields[1] and repeat == 1 else ()
+        cache = self._split
+        if cache is None:
+            cache = {}
+            _set_split(self, cache)
+        repeats = cache.get(n)
+        if repeats is None:
+            repeats = cache[n] = _field_repeats(fields[n - 1], self.delimiters)
+        return repeats[repeat - 1] if repeat <= len(repeats) else ()
+
+    def split_fields(self) -> list[FieldParts]:
+        """Return every field split into repeats and components, unescaped, in one pass.
+
+        Item ``n - 1`` is field ``n``: its unescaped text when it holds neither a repeat nor a
+        component delimiter (an empty field is ``""``), else a list of its repeats, each the list
+        of its unescaped components (``[]`` for an empty repeat), so ``split_fields()[n - 1][r - 1]``
+        equals ``components(n, r)`` for such a field. H-2, the declaration, stays its text. This is
+        the shape of python-astm's decoded records, for callers that want the whole record at
+        once; fields without parts cost nothing to split. Returns a new list. Raises nothing.
+        """
+        fields, d = self.fields, self.delimiters
+        declaration: tuple[str, ...] = ()
+        if fields[0] == "H" and len(fields) > 1:  # H-2, the declaration, is never split (§6.16)
+            declaration, fields = fields[:2], fields[2:]
+        line = d.field.join(fields)
+        rep, comp, esc = d.repeat, d.component, d.escape
+        if rep in line or esc in line:
+            parts = [text if rep not in text and comp not in text and esc not in text else _field_parts(text, d)
+                     for text in fields]  # fmt: skip
+        elif comp in line:  # the usual record: one repeat per field, nothing to unescape
+            parts = [[text.split(comp)] if comp in text else text for text in fields]
+        else:
+            parts = list(fields)
+        if declaration:
+            parts[:0] = declaration
+        return parts
+
+
+def _field_repeats(raw: str, d: Delimiters) -> tuple[tuple[str, ...], ...]:
+    """Split field text into repeats of unescaped components (escapes decoded after splitting)."""
+    if not raw:
+        return ()
+    rep, comp, esc = d.repeat, d.component, d.escape
+    if esc in raw:
+        return tuple([tuple([c if esc not in c else _unescape(c, d) for c in part.split(comp)]) if part else ()
+                      for part in raw.split(rep)])  # fmt: skip
+    if rep in raw:
+        return tuple([tuple(part.split(comp)) if part else () for part in raw.split(rep)])
+    return (tuple(raw.split(comp)),)
+
+
+def _field_parts(raw: str, d: Delimiters) -> FieldParts:
+    """One field for :meth:`Record.split_fields`: its text, or its repeats of components."""
+    rep, comp, esc = d.repeat, d.component, d.escape
+    if rep not in raw and comp not in raw:
+        return raw if esc not in raw else _unescape(raw, d)
+    if esc in raw:
+        return [[c if esc not in c else _unescape(c, d) for c in part.split(comp)] if part else []
+                for part in raw.split(rep)]  # fmt: skip
+    return [part.split(comp) if part else [] for part in raw.split(rep)]
 
 
 def _unescape(text: str, d: Delimiters) -> str:
@@ -224,24 +299,46 @@ def decode_message(text: bytes, encoding: str = "latin-1") -> list[Record]:
         raise CodecError(f"byte offset {exc.start}: cannot decode {bad!r} as {encoding}") from exc
     except LookupError as exc:
         raise CodecError(f"unknown encoding {encoding!r}") from exc
-    delimiters = Delimiters()
+    # A message is usually CR-separated; the regex split is needed only when LF occurs.
+    lines = decoded.split("\r") if "\n" not in decoded else _LINE_BREAK.split(decoded)
+    delimiters = _DEFAULT_DELIMITERS
+    declared = _DEFAULT_DECLARATION
+    separator = delimiters.field
     records: list[Record] = []
     seen_header = False
-    for line in _LINE_BREAK.split(decoded):
+    new, set_fields, set_delimiters, set_split = _new_object, _set_fields, _set_delimiters, _set_split
+    for line in lines:
         if not line:
             continue
         if line[0] == "H":
-            problem = _delimiter_problem(line[1:5])
-            if problem:
-                raise CodecError(f"record {len(records) + 1}: H record {line[:5]!r}: {problem}")
-            delimiters = Delimiters(*line[1:5])
+            if line[1:5] != declared:  # the same declaration again needs no second check
+                problem = _delimiter_problem(line[1:5])
+                if problem:
+                    raise CodecError(f"record {len(records) + 1}: H record {line[:5]!r}: {problem}")
+                declared = line[1:5]
+                delimiters = Delimiters(*declared)
+                separator = delimiters.field
             seen_header = True
-        records.append(Record(tuple(line.split(delimiters.field)), delimiters))
+        # Built without Record.__init__: split on the field delimiter and on line breaks, no field
+        # can hold either, so the checks of __post_init__ would only repeat what the split ensures.
+        record = new(Record)
+        set_fields(record, tuple(line.split(separator)))
+        set_delimiters(record, delimiters)
+        set_split(record, None)
+        records.append(record)
     if not records:
         raise CodecError("empty message: no records")
     if not seen_header:
         raise CodecError("message has no H (header) record")
     return records
+
+
+_DEFAULT_DELIMITERS = Delimiters()
+_DEFAULT_DECLARATION = "".join(_DEFAULT_DELIMITERS.as_tuple())
+_new_object = object.__new__
+_set_fields = Record.fields.__set__  # type: ignore[attr-defined]
+_set_delimiters = Record.delimiters.__set__  # type: ignore[attr-defined]
+_set_split = Record._split.__set__  # type: ignore[attr-defined]
 
 
 def build_record(values: Sequence[FieldValue], delimiters: Delimiters = Delimiters()) -> Record:
