@@ -139,7 +139,8 @@ def _parse(payload: bytes | str, encoding: str) -> hl7.Message:
         raise CodecError("HL7 payload does not start with an MSH segment")
     try:
         message = hl7.parse(text)
-    except (hl7.ParseException, ValueError, IndexError, KeyError) as exc:
+    # python-hl7 checks a malformed MSH-1/MSH-2 with `assert` (an AssertionError, not a ParseException).
+    except (hl7.ParseException, ValueError, IndexError, KeyError, AssertionError) as exc:
         raise CodecError(f"HL7 payload cannot be parsed: {exc}") from exc
     if not isinstance(message, hl7.Message):
         raise CodecError("HL7 payload is not a single message")

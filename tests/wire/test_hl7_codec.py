@@ -194,3 +194,9 @@ def test_build_ack_rejects_unparsable_inbound() -> None:
     """Bytes that are not HL7 cannot be acknowledged by build_ack."""
     with pytest.raises(CodecError):
         build_ack(b"\x00garbage", "AE", control_id="A9", now=NOW)
+
+
+def test_parse_ack_turns_python_hl7_assertions_into_codec_errors() -> None:
+    """A malformed MSH-2 makes python-hl7 assert; parse_ack answers CodecError (found by fuzzing)."""
+    with pytest.raises(CodecError):
+        parse_ack(b"MSH~^~\\&|LIS|F|LABMW|F|20261125||ACK^R01^ACK|A1|P|2.5.1\rMSA|AA|abc-1|ok\r")
