@@ -91,6 +91,9 @@ class AnalyzerSettings:
     frame_timeout: float = 30.0
     # TLS on a tcp-server listener (HL7 over MLLP/TLS); ``tls.ca_file`` makes client certificates mandatory.
     tls: TlsSettings | None = None
+    # A tcp-server listener's simultaneous connections (analyzers reconnect before a dead socket is
+    # noticed, so more than one is normal; thousands are an attack or a bug, and cost file descriptors).
+    max_connections: int = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -545,6 +548,7 @@ class _Validator:
             query_mode=self.choice(tbl, f"{key}.query_mode", ("no-order", "ignore"), default="no-order"),
             frame_timeout=self.number(tbl, f"{key}.frame_timeout", default=30.0),
             tls=self.tls(tbl, f"{key}.tls", server=True) if transport == "tcp-server" else None,
+            max_connections=self.integer(tbl, f"{key}.max_connections", default=64, low=1, high=1024),
         )
 
     def flag(self, tbl: Mapping[str, Any], key: str, *, default: bool) -> bool:

@@ -166,6 +166,7 @@ def analyzer_add(
     bytesize: Annotated[int | None, typer.Option(help="Serial data bits (5-8).")] = None,
     stopbits: Annotated[int | None, typer.Option(help="Serial stop bits (1 or 2).")] = None,
     allow: Annotated[list[str] | None, typer.Option(help="Only accept this peer address; repeatable.")] = None,
+    max_connections: Annotated[int | None, typer.Option(help="tcp-server: simultaneous connections (64).")] = None,
     specimen_field: Annotated[str | None, typer.Option(help="HL7: SPM-2, OBR-3 or OBR-2.")] = None,
     lf_segments: Annotated[bool, typer.Option(help="HL7: accept LF-separated segments (only when no CR).")] = False,
     tls_cert_file: Annotated[str | None, typer.Option(help="TLS listener: certificate (with --tls-key-file).")]
@@ -210,7 +211,7 @@ def analyzer_add(
                        ("checksum_policy", checksum_policy), ("parity", parity), ("bytesize", bytesize),
                        ("stopbits", stopbits), ("specimen_field", specimen_field),
                        ("max_frame_text", max_frame_text), ("query_mode", query_mode),
-                       ("frame_timeout", frame_timeout)):
+                       ("frame_timeout", frame_timeout), ("max_connections", max_connections)):
         if value is not None:
             table[key] = value
     if allow:

@@ -96,6 +96,10 @@ class TcpServerEndpoint(Endpoint):
             writer.close()
             await self.refuse(peer, "peer address not in the analyzer's allow list")
             return
+        if len(self.writers) >= self.analyzer.max_connections:
+            writer.close()
+            await self.refuse(peer, f"already {len(self.writers)} connections (max_connections)")
+            return
         await self._serve(reader, writer, peer)
 
     async def stop(self) -> None:

@@ -131,6 +131,35 @@ def test_allow_list_refuses_and_audits_other_peers(tmp_path: Path) -> None:
                    what="the refusal in the audit trail")
 
 
+def test_connections_beyond_max_connections_are_refused_and_audited(tmp_path: Path) -> None:
+    """A listener holds at most max_connections; one more is closed at once and audited, the others keep working."""
+    analyzer_port = free_port()
+    config = configure(tmp_path, free_port(), free_port())
+    labmw(config, "analyzer", "add", "capped", "--protocol", "astm", "--transport", "tcp-server", "--listen",
+          f"127.0.0.1:{analyzer_port}", "--max-connections", "2", "--map", "ALTL=ALT-T")
+
+    def connections() -> int:
+        status = json.loads(labmw(config, "status", "--json").stdout)
+        return next(a["connections"] for a in status["analyzers"] if a["name"] == "capped")
+
+    with daemon(config, wait_port=analyzer_port):
+        wait_until(lambda: connections() == 0, what="the start-up probe connection to be gone")
+        held = [socket.create_connection(("127.0.0.1", analyzer_port), timeout=5) for _ in range(2)]
+        wait_until(lambda: connections() == 2, what="two connections held")
+        with socket.create_connection(("127.0.0.1", analyzer_port), timeout=5) as extra:
+            try:
+                answer = extra.recv(1)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b"", "the third connection is closed"
+        held[0].sendall(ENQ)
+        assert held[0].recv(1) == ACK, "the connections within the limit are served"
+        for sock in held:
+            sock.close()
+        refused = json.loads(labmw(config, "audit", "list", "--event", "connection_refused", "--json").stdout)
+        assert refused and "max_connections" in refused[0]["data"]["reason"]
+
+
 def test_sighup_adds_an_analyzer_and_keeps_existing_connections(tmp_path: Path) -> None:
     """SIGHUP starts a newly configured analyzer while an open connection to an unchanged one keeps working."""
     lis_port, port_a, port_b = free_port(), free_port(), free_port()
