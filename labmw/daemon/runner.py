@@ -89,7 +89,8 @@ class StoreRunner:
             if job is None:
                 return
             if not job.batch:
-                self._finish(job, *_run(job.fn))
+                job.outcome = _run(job.fn)
+                _finish([job])
                 continue
             batch = [job]
             while len(batch) < MAX_BATCH:
@@ -103,81 +104,51 @@ class StoreRunner:
                     pending.append(nxt)  # type: ignore[arg-type]
                     break
             self._run_batch(batch)
+            _finish(batch)
 
     def _run_batch(self, batch: list[_Job]) -> None:
+        """Run ``batch`` and set each job's outcome; more than one job share a group commit."""
         if len(batch) == 1:
-            self._finish(batch[0], *_run(batch[0].fn))
+            batch[0].outcome = _run(batch[0].fn)
             return
-        results: list[tuple[bool, Any]] = []
         try:
             with self.store.group():
                 for job in batch:
-                    results.append(_run(job.fn))
-        except StoreError as exc:
-            for job in batch:
-                job.outcome = (False, exc)
-            self._finish_all(batch)
-            return
-        except Exception as exc:  # noqa: BLE001 - a failed COMMIT of any kind: nobody was stored
-            error = StoreError(f"group commit failed: {exc}")
+                    job.outcome = _run(job.fn)
+        except Exception as exc:  # noqa: BLE001 - the shared COMMIT failed: nobody was stored
+            error = exc if isinstance(exc, StoreError) else StoreError(f"group commit failed: {exc}")
             for job in batch:
                 job.outcome = (False, error)
-            self._finish_all(batch)
             return
         self.batches += 1
         self.batched_jobs += len(batch)
-        for job, outcome in zip(batch, results, strict=True):
-            job.outcome = outcome
-        self._finish_all(batch)
 
-    def _finish_all(self, batch: list[_Job]) -> None:
-        """Resolve a whole batch with one wake-up of the event loop (each wake-up is a syscall)."""
-        loop = batch[0].loop
-        if loop is None or any(job.loop is not loop for job in batch):
-            for job in batch:
-                self._finish(job, *job.outcome)
-            return
 
-        def deliver_all() -> None:
-            for job in batch:
-                _resolve(job)
-
+def _finish(jobs: list[_Job]) -> None:
+    """Hand the outcomes back: one wake-up per event loop for the whole batch (each is a syscall)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+    for job in jobs:
+        if job.loop is None:
+            job.done.set()  # a blocking caller (start-up, close) waits on the event
+        else:
+            by_loop.setdefault(job.loop, []).append(job)
+    for loop, waiting in by_loop.items():
         try:
-            loop.call_soon_threadsafe(deliver_all)
+            loop.call_soon_threadsafe(_resolve_all, waiting)
         except RuntimeError:  # the loop is closed: the callers are gone
             pass
 
-    @staticmethod
-    def _finish(job: _Job, ok: bool, value: Any) -> None:
-        job.outcome = (ok, value)
-        if job.future is None or job.loop is None:
-            job.done.set()
-            return
+
+def _resolve_all(jobs: list[_Job]) -> None:
+    for job in jobs:
         future = job.future
-
-        def deliver() -> None:
-            if future.done():
-                return
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-        try:
-            job.loop.call_soon_threadsafe(deliver)
-        except RuntimeError:  # the loop is closed: the caller is gone
-            pass
-
-
-def _resolve(job: _Job) -> None:
-    future = job.future
-    if future is None or future.done():
-        return
-    ok, value = job.outcome
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+        if future is None or future.done():
+            continue
+        ok, value = job.outcome
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def _run(fn: Callable[[], Any]) -> tuple[bool, Any]:
