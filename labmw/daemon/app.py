@@ -23,7 +23,7 @@ from labmw.config import AnalyzerSettings, Settings, load
 from labmw.daemon.forwarder import Forwarder
 from labmw.daemon.pipeline import Outcome, Pipeline, utcnow
 from labmw.daemon.runner import StoreRunner
-from labmw.errors import CodecError, LabmwError, StoreError
+from labmw.errors import LabmwError, StoreError
 from labmw.transports.astm_pump import pump_astm
 from labmw.transports.endpoints import Endpoint, make_endpoint
 
@@ -213,9 +213,8 @@ class Service:
                 ack = await runner.call_batched(intake.handle, analyzer, payload, peer)
             except StoreError as exc:
                 # The shared group commit failed after the intake had said AA: not stored, say AE.
-                log.error("hl7_message_not_stored", error=str(exc))
                 self._storage_failed(analyzer.name, exc)
-                return _not_stored_ack(payload, analyzer, self.clock())
+                return intake.not_stored(analyzer, payload, exc)
             await self._storage_ok()
             state.last_message_at = self.clock()
             state.counts["messages"] += 1
@@ -311,19 +310,6 @@ class Service:
             "queue": {"pending": counts["pending"], "dead": counts["dead"]},
             "held": counts["held"],
         }
-
-
-def _not_stored_ack(payload: bytes, analyzer: AnalyzerSettings, now: datetime) -> bytes:
-    from labmw.mapping.hl7_inbound import read_header
-    from labmw.wire.hl7_codec import build_ack
-
-    try:
-        if read_header(payload, encoding=analyzer.encoding, lf_segments=analyzer.lf_segments).message_type == "ACK":
-            return b""  # never ACK an ACK (HL7.md nugget 10)
-        return build_ack(payload, "AE", text="message not stored, send it again", error_code="207",
-                         control_id=f"LABMW{int(now.timestamp() * 1000)}", now=now, encoding=analyzer.encoding)
-    except (CodecError, LabmwError):
-        return b""  # nothing parseable to answer: the connection closes without an ACK, the sender resends
 
 
 async def serve(settings: Settings) -> int:

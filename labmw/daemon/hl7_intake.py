@@ -150,6 +150,21 @@ class Hl7Intake:
                  **context)
         return self._ack(analyzer, payload, header, now, "A")
 
+    def not_stored(self, analyzer: AnalyzerSettings, payload: bytes, exc: StoreError) -> bytes:
+        """The answer when the group commit that held this message failed after :meth:`handle` returned.
+
+        Same as a failure inside :meth:`handle` (AE, or CE in enhanced mode, ERR-3 207); nothing to
+        an ACK. Runs on the event loop: it only reads the MSH and builds bytes.
+        """
+        try:
+            header: Hl7Header | None = read_header(payload, encoding=analyzer.encoding,
+                                                   lf_segments=analyzer.lf_segments)
+        except CodecError:
+            header = None
+        if header is not None and header.message_type == "ACK":
+            return b""  # never ACK an ACK (HL7.md nugget 10)
+        return self._store_failed(analyzer, payload, header, self.pipeline.clock(), exc)
+
     def _seen(self, analyzer: AnalyzerSettings, header: Hl7Header, key_hash: str, now: datetime, payload: bytes,
               peer: str) -> _Seen:
         """Look the key up; audit a true duplicate in the same transaction (raises StoreError)."""
