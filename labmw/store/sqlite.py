@@ -278,11 +278,6 @@ class Store:
                                   " LIMIT ?", (after_id, limit))
         return [_entry(r) for r in rows]
 
-    def next_pending(self) -> OutboxEntry | None:
-        """The oldest entry still waiting for the LIS (results go out in the order they arrived)."""
-        row = self._conn.execute(f"{self._OUTBOX_SELECT} WHERE o.state = 'pending' ORDER BY o.id LIMIT 1").fetchone()
-        return _entry(row) if row else None
-
     def outbox(self, *, states: tuple[str, ...] = ("pending", "dead")) -> list[OutboxEntry]:
         marks = ",".join("?" * len(states))
         rows = self._conn.execute(f"{self._OUTBOX_SELECT} WHERE o.state IN ({marks}) ORDER BY o.id", states)

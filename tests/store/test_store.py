@@ -12,7 +12,7 @@ import pytest
 
 from labmw.errors import StoreError
 from labmw.model import Evaluation, Result
-from labmw.store import Store
+from labmw.store import OutboxEntry, Store
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
@@ -22,6 +22,12 @@ def _store(tmp_path: Path) -> Store:
     store = Store.open(tmp_path / "data" / "labmw.sqlite3")
     yield store
     store.close()
+
+
+def _head(store: Store) -> OutboxEntry | None:
+    """The oldest entry waiting for the LIS (what the forwarder sends next)."""
+    entries = store.pending_after(0, 1)
+    return entries[0] if entries else None
 
 
 def _result(value: str, collected: datetime, patient: str = "P1", specimen: str = "S1") -> Result:
@@ -98,24 +104,24 @@ def test_transaction_rolls_back_everything_on_error(store: Store) -> None:
             tx.audit("message_received")
             raise RuntimeError("boom")
     assert store.audit_events() == []
-    assert store.next_pending() is None
+    assert _head(store) is None
 
 
 def test_outbox_is_fifo_and_delivery_is_audited(store: Store) -> None:
     """Entries leave in arrival order; delivery, failure and dead letters are audit events."""
     first = _store_result(store, _result("40", T0, specimen="A"))
     _store_result(store, _result("50", T0, specimen="B"))
-    head = store.next_pending()
+    head = _head(store)
     assert head is not None and head.result_id == first and head.specimen == "A"
     store.mark_attempt_failed(head, now=T0, error="refused", retry_in=1.0)
     store.mark_delivered(head, now=T0, ack_code="AA", ack_text="")
-    nxt = store.next_pending()
+    nxt = _head(store)
     assert nxt is not None and nxt.specimen == "B"
     store.mark_dead(nxt, now=T0, reason="LIS answered AE", alert=True)
-    assert store.next_pending() is None
+    assert _head(store) is None
     assert [e.state for e in store.outbox()] == ["dead"]
     assert store.retry(None, now=T0, actor="bob") == 1
-    assert store.next_pending() is not None
+    assert _head(store) is not None
     kinds = [e.event for e in store.audit_events()]
     assert kinds.count("delivery_failed") == 1 and "result_delivered" in kinds
     assert "delivery_dead_lettered" in kinds and "alert_raised" in kinds and "delivery_requeued" in kinds
