@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from labmw.wire.astm_records import split_unframed
+
 DATA = Path(__file__).resolve().parent / "data"
 ASTM_SAMPLES = DATA / "astm"
 HL7_SAMPLES = DATA / "hl7"
@@ -23,3 +25,15 @@ def frame_text_for_tests(data: bytes) -> bytes:
         texts.append(text)
     assert texts, "no frames found"
     return b"".join(texts)
+
+
+def astm_sample_texts() -> list[bytes]:
+    """The message text of every ASTM sample (framed ones unframed, the PSM record stream split)."""
+    texts = []
+    for path in sorted(ASTM_SAMPLES.glob("*.astm")):
+        data = path.read_bytes()
+        if path.name == "roche_psm_1.astm":
+            texts.extend(split_unframed(data))
+        else:
+            texts.append(frame_text_for_tests(data))
+    return texts

@@ -23,7 +23,7 @@ from labmw.mapping.astm_lis2a import (
 from labmw.model import Result
 from labmw.wire.astm_records import decode_message, split_unframed
 
-from samples import ASTM_SAMPLES, frame_text_for_tests  # noqa: E402 - shared test corpus
+from samples import ASTM_SAMPLES, astm_sample_texts, frame_text_for_tests  # noqa: E402 - shared test corpus
 
 SAMPLES = ASTM_SAMPLES
 DEFAULT = AstmProfile()
@@ -378,18 +378,7 @@ def test_profile_validation_and_finality() -> None:
     assert AstmProfile(final_statuses=("F",)).is_final("C") is False
 
 
-def _sample_texts() -> list[bytes]:
-    texts = []
-    for path in sorted(SAMPLES.glob("*.astm")):
-        data = path.read_bytes()
-        if path.name == "roche_psm_1.astm":
-            texts.extend(split_unframed(data))
-        else:
-            texts.append(frame_text_for_tests(data))
-    return texts
-
-
-TEXTS = _sample_texts()
+TEXTS = astm_sample_texts()
 
 
 @st.composite

@@ -53,7 +53,7 @@ def drain(link: AstmLink, *, commit: bool = True) -> tuple[list[Event], bytes]:
         link.message_committed()
 
 
-def _merge(steps: Iterable[Step]) -> list[Step]:
+def merge_steps(steps: Iterable[Step]) -> list[Step]:
     merged: list[Step] = []
     for direction, data in steps:
         if not data:
@@ -75,7 +75,7 @@ def play(link: AstmLink, script: list[Step], *, now: float = 0.0) -> list[Event]
             new, out = feed(link, data, now=now)
             events += new
             actual.append(("<<", out))
-    assert _merge(actual) == _merge(script)
+    assert merge_steps(actual) == merge_steps(script)
     return events
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from astm_script import ACK, ENQ, EOT, FRAMED_SAMPLES, NAK, expected_texts, frame
+from astm_script import ACK, ENQ, EOT, FRAMED_SAMPLES, NAK, expected_texts, frame, merge_steps
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -66,20 +66,8 @@ def converse(link: AstmLink, script: list[Step]) -> list[Event]:
             link.message_committed()
         actual.append(("<<", link.data_to_send()))
     expected = [(k, b"%g" % v if k == "at" else v) for k, v in script if k != "send"]
-    assert _merge(actual) == _merge(expected)  # type: ignore[arg-type]
+    assert merge_steps(actual) == merge_steps(expected)  # type: ignore[arg-type]
     return events
-
-
-def _merge(steps: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    merged: list[tuple[str, bytes]] = []
-    for direction, data in steps:
-        if not data:
-            continue
-        if merged and merged[-1][0] == direction:
-            merged[-1] = (direction, merged[-1][1] + data)
-        else:
-            merged.append((direction, data))
-    return merged
 
 
 def acked(frames: list[bytes]) -> list[Step]:

@@ -19,7 +19,7 @@ from labmw.wire.astm_records import (
     split_unframed,
 )
 
-from samples import ASTM_SAMPLES, frame_text_for_tests  # noqa: E402 - shared test corpus
+from samples import ASTM_SAMPLES, astm_sample_texts  # noqa: E402 - shared test corpus
 
 SAMPLES = ASTM_SAMPLES
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -27,18 +27,7 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 
 
 
-def _sample_texts() -> list[bytes]:
-    texts = []
-    for path in sorted(SAMPLES.glob("*.astm")):
-        data = path.read_bytes()
-        if path.name == "roche_psm_1.astm":
-            texts.extend(split_unframed(data))
-        else:
-            texts.append(frame_text_for_tests(data))
-    return texts
-
-
-TEXTS = _sample_texts()
+TEXTS = astm_sample_texts()
 ENCODINGS = st.sampled_from(["latin-1", "utf-8", "ascii", "cp1251", "utf-16"])
 # Bytes worth inserting: delimiters of every dialect, escapes, line ends and a few odd ones.
 INTERESTING = st.sampled_from(
