@@ -38,16 +38,16 @@ class AnalyzerState:
     def __init__(self, analyzer: AnalyzerSettings) -> None:
         self.analyzer = analyzer
         self.endpoint: Endpoint | None = None
-        self.counts: dict[str, float] = {"connections": 0, "messages": 0, "results": 0}
+        self.counts: dict[str, float] = {"messages": 0, "results": 0}
         self.last_message_at: datetime | None = None
         self.error = ""
 
     def as_dict(self) -> dict[str, Any]:
         a = self.analyzer
+        peers = self.endpoint.peers if self.endpoint else []
         return {"name": a.name, "protocol": a.protocol, "transport": a.transport,
-                "endpoint": str(a.listen or a.connect or a.device),
-                "peers": self.endpoint.peers if self.endpoint else [],
-                "connections": int(self.counts["connections"]), "messages": int(self.counts["messages"]),
+                "endpoint": str(a.listen or a.connect or a.device), "peers": peers,
+                "connections": len(peers), "messages": int(self.counts["messages"]),
                 "results": int(self.counts["results"]),
                 "last_message_at": self.last_message_at.isoformat() if self.last_message_at else None,
                 "error": self.error}
@@ -161,9 +161,8 @@ class Service:
             log.info("analyzer_stopped", analyzer=name)
 
     async def _connection(self, state: AnalyzerState, reader: Any, writer: Any, peer: str) -> None:
-        """The per-connection boundary: log context, counters, and no exception escapes."""
+        """The per-connection boundary: log context, and no exception escapes."""
         analyzer = state.analyzer
-        state.counts["connections"] += 1
         with structlog.contextvars.bound_contextvars(analyzer=analyzer.name, peer=peer, conn_id=next(self._conn_ids)):
             log.info("analyzer_connected")
             try:
@@ -174,7 +173,6 @@ class Service:
             except Exception:  # one bad connection never takes the service down
                 log.exception("analyzer_connection_crashed")
             finally:
-                state.counts["connections"] -= 1
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()

@@ -72,14 +72,15 @@ class Pipeline:
             StoreError: nothing was committed; the analyzer must not be acknowledged.
         """
         now = self.clock()
-        digest = hashlib.sha256(raw or text).hexdigest()
+        raw = raw or text  # the frames as received; the text when the caller has no frames (tests, files)
+        digest = hashlib.sha256(raw).hexdigest()
         profile = AstmProfile(test_code_component=analyzer.test_code_component,
                               specimen_component=analyzer.specimen_component, encoding=analyzer.encoding)
         try:
             records = decode_message(text, encoding=analyzer.encoding)
             mapped = map_message(records, analyzer=analyzer.name, profile=profile)
         except (CodecError, MappingError) as exc:
-            return self.store_rejected(analyzer, protocol="astm", raw=raw or text, digest=digest, peer=peer,
+            return self.store_rejected(analyzer, protocol="astm", raw=raw, digest=digest, peer=peer,
                                        reason=str(exc), now=now)
         # Host queries are answered at once, never forwarded: the analyzer must not wait on us.
         replies, reply_error = self._answer_queries(analyzer, mapped.queries)
@@ -106,13 +107,13 @@ class Pipeline:
                 audit_queries(tx, message_id)
 
         try:
-            outcome = self.store_mapped(analyzer, protocol="astm", raw=raw or text, digest=digest, peer=peer,
+            outcome = self.store_mapped(analyzer, protocol="astm", raw=raw, digest=digest, peer=peer,
                                         sender=mapped.sender, results=mapped.results, problems=mapped.problems,
                                         now=now, before_commit=before_commit)
         except StoreError:
             raise
         except LabmwError as exc:  # rolled back; keep the bytes and the reason, visibly rejected
-            return self.store_rejected(analyzer, protocol="astm", raw=raw or text, digest=digest, peer=peer,
+            return self.store_rejected(analyzer, protocol="astm", raw=raw, digest=digest, peer=peer,
                                        reason=f"{type(exc).__name__}: {exc}", now=now)
         return replace(outcome, replies=tuple(replies))
 
