@@ -182,11 +182,13 @@ class Forwarder:
             await self._settle_marks()
         batch = await self.runner.call(self.runner.store.pending_after, self._after_id, BATCH)
         if not batch:
-            # Nothing newer: let the marks land, then look again from the start (a dead letter put
-            # back by `labmw queue retry` keeps its older id), and only then sleep.
-            await self._settle_marks()
+            # Nothing newer. Clear the wake-up first, then look once more from the start (a dead
+            # letter put back by `labmw queue retry` keeps its older id; an entry queued meanwhile is
+            # not missed), and only then sleep.
             self.wake.clear()
-            self._after_id = 0
+            if self._after_id:
+                await self._settle_marks()
+                self._after_id = 0
             batch = await self.runner.call(self.runner.store.pending_after, 0, BATCH)
             if not batch:
                 await self._sleep(POLL_INTERVAL, wake=True)
