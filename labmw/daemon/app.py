@@ -226,7 +226,12 @@ class Service:
         if self.settings.lis is None:
             log.warning("lis_not_configured", hint="labmw lis set --connect HOST:PORT")
             return
-        self.forwarder = Forwarder(self.settings.lis, self._runner(), self._wake, clock=self.clock)
+        try:
+            self.forwarder = Forwarder(self.settings.lis, self._runner(), self._wake, clock=self.clock)
+        except LabmwError as exc:
+            # E.g. an unreadable TLS certificate: keep receiving and queueing; say why nothing is sent.
+            log.error("lis_not_started", error=str(exc))
+            return
         self._forwarder_task = asyncio.ensure_future(self.forwarder.run())
         self._forwarder_task.add_done_callback(self._forwarder_ended)
 

@@ -53,6 +53,8 @@ class LisConnection:
         self._writer: asyncio.StreamWriter | None = None
         self._framer = MllpFramer(max_size=1024 * 1024)
         self._blocks: list[bytes] = []
+        # Built once (certificate files read at start, a bad one is a start-up error), not per reconnect.
+        self._ssl = client_context(settings.tls) if settings.tls else None
 
     @property
     def connected(self) -> bool:
@@ -65,7 +67,7 @@ class LisConnection:
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
                 self._reader, self._writer = await asyncio.open_connection(
-                    endpoint.host, endpoint.port, ssl=client_context(tls) if tls else None,
+                    endpoint.host, endpoint.port, ssl=self._ssl,
                     server_hostname=(tls.server_name or endpoint.host) if tls else None)
         except (OSError, TimeoutError) as exc:
             raise ForwardError(f"cannot connect to LIS {endpoint}: {exc or 'timeout'}") from None
