@@ -107,12 +107,14 @@ def edit(path: Path, command: str, key: str, change: Callable[[TOMLDocument], No
     read_toml(path)  # a clear error for a missing or unparseable file
     old_text = path.read_text(encoding="utf-8")
     doc = tomlkit.parse(old_text)
-    before_settings = parse(doc.unwrap(), path)
-    before = _lookup(doc.unwrap(), key)
+    plain = doc.unwrap()  # a deep copy: taken once per side of the change
+    parse(plain, path)  # the file as it stands must be valid before anything is changed
+    before = _lookup(plain, key)
     change(doc)
     new_text = tomlkit.dumps(doc)
-    after_settings = parse(tomlkit.parse(new_text).unwrap(), path)
-    after = _lookup(doc.unwrap(), key)
+    plain = tomlkit.parse(new_text).unwrap()  # what will be written, read back
+    after_settings = parse(plain, path)
+    after = _lookup(plain, key)
     store = Store.open(after_settings.db_path)
     try:
         _write_atomic(path, new_text)
@@ -125,7 +127,6 @@ def edit(path: Path, command: str, key: str, change: Callable[[TOMLDocument], No
             raise
     finally:
         store.close()
-    del before_settings
     return after_settings
 
 
