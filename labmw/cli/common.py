@@ -27,9 +27,9 @@ def settings(ctx: typer.Context) -> Settings:
     return load(config_file(ctx))
 
 
-def open_store(ctx: typer.Context) -> Store:
+def open_store(ctx: typer.Context, cfg: Settings | None = None) -> Store:
     """The existing database of the configured data directory (never creates one)."""
-    cfg = settings(ctx)
+    cfg = cfg or settings(ctx)
     if not cfg.db_path.exists():
         raise UsageError(f"no database at {cfg.db_path} (run `labmw init` or start the daemon once)")
     return Store.open(cfg.db_path)

@@ -37,7 +37,7 @@ def review_list(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json"
 
 def _decide(ctx: typer.Context, result_id: int, decision: str, reason: str) -> str:
     cfg = settings(ctx)
-    store = open_store(ctx)
+    store = open_store(ctx, cfg)
     try:
         return review.decide(cfg, store, result_id, decision=decision, reason=reason, actor=os_user(),
                              now=datetime.now(UTC))
