@@ -49,8 +49,10 @@ class MllpLis:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def _handle(self, reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
+        self._handlers.add(asyncio.current_task())  # type: ignore[arg-type]
         try:
             while True:
                 message = await reader.readmessage()
@@ -75,6 +77,10 @@ class MllpLis:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
+            # Open connections too (a daemon keeps its LIS link open), so no task dies with the loop.
+            for task in self._handlers:
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
