@@ -115,6 +115,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX inbound_keys_content ON inbound_keys (analyzer, content_sha256, received_at);
     """,
+    # 5: several sites may share one history (PostgreSQL); each result names the site that measured it.
+    """
+    ALTER TABLE results ADD COLUMN site TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 

@@ -61,6 +61,9 @@ class Tx:
         # flush): a message makes some fifteen events, and one executemany beats fifteen round trips.
         self._audit_tail: tuple[int, str] | None = None
         self._audit_rows: list[audit_log.Row] = []
+        # The site this daemon serves ([service] site): stored with each result and in each audit
+        # event's data, so sites sharing one database keep their own views (see labmw.store.postgres).
+        self.site = ""
 
     def flush(self) -> None:
         """Write the buffered audit rows (called by Store.transaction before RELEASE/COMMIT)."""
@@ -78,13 +81,13 @@ class Tx:
         cur = self._conn.execute(
             "INSERT INTO results (message_id, analyzer, specimen, patient_id, patient_name, birth_date, sex, test_code,"
             " method, raw_value, value, comparator, units, instrument_flags, status, collected_at, completed_at,"
-            " flags, applied_range, notes, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " flags, applied_range, notes, state, site) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (message_id, result.analyzer, result.specimen_id, result.patient_id, result.patient_name,
              _iso(result.birth_date), result.sex, result.test_code, evaluation.method, result.raw_value,
              str(result.value) if result.value is not None else None, result.comparator, result.units,
              json.dumps(list(result.instrument_flags)), result.status, _iso(result.collected_at),
              _iso(result.completed_at), json.dumps(list(evaluation.flags)), evaluation.applied_range,
-             json.dumps(list(evaluation.notes)), state))
+             json.dumps(list(evaluation.notes)), state, self.site))
         return int(cur.lastrowid or 0)
 
     def enqueue(self, *, result_id: int, control_id: str, payload: bytes) -> int:
@@ -146,6 +149,8 @@ class Tx:
               ref: str = "", data: Mapping[str, Any] | None = None) -> int:
         if self._audit_tail is None:
             self._audit_tail = audit_log.tail(self._conn)
+        if self.site and "site" not in (data or {}):
+            data = {**(data or {}), "site": self.site}
         row = audit_log.make_row(self._audit_tail, event, ts=self.now, actor=actor, analyzer=analyzer,
                                  specimen=specimen, patient=patient, ref=ref, data=data)
         self._audit_rows.append(row)
@@ -189,6 +194,7 @@ class Store:
         self._conn = conn
         self.path = path
         self._group_depth = 0  # > 0 inside group(): transactions become savepoints
+        self.site = ""  # [service] site, handed to every Tx
         row = conn.execute("SELECT value FROM meta WHERE key = 'install_id'").fetchone()
         self.install_id: str = row[0]
 
@@ -213,7 +219,7 @@ class Store:
                 name = f"sp{self._group_depth}"
                 self._conn.execute(f"SAVEPOINT {name}")
                 try:
-                    tx = Tx(self._conn, now)
+                    tx = self._tx(now)
                     yield tx
                     tx.flush()
                 except BaseException:
@@ -226,11 +232,16 @@ class Store:
                     self._group_depth -= 1
             else:
                 with transaction(self._conn):
-                    tx = Tx(self._conn, now)
+                    tx = self._tx(now)
                     yield tx
                     tx.flush()
         except sqlite3.Error as exc:
             raise StoreError(f"database write failed: {exc}") from exc
+
+    def _tx(self, now: datetime) -> Tx:
+        tx = Tx(self._conn, now)
+        tx.site = self.site
+        return tx
 
     @contextlib.contextmanager
     def group(self) -> Iterator[None]:
@@ -257,6 +268,12 @@ class Store:
                             data=data)
 
     def audit_events(self, **filters: Any) -> list[AuditEvent]:
+        site = filters.pop("site", None)
+        if site is not None:
+            # The site is in each event's data (Tx.audit); filter before any limit applies.
+            limit = filters.pop("limit", None)
+            events = [e for e in self.audit_events(**filters) if e.data.get("site") == site]
+            return events[:limit] if limit is not None else events
         try:
             return audit_log.query(self._conn, **filters)
         except sqlite3.Error as exc:

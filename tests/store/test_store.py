@@ -1,4 +1,5 @@
-"""The SQLite store on a real file: audit chain, append-only trail, outbox and history."""
+"""The store on both engines (a real SQLite file, a real PostgreSQL database): audit chain,
+append-only trail, outbox and history."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import sqlite3
 import stat
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,13 +15,14 @@ import pytest
 from labmw.errors import StoreError
 from labmw.model import Evaluation, Result
 from labmw.store import OutboxEntry, Store
+from conftest import Engine
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
 
 @pytest.fixture(name="store")
-def _store(tmp_path: Path) -> Store:
-    store = Store.open(tmp_path / "data" / "labmw.sqlite3")
+def _store(engine: Engine) -> Iterator[Store]:
+    store = engine.open()
     yield store
     store.close()
 
@@ -58,16 +61,12 @@ def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "d" / "labmw.sqlite3").stat().st_mode) == 0o600
 
 
-def test_audit_chain_verifies_and_names_the_first_altered_event(store: Store, tmp_path: Path) -> None:
+def test_audit_chain_verifies_and_names_the_first_altered_event(store: Store, engine: Engine) -> None:
     """verify() passes on an intact chain and names the first event whose content was changed."""
     for i in range(5):
         store.append_audit("config_changed", now=T0 + timedelta(seconds=i), actor="alice", data={"i": i})
     assert store.verify_audit().ok and store.verify_audit().count == 5
-    raw = sqlite3.connect(tmp_path / "data" / "labmw.sqlite3")
-    raw.execute("DROP TRIGGER audit_no_update")  # what an attacker with file access could do
-    raw.execute("UPDATE audit SET data = '{\"i\":99}' WHERE seq = 3")
-    raw.commit()
-    raw.close()
+    engine.tamper("UPDATE audit SET data = '{\"i\":99}' WHERE seq = 3")  # file or superuser access
     result = store.verify_audit()
     assert not result.ok and result.first_broken == 3 and "altered" in result.reason
 
@@ -78,20 +77,16 @@ def test_audit_rows_cannot_be_updated_or_deleted(store: Store) -> None:
     with pytest.raises(StoreError):
         with store.transaction(T0) as tx:
             tx._conn.execute("DELETE FROM audit")  # noqa: SLF001 - proving the database refuses it
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises((sqlite3.DatabaseError, StoreError)):
         store._conn.execute("UPDATE audit SET actor='mallory'")  # noqa: SLF001
     assert store.verify_audit().ok
 
 
-def test_a_deleted_event_breaks_the_chain(store: Store, tmp_path: Path) -> None:
+def test_a_deleted_event_breaks_the_chain(store: Store, engine: Engine) -> None:
     """Removing an event in the middle is reported at the event after the gap."""
     for i in range(4):
         store.append_audit("e", now=T0, actor="a", data={"i": i})
-    raw = sqlite3.connect(tmp_path / "data" / "labmw.sqlite3")
-    raw.execute("DROP TRIGGER audit_no_delete")
-    raw.execute("DELETE FROM audit WHERE seq = 2")
-    raw.commit()
-    raw.close()
+    engine.tamper("DELETE FROM audit WHERE seq = 2")
     result = store.verify_audit()
     assert not result.ok and result.first_broken == 3
 

@@ -1,0 +1,67 @@
+"""Fixtures shared by all test directories: the store engines (SQLite file, PostgreSQL database)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import pg_cluster
+from labmw.store import Store
+from labmw.store.engines import open_store
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[pg_cluster.Cluster]:
+    """One throwaway PostgreSQL cluster for the whole session (started on first use)."""
+    cluster = pg_cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@dataclass
+class Engine:
+    """One store engine for a test: where the store lives and how to reach it behind its back."""
+
+    name: str
+    target: str | Path  # what [store] url / the data directory's file would say
+    cluster: pg_cluster.Cluster | None = None
+    dbname: str = ""
+
+    def open(self, *, site: str = "") -> Store:
+        return open_store(self.target, site=site)
+
+    def owner_url(self) -> str:
+        assert self.cluster is not None
+        return self.cluster.url(self.dbname, "labmw_owner")
+
+    def tamper(self, sql: str) -> None:
+        """Run ``sql`` as someone with full access to the files or the server, triggers switched off."""
+        if self.cluster is None:
+            import sqlite3
+
+            raw = sqlite3.connect(self.target)
+            raw.execute("DROP TRIGGER IF EXISTS audit_no_update")
+            raw.execute("DROP TRIGGER IF EXISTS audit_no_delete")
+            raw.execute(sql)
+            raw.commit()
+            raw.close()
+            return
+        with self.cluster.admin(self.dbname) as conn:
+            conn.execute("ALTER TABLE audit DISABLE TRIGGER USER")
+            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute("ALTER TABLE audit ENABLE TRIGGER USER")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """Each store test runs once per engine; PostgreSQL as the service role on a fresh database."""
+    if request.param == "sqlite":
+        yield Engine("sqlite", tmp_path / "data" / "labmw.sqlite3")
+        return
+    cluster: pg_cluster.Cluster = request.getfixturevalue("pg")
+    dbname = cluster.new_database()
+    yield Engine("postgres", cluster.url(dbname, "labmw_service"), cluster, dbname)
+    cluster.drop_database(dbname)

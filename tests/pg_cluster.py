@@ -1,0 +1,106 @@
+"""A throwaway PostgreSQL cluster for the tests: initdb + pg_ctl in a temporary directory on a free port.
+
+One cluster per test session; each test gets a fresh database copied from a migrated template
+(CREATE DATABASE ... TEMPLATE is a file copy, far faster than running the migrations again).
+PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user that
+Debian's package creates (``.ci/run`` installs it). Nothing machine-wide is started or changed.
+
+Roles mirror the production set-up in README.md: ``labmw_owner`` owns the schema and runs the
+migrations (``labmw init --store-url``), ``labmw_service`` is what the daemon connects as.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+TEMPLATE = "labmw_tpl"
+
+
+def _bin_dir() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if not found:
+        raise RuntimeError("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin "
+                           "(apt-get install postgresql; .ci/run does it)")
+    return Path(found[-1]).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Cluster:
+    root: Path
+    port: int
+    bin_dir: Path
+    run_as: str | None
+    _counter: itertools.count[int]
+
+    def url(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        password = "" if user == "postgres" else f":{user}-pw"
+        return f"postgresql://{user}{password}@127.0.0.1:{self.port}/{dbname}"
+
+    def admin(self, dbname: str = "postgres") -> psycopg.Connection:
+        """A superuser connection (autocommit): for set-up, and for playing the attacker in tests."""
+        return psycopg.connect(self.url(dbname), autocommit=True)
+
+    def new_database(self) -> str:
+        name = f"t{os.getpid()}_{next(self._counter)}"
+        with self.admin() as conn:
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE} OWNER labmw_owner")
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self.admin() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def stop(self) -> None:
+        self._ctl("stop", "-m", "immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(self._cmd(str(self.bin_dir / "pg_ctl"), "-D", str(self.root / "data"), *args),
+                       check=True, capture_output=True, timeout=60)
+
+    def _cmd(self, *args: str) -> list[str]:
+        return ["runuser", "-u", self.run_as, "--", *args] if self.run_as else list(args)
+
+
+def start() -> Cluster:
+    """initdb, start on a free port, create the roles and the migrated template database."""
+    bin_dir = _bin_dir()
+    run_as = "postgres" if os.geteuid() == 0 else None
+    root = Path(tempfile.mkdtemp(prefix="labmw-pg-"))
+    if run_as:
+        os.chown(root, pwd.getpwnam(run_as).pw_uid, pwd.getpwnam(run_as).pw_gid)
+    cluster = Cluster(root=root, port=free_port(), bin_dir=bin_dir, run_as=run_as, _counter=itertools.count(1))
+    subprocess.run(cluster._cmd(str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "-A", "trust",
+                                "-E", "UTF8", "--no-sync", "--no-instructions"),
+                   check=True, capture_output=True, timeout=120)
+    # A socket directory of its own: the default /var/run/postgresql may not exist or belong to us.
+    cluster._ctl("start", "-w", "-t", "60", "-l", str(root / "server.log"),
+                 "-o", f"-p {cluster.port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200")
+    with cluster.admin() as conn:
+        for role in ("labmw_owner", "labmw_service"):
+            conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}-pw'")
+        conn.execute(f"CREATE DATABASE {TEMPLATE} OWNER labmw_owner")
+    with psycopg.connect(cluster.url(TEMPLATE), autocommit=True) as conn:
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        conn.execute("ALTER SCHEMA public OWNER TO labmw_owner")
+    from labmw.store.postgres import PgStore
+
+    PgStore.open_url(cluster.url(TEMPLATE, "labmw_owner")).close()
+    return cluster
