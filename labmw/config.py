@@ -5,7 +5,8 @@ daemon only reads it. Every clinical number lives here, never in code, with its 
 
 Layout (all sections optional except what the daemon needs to run)::
 
-    [service]      data_dir, retention_years
+    [service]      data_dir, retention_years, site
+    [store]        url = "postgresql://..." (absent: SQLite in data_dir)
     [lis]          connect = "HOST:PORT", ack_timeout, connect_timeout, retry_initial, retry_max, ...
     [analyzers.NAME]  protocol, transport, listen/connect/device..., [analyzers.NAME.map] CODE = "METHOD"
     [methods.NAME]    analyte, units, loinc, measuring_range, critical_low/high, status, source,
@@ -133,10 +134,18 @@ class Settings:
     lis: LisSettings | None = None
     analyzers: Mapping[str, AnalyzerSettings] = field(default_factory=dict)
     methods: Mapping[str, Method] = field(default_factory=dict)
+    # Several sites sharing one PostgreSQL history: this daemon's site name, and the database.
+    site: str = ""
+    store_url: str = ""
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "labmw.sqlite3"
+
+    @property
+    def store_target(self) -> Path | str:
+        """What the store opens: the PostgreSQL URL when ``[store] url`` is set, else the SQLite file."""
+        return self.store_url or self.db_path
 
     @property
     def control_socket(self) -> Path:
@@ -189,11 +198,29 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
     analyzers = {name: v.analyzer(name, tbl, methods) for name, tbl in v.table(doc, "analyzers").items()}
     lis_tbl = doc.get("lis")
     lis = v.lis(lis_tbl) if lis_tbl else None
+    site, store_url = _site_and_store(v, service, v.table(doc, "store"), path)
     for key in doc:
-        if key not in ("service", "lis", "analyzers", "methods"):
-            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers or methods)")
+        if key not in ("service", "lis", "analyzers", "methods", "store"):
+            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers, methods or store)")
     return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
-                    analyzers=analyzers, methods=methods)
+                    analyzers=analyzers, methods=methods, site=site, store_url=store_url)
+
+
+def _site_and_store(v: _Validator, service: Mapping[str, Any], store: Mapping[str, Any],
+                    path: Path) -> tuple[str, str]:
+    """``[service] site`` (a short name) and ``[store] url`` (a PostgreSQL URL, or absent for SQLite)."""
+    site = v.string(service, "service.site", default="")
+    if site and not all(c.isalnum() or c in "-_." for c in site):
+        raise ConfigError(path, "service.site", f"expected a short name of letters, digits, '-', '_' or '.', "
+                                                f"got {site!r}")
+    url = v.string(store, "store.url", default="")
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(path, "store.url", "expected a PostgreSQL URL such as "
+                                             "postgresql://labmw_service@dbhost/labmw (absent: SQLite)")
+    for key in store:
+        if key != "url":
+            raise ConfigError(path, f"store.{key}", "unknown key (expected url)")
+    return site, url
 
 
 def parse_endpoint(text: str) -> Endpoint:

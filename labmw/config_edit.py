@@ -23,7 +23,7 @@ from tomlkit.toml_document import TOMLDocument
 
 from labmw.config import Settings, parse, read_toml
 from labmw.errors import ConfigError, LabmwError, UsageError
-from labmw.store import Store
+from labmw.store.engines import open_store
 
 
 def os_user() -> str:
@@ -39,7 +39,7 @@ def shipped_library() -> str:
     return resources.files("labmw").joinpath("data/methods.toml").read_text(encoding="utf-8")
 
 
-def initial_text(data_dir: str) -> str:
+def initial_text(data_dir: str, *, store_url: str = "", site: str = "") -> str:
     """The text of a new configuration file: service section plus the shipped method library."""
     header = tomlkit.document()
     header.add(tomlkit.comment("labmw configuration. Edit with the `labmw` CLI (changes are audited);"))
@@ -50,7 +50,15 @@ def initial_text(data_dir: str) -> str:
     service["data_dir"].comment("SQLite database and audit trail (created 0700/0600)")
     service.add("retention_years", 10)
     service["retention_years"].comment("audit retention; CLIA >= 2 y, HIPAA >= 6 y (refuses < 6)")
+    if site:
+        service.add("site", site)
+        service["site"].comment("this site's name; sites sharing one PostgreSQL share patient history")
     header.add("service", service)
+    if store_url:
+        store = tomlkit.table()
+        store.add("url", store_url)
+        store["url"].comment("PostgreSQL holds the store (README: PostgreSQL); absent: SQLite in data_dir")
+        header.add("store", store)
     return tomlkit.dumps(header) + "\n" + shipped_library()
 
 
@@ -70,17 +78,22 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def init_config(path: Path, *, data_dir: str, force: bool) -> Settings:
-    """Write a new config at ``path`` and create its data directory and database; audited."""
+def init_config(path: Path, *, data_dir: str, force: bool, store_url: str = "", site: str = "",
+                store_admin_url: str = "") -> Settings:
+    """Write a new config at ``path`` and create its data directory and database; audited.
+
+    With ``store_url`` the database is PostgreSQL; the schema is created through ``store_admin_url``
+    (the schema owner) when given, so the URL written to the file can be the service's own role.
+    """
     if path.exists() and not force:
         raise UsageError(f"{path} already exists (use --force to overwrite it)")
     old_text = path.read_text(encoding="utf-8") if path.exists() else None
-    text = initial_text(data_dir)
+    text = initial_text(data_dir, store_url=store_url, site=site)
     settings = parse(tomlkit.parse(text).unwrap(), path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(path, text)
     try:
-        store = Store.open(settings.db_path)
+        store = open_store(store_admin_url or settings.store_target, site=settings.site)
         try:
             store.append_audit("config_created", now=datetime.now(UTC), actor=os_user(),
                                data={"file": str(path.resolve()), "command": "init", "replaced": old_text is not None,
@@ -115,7 +128,7 @@ def edit(path: Path, command: str, key: str, change: Callable[[TOMLDocument], No
     plain = tomlkit.parse(new_text).unwrap()  # what will be written, read back
     after_settings = parse(plain, path)
     after = _lookup(plain, key)
-    store = Store.open(after_settings.db_path)
+    store = open_store(after_settings.store_target, site=after_settings.site)
     try:
         _write_atomic(path, new_text)
         try:

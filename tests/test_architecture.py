@@ -14,7 +14,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "wire": ("labmw.errors", "labmw.wire", "hl7"),  # hl7 only for hl7_codec (segment parsing, no I/O)
     "rules": ("labmw.errors", "labmw.model", "labmw.rules"),
     "mapping": ("labmw.errors", "labmw.model", "labmw.wire", "labmw.mapping"),
-    "store": ("labmw.errors", "labmw.model", "labmw.store"),
+    "store": ("labmw.errors", "labmw.model", "labmw.store", "psycopg", "psycopg_pool"),  # psycopg: PostgreSQL
 }
 # No module outside these may use them.
 FORBIDDEN_IN_WIRE_AND_RULES = ("asyncio", "socket", "sqlite3", "logging", "structlog", "serial", "time", "threading")
@@ -56,6 +56,14 @@ def test_only_the_store_touches_sqlite() -> None:
         if "store" in path.relative_to(PACKAGE).parts:
             continue
         assert "sqlite3" not in _imports(path), path
+
+
+def test_only_the_store_touches_postgresql() -> None:
+    """psycopg (and its pool) are imported by labmw.store alone."""
+    for path in PACKAGE.rglob("*.py"):
+        if "store" in path.relative_to(PACKAGE).parts:
+            continue
+        assert not {n.split(".")[0] for n in _imports(path)} & {"psycopg", "psycopg_pool"}, path
 
 
 def test_nothing_imports_the_cli() -> None:

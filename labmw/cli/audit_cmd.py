@@ -21,6 +21,7 @@ Analyzer = Annotated[str | None, typer.Option(help="Only events from this analyz
 Event = Annotated[str | None, typer.Option(help="Only events of this type, e.g. result_delivered.")]
 Since = Annotated[str | None, typer.Option(help="From this time (ISO 8601, UTC if no offset).")]
 Until = Annotated[str | None, typer.Option(help="Up to this time (ISO 8601, UTC if no offset).")]
+Site = Annotated[str | None, typer.Option(help="Only events of this site ([service] site), when sites share a database.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -28,21 +29,22 @@ def register(app: typer.Typer) -> None:
 
 
 def _events(ctx: typer.Context, specimen: str | None, patient: str | None, analyzer: str | None,
-            event: str | None, since: str | None, until: str | None) -> list[AuditEvent]:
+            event: str | None, since: str | None, until: str | None, site: str | None = None) -> list[AuditEvent]:
     store = open_store(ctx)
     try:
         return store.audit_events(specimen=specimen, patient=patient, analyzer=analyzer, event=event,
-                                  since=parse_time(since, "--since"), until=parse_time(until, "--until"))
+                                  since=parse_time(since, "--since"), until=parse_time(until, "--until"),
+                                  **({"site": site} if site is not None else {}))
     finally:
         store.close()
 
 
 @audit_app.command("list")
 def audit_list(ctx: typer.Context, specimen: Specimen = None, patient: Patient = None, analyzer: Analyzer = None,
-               event: Event = None, since: Since = None, until: Until = None,
+               event: Event = None, since: Since = None, until: Until = None, site: Site = None,
                json_: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
     """List audit events, oldest first."""
-    events = _events(ctx, specimen, patient, analyzer, event, since, until)
+    events = _events(ctx, specimen, patient, analyzer, event, since, until, site)
     if json_:
         print_json([e.as_dict() for e in events])
         return

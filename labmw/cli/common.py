@@ -14,6 +14,7 @@ import typer
 from labmw.config import Settings, load
 from labmw.errors import UsageError
 from labmw.store import Store
+from labmw.store.engines import open_store as open_engine
 
 
 def config_file(ctx: typer.Context) -> Path:
@@ -30,9 +31,9 @@ def settings(ctx: typer.Context) -> Settings:
 def open_store(ctx: typer.Context, cfg: Settings | None = None) -> Store:
     """The existing database of the configured data directory (never creates one)."""
     cfg = cfg or settings(ctx)
-    if not cfg.db_path.exists():
+    if not cfg.store_url and not cfg.db_path.exists():
         raise UsageError(f"no database at {cfg.db_path} (run `labmw init` or start the daemon once)")
-    return Store.open(cfg.db_path)
+    return open_engine(cfg.store_target, site=cfg.site)
 
 
 def print_json(value: Any) -> None:

@@ -74,13 +74,19 @@ def init(
     ctx: typer.Context,
     data_dir: Annotated[str, typer.Option(help="Data directory (database, audit trail).")] = "data",
     force: Annotated[bool, typer.Option(help="Overwrite an existing configuration file.")] = False,
+    store_url: Annotated[str, typer.Option(help="PostgreSQL URL of the store (default: SQLite in the data "
+                                                "directory), e.g. postgresql://labmw_service@db/labmw.")] = "",
+    store_admin_url: Annotated[str, typer.Option(help="PostgreSQL URL of the schema owner, used once here to "
+                                                      "create the schema (default: --store-url).")] = "",
+    site: Annotated[str, typer.Option(help="This site's name, when several sites share one database.")] = "",
 ) -> None:
     """Write a new configuration file with the shipped method library, no analyzers, no LIS."""
     path = config_file(ctx)
     if not os.path.isabs(data_dir):
         # Stored relative to the config file, so the daemon finds it whatever its working directory.
         data_dir = os.path.relpath(Path(data_dir).resolve(), path.resolve().parent)
-    cfg = config_edit.init_config(path, data_dir=data_dir, force=force)
+    cfg = config_edit.init_config(path, data_dir=data_dir, force=force, store_url=store_url, site=site,
+                                  store_admin_url=store_admin_url)
     typer.echo(f"wrote {path} ({len(cfg.methods)} methods); data directory {cfg.data_dir}")
 
 

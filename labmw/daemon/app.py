@@ -72,7 +72,7 @@ class Service:
     # --- life cycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         """Open the store, start endpoints and the forwarder. Raises StoreError when the store cannot open."""
-        self.runner = StoreRunner(self.settings.db_path)
+        self.runner = StoreRunner(self.settings.store_target, site=self.settings.site)
         self.pipeline = Pipeline(self.settings, self.runner.store, clock=self.clock)
         await self._audit("service_started", data={"config": str(self.settings.path), "pid": os.getpid(),
                                                    "analyzers": sorted(self.settings.analyzers)})

@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from labmw.errors import StoreError
 from labmw.store import Store
+from labmw.store.engines import open_store
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -40,12 +41,12 @@ class _Job:
 class StoreRunner:
     """Owns the Store and the thread it lives on."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, path: Path | str, *, clock: Callable[[], datetime] | None = None, site: str = "") -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._clock = clock
         self._thread = threading.Thread(target=self._work, name="labmw-store", daemon=True)
         self._thread.start()
-        self.store: Store = self._blocking(lambda: Store.open(path))
+        self.store: Store = self._blocking(lambda: open_store(path, site=site))
         self.batches = 0
         self.batched_jobs = 0
 
