@@ -61,7 +61,16 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
         yield Engine("sqlite", tmp_path / "data" / "labmw.sqlite3")
         return
-    cluster: pg_cluster.Cluster = request.getfixturevalue("pg")
+    yield from _postgres(request.getfixturevalue("pg"))
+
+
+@pytest.fixture
+def pg_engine(pg: pg_cluster.Cluster) -> Iterator[Engine]:
+    """A fresh PostgreSQL database alone, for what only PostgreSQL does (several sites, standby)."""
+    yield from _postgres(pg)
+
+
+def _postgres(cluster: pg_cluster.Cluster) -> Iterator[Engine]:
     dbname = cluster.new_database()
     yield Engine("postgres", cluster.url(dbname, "labmw_service"), cluster, dbname)
     cluster.drop_database(dbname)

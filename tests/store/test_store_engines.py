@@ -1,0 +1,182 @@
+"""What each engine must guarantee beyond the shared store tests: group commit, durability settings,
+the append-only trail enforced by the database itself, one chain under concurrent writers, sites."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from conftest import Engine
+from labmw.errors import StoreError
+from labmw.model import Evaluation, Result
+from labmw.store import Store
+from labmw.store.postgres import PgStore, redact
+
+T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture(name="store")
+def _store(engine: Engine) -> Iterator[Store]:
+    store = engine.open(site="north")
+    yield store
+    store.close()
+
+
+def _alt(value: str, collected: datetime, *, patient: str = "P1", specimen: str = "S1") -> Result:
+    return Result(analyzer="c501", test_code="ALTL", raw_value=value, value=Decimal(value), units="U/L",
+                  specimen_id=specimen, patient_id=patient, collected_at=collected)
+
+
+def _keep(store: Store, result: Result) -> int:
+    with store.transaction(T0) as tx:
+        mid = tx.add_message(analyzer="c501", protocol="astm", peer="x", raw=b"raw", sha256="0" * 64,
+                             outcome="accepted")
+        rid = tx.add_result(message_id=mid, result=result, evaluation=Evaluation(method="ALT-T"), state="queued")
+        tx.enqueue(result_id=rid, control_id=f"{store.install_id}-{rid}", payload=b"MSH|x")
+        tx.audit("result_received", specimen=result.specimen_id, patient=result.patient_id, ref=str(rid))
+    return rid
+
+
+def test_group_commit_keeps_the_good_and_undoes_the_failed(store: Store) -> None:
+    """Inside a group each transaction is a savepoint: a failed one is undone alone, the rest commit."""
+    with store.group():
+        _keep(store, _alt("40", T0, specimen="G1"))
+        with pytest.raises(RuntimeError), store.transaction(T0) as tx:
+            tx.audit("doomed")
+            raise RuntimeError("this message's work fails")
+        _keep(store, _alt("50", T0, specimen="G2"))
+    assert [e.specimen for e in store.outbox(states=("pending",))] == ["G1", "G2"]
+    assert "doomed" not in [e.event for e in store.audit_events()]
+    assert store.verify_audit().ok
+
+
+def test_results_and_events_carry_the_site(store: Store) -> None:
+    """The site is stored with the result and in every event's data; `audit list --site` filters on it."""
+    _keep(store, _alt("40", T0))
+    store.append_audit("config_changed", now=T0, actor="alice", data={"key": "x"})
+    events = store.audit_events(site="north")
+    assert [e.event for e in events] == ["result_received", "config_changed"]
+    assert store.audit_events(site="south") == []
+    assert store.audit_events(site="north", limit=1)[0].event == "result_received"
+    assert store.verify_audit().ok
+
+
+def test_sites_share_history_but_keep_their_own_queue(pg_engine: Engine) -> None:
+    """South's delta check sees north's earlier result; each site sends and reviews only its own."""
+    north, south = pg_engine.open(site="north"), pg_engine.open(site="south")
+    try:
+        _keep(north, _alt("200", T0 - timedelta(hours=6), specimen="N1"))
+        with south.transaction(T0) as tx:
+            prev = tx.previous_result(patient_id="P1", method="ALT-T", before=T0, not_before=T0 - timedelta(days=7))
+        assert prev is not None and prev.value == Decimal("200") and prev.specimen_id == "N1"
+        _keep(south, _alt("40", T0, specimen="S1"))
+        assert [e.specimen for e in north.pending_after(0, 10)] == ["N1"]
+        assert [e.specimen for e in south.pending_after(0, 10)] == ["S1"]
+        assert north.counts()["pending"] == 1 and south.counts()["pending"] == 1
+        assert north.verify_audit().ok and north.verify_audit().count == 2
+    finally:
+        north.close()
+        south.close()
+
+
+def test_concurrent_writers_keep_one_unbroken_chain(pg_engine: Engine) -> None:
+    """Four sites writing at once (four connections) interleave into one chain without gaps."""
+    stores = [pg_engine.open(site=f"site{i}") for i in range(4)]
+    errors: list[BaseException] = []
+
+    def write(store: Store, i: int) -> None:
+        try:
+            for n in range(15):
+                _keep(store, _alt(str(30 + n), T0, patient=f"P{i}", specimen=f"S{i}-{n}"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(s, i)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == []
+        check = stores[0].verify_audit()
+        assert check.ok and check.count == 60
+    finally:
+        for s in stores:
+            s.close()
+
+
+# --- PostgreSQL only (the SQLite twins are in test_store.py) -----------------------------------------
+def test_commit_waits_for_the_wal_even_when_the_server_says_otherwise(pg_engine: Engine) -> None:
+    """synchronous_commit is on in the store's sessions whatever the database default."""
+    assert pg_engine.cluster is not None
+    with pg_engine.cluster.admin() as admin:
+        admin.execute(f"ALTER DATABASE {pg_engine.dbname} SET synchronous_commit = off")
+    store = pg_engine.open()
+    try:
+        assert isinstance(store, PgStore)
+        assert store._pg.execute("SHOW synchronous_commit").fetchone()[0] == "on"  # noqa: SLF001
+    finally:
+        store.close()
+
+
+def test_the_service_role_cannot_change_the_trail_even_without_triggers(pg_engine: Engine) -> None:
+    """Privileges, not only triggers: with the triggers off, the service's role still may only append."""
+    store = pg_engine.open()
+    try:
+        store.append_audit("x", now=T0, actor="a")
+        with pytest.raises(StoreError, match="owner|permission"):
+            store._conn.execute("ALTER TABLE audit DISABLE TRIGGER USER")  # noqa: SLF001
+        assert pg_engine.cluster is not None
+        with pg_engine.cluster.admin(pg_engine.dbname) as admin:
+            admin.execute("ALTER TABLE audit DISABLE TRIGGER USER")
+        for sql in ("UPDATE audit SET actor = 'mallory'", "DELETE FROM audit", "TRUNCATE audit"):
+            with pytest.raises(StoreError, match="permission denied"):
+                store._conn.execute(sql)  # noqa: SLF001
+        assert store.verify_audit().ok and store.verify_audit().count == 1
+    finally:
+        store.close()
+
+
+def test_the_owner_is_stopped_by_the_triggers(pg_engine: Engine) -> None:
+    """Even the schema's owner (who holds every privilege) cannot edit events while the triggers stand."""
+    owner = psycopg.connect(pg_engine.owner_url(), autocommit=True)
+    store = pg_engine.open()
+    try:
+        store.append_audit("x", now=T0, actor="a")
+        for sql in ("UPDATE audit SET actor = 'mallory'", "DELETE FROM audit", "TRUNCATE audit"):
+            with pytest.raises(psycopg.Error, match="append-only"):
+                owner.execute(sql)  # type: ignore[arg-type]
+    finally:
+        owner.close()
+        store.close()
+
+
+def test_an_unreachable_database_is_a_store_error_without_the_password() -> None:
+    """No server: StoreError naming the database, password hidden."""
+    from conftest import pg_cluster
+
+    url = f"postgresql://labmw_service:secret@127.0.0.1:{pg_cluster.free_port()}/labmw"
+    with pytest.raises(StoreError) as info:
+        PgStore.open_url(url)
+    assert "secret" not in str(info.value) and "127.0.0.1" in str(info.value)
+    assert redact(url) == url.replace(":secret@", ":***@")
+
+
+def test_a_read_only_session_refuses_writes_as_store_error(pg_engine: Engine) -> None:
+    """A database that takes no writes (a read-only replica) raises StoreError, so nothing is ACKed."""
+    store = pg_engine.open()
+    try:
+        assert isinstance(store, PgStore)
+        store._pg.execute("SET default_transaction_read_only = on")  # noqa: SLF001
+        with pytest.raises(StoreError, match="read-only"):
+            store.append_audit("x", now=T0, actor="a")
+        store._pg.execute("SET default_transaction_read_only = off")  # noqa: SLF001
+        store.append_audit("x", now=T0, actor="a")
+        assert store.verify_audit().count == 1
+    finally:
+        store.close()
