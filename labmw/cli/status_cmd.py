@@ -33,6 +33,8 @@ def render(status: Mapping[str, Any]) -> None:
     """Print the daemon's status dict for people: a header, the LIS/queue/held lines, one row per analyzer."""
     typer.echo(f"labmw daemon pid {_text(status.get('pid'))}, running since {_text(status.get('started_at'))}")
     typer.echo(f"config   {_text(status.get('config'))}")
+    if status.get("site"):
+        typer.echo(f"role     {_text(status.get('role'))} (site {status['site']})")
     lis = status.get("lis") or {}
     line = f"LIS      {_text(lis.get('endpoint'))}  {_text(lis.get('state'))}"
     if lis.get("last_error"):

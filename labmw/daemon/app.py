@@ -20,9 +20,11 @@ from typing import Any
 import structlog
 
 from labmw.config import AnalyzerSettings, Settings, load
+from labmw.daemon import standby
 from labmw.daemon.forwarder import Forwarder
 from labmw.daemon.pipeline import Outcome, Pipeline, utcnow
 from labmw.daemon.runner import StoreRunner
+from labmw.daemon.standby import ActiveStandby
 from labmw.errors import LabmwError, StoreError
 from labmw.transports.astm_pump import pump_astm
 from labmw.transports.endpoints import Endpoint, make_endpoint
@@ -68,6 +70,9 @@ class Service:
         self._conn_ids = itertools.count(1)
         self.started_at = clock()
         self._storage_episode: dict[str, Any] | None = None
+        # Active/standby (PostgreSQL with [service] site): None means always active.
+        self.role: ActiveStandby | None = None
+        self.on_role: Callable[[str], object] | None = None  # serve() passes it to sd_notify STATUS=
 
     # --- life cycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -76,11 +81,29 @@ class Service:
         self.pipeline = Pipeline(self.settings, self.runner.store, clock=self.clock)
         await self._audit("service_started", data={"config": str(self.settings.path), "pid": os.getpid(),
                                                    "analyzers": sorted(self.settings.analyzers)})
+        self.role = standby.for_service(self.settings, self.runner.store, go_active=self._go_active,
+                                        go_standby=self._go_standby, on_change=self._role_changed)
+        if self.role is None:
+            await self._go_active()
+        else:
+            self.role.start()  # listeners and the LIS link come up once the site's lease is won
+
+    async def _go_active(self) -> None:
         for analyzer in self.settings.analyzers.values():
             await self._start_analyzer(analyzer)
         self._start_forwarder()
         log.info("service_ready", analyzers=len(self.analyzers),
                  lis=str(self.settings.lis.connect) if self.settings.lis else None)
+
+    async def _go_standby(self) -> None:
+        for name in list(self.analyzers):
+            await self._stop_analyzer(name)
+        await self._stop_forwarder()
+
+    def _role_changed(self, role: str) -> None:
+        asyncio.ensure_future(self._audit(f"site_{role}", data={"site": self.settings.site}))
+        if self.on_role is not None:
+            self.on_role(f"{role} (site {self.settings.site})")
 
     def stop(self) -> None:
         self._stopped.set()
@@ -89,6 +112,8 @@ class Service:
         await self._stopped.wait()
 
     async def close(self) -> None:
+        if self.role is not None:
+            await self.role.stop()
         for name in list(self.analyzers):
             await self._stop_analyzer(name)
         await self._stop_forwarder()
@@ -109,6 +134,10 @@ class Service:
             return
         old, self.settings = self.settings, new
         self.pipeline.settings = new
+        if self.role is not None and not self.role.active:
+            log.info("config_reloaded", role="standby")  # applied when this daemon becomes active
+            await self._audit("config_reloaded", data={"role": "standby"})
+            return
         changed = {"added": [], "removed": [], "restarted": []}
         for name, state in list(self.analyzers.items()):
             if name not in new.analyzers:
@@ -312,6 +341,8 @@ class Service:
                     else "not configured", "last_error": forwarder.last_error if forwarder else ""},
             "queue": {"pending": counts["pending"], "dead": counts["dead"]},
             "held": counts["held"],
+            "role": self.role.role if self.role is not None else "active",
+            "site": self.settings.site,
         }
 
 
@@ -350,8 +381,10 @@ async def serve(settings: Settings) -> int:
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     watchdog = asyncio.ensure_future(notifier.run_watchdog())
     try:
+        service.on_role = notifier.status
         await service.start()
-        notifier.ready(f"{len(service.analyzers)} analyzers")
+        role = f"{service.role.role} (site {settings.site})" if service.role is not None else "active"
+        notifier.ready(f"{role}, {len(service.analyzers)} analyzers")
         await service.wait_stopped()
         notifier.stopping()
     finally:

@@ -142,7 +142,7 @@ class PgConnection:
         self.release()
 
 
-def make_pool(url: str, *, size: int = 2) -> ConnectionPool:
+def make_pool(url: str, *, size: int = 3) -> ConnectionPool:
     """A pool of autocommit connections configured for the store's guarantees."""
 
     def configure(conn: psycopg.Connection[Any]) -> None:
