@@ -29,10 +29,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' throwaway PostgreSQL cluster
 
-import pg_cluster  # noqa: E402
-from daemon_ctl import Daemon, free_ports, labmw  # noqa: E402
-from loadgen import PANEL, Lis, run_senders, workload  # noqa: E402
-from table import Row, rate, render  # noqa: E402
+import pg_cluster
+from daemon_ctl import Daemon, free_ports, labmw
+from loadgen import PANEL, Lis, run_senders, workload
+from table import Row, rate, render
 
 FULL = {"messages": 800, "per_message": 4, "site_messages": 200, "kills": 20, "timeout": 180.0}
 QUICK = {"messages": 40, "per_message": 4, "site_messages": 10, "kills": 2, "timeout": 60.0}
@@ -208,9 +208,10 @@ def main() -> int:
     plan = QUICK if args.quick else FULL
     rows, failed = asyncio.run(main_async(plan, args.quick))
     header = [f"labmw store engines ({'quick' if args.quick else 'full'} run), {os.cpu_count()} cores"]
-    notes = ["commit latency: from sending a message's final frame to its ACK, which labmw sends only after COMMIT "
-             "(SQLite: WAL fsync; PostgreSQL: synchronous_commit on, fsync on).",
-             "failover: the lease lasts 8 s from its last renewal (every 2 s) and a standby polls every second, so a takeover takes 6-9 s."]
+    notes = [("commit latency: from sending a message's final frame to its ACK, which labmw sends only after COMMIT "
+              "(SQLite: WAL fsync; PostgreSQL: synchronous_commit on, fsync on)."),
+             "failover: the lease lasts 8 s from its last renewal (every 2 s) and a standby polls every second, so a takeover"
+             " takes 6-9 s."]
     print(render(rows, header, notes))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [r.__dict__ for r in rows]}, indent=2, default=str))

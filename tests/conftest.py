@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pg_cluster
 import pytest
 
-import pg_cluster
 from labmw.store import Store
 from labmw.store.engines import open_store
 

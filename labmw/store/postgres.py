@@ -354,8 +354,9 @@ class PgStore(Store):
 
 
 def _migrate_if_needed(conn: psycopg.Connection[Any]) -> None:
+    exists = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() \
-        if conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0] else None
+        if exists and exists[0] else None
     if row is not None and int(row[0]) >= len(pg_schema.MIGRATIONS):
         return  # up to date: the service's role, which may not create tables, needs nothing more
     migrate(conn)
@@ -396,4 +397,4 @@ def _audit_query(conn: PgConnection, *, specimen: str | None = None, patient: st
     sql += " ORDER BY seq"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    return [audit_log._event(row) for row in conn.execute(sql, args)]  # noqa: SLF001 - one row reader
+    return [audit_log._event(row) for row in conn.execute(sql, args)]

@@ -6,16 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import Engine
 from typer.testing import CliRunner
 
-from conftest import Engine
 from labmw.cli import app
 from labmw.config import load
 
 runner = CliRunner()
 
 
-def invoke(config: Path, *args: str):  # noqa: ANN201
+def invoke(config: Path, *args: str):
     return runner.invoke(app, ["--config", str(config), *args])
 
 

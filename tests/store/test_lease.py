@@ -7,8 +7,8 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-
 from conftest import Engine
+
 from labmw.errors import StoreError
 from labmw.store.lease import Lease
 from labmw.store.postgres import PgStore

@@ -10,8 +10,8 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-
 from conftest import Engine
+
 from labmw.errors import StoreError
 from labmw.model import Evaluation, Result
 from labmw.store import Store
@@ -73,7 +73,7 @@ def test_sites_share_history_but_keep_their_own_queue(pg_engine: Engine) -> None
         _keep(north, _alt("200", T0 - timedelta(hours=6), specimen="N1"))
         with south.transaction(T0) as tx:
             prev = tx.previous_result(patient_id="P1", method="ALT-T", before=T0, not_before=T0 - timedelta(days=7))
-        assert prev is not None and prev.value == Decimal("200") and prev.specimen_id == "N1"
+        assert prev is not None and prev.value == Decimal(200) and prev.specimen_id == "N1"
         _keep(south, _alt("40", T0, specimen="S1"))
         assert [e.specimen for e in north.pending_after(0, 10)] == ["N1"]
         assert [e.specimen for e in south.pending_after(0, 10)] == ["S1"]
@@ -119,7 +119,7 @@ def test_commit_waits_for_the_wal_even_when_the_server_says_otherwise(pg_engine:
     store = pg_engine.open()
     try:
         assert isinstance(store, PgStore)
-        assert store._pg.execute("SHOW synchronous_commit").fetchone()[0] == "on"  # noqa: SLF001
+        assert store._pg.execute("SHOW synchronous_commit").fetchone()[0] == "on"
     finally:
         store.close()
 
@@ -130,13 +130,13 @@ def test_the_service_role_cannot_change_the_trail_even_without_triggers(pg_engin
     try:
         store.append_audit("x", now=T0, actor="a")
         with pytest.raises(StoreError, match="owner|permission"):
-            store._conn.execute("ALTER TABLE audit DISABLE TRIGGER USER")  # noqa: SLF001
+            store._conn.execute("ALTER TABLE audit DISABLE TRIGGER USER")
         assert pg_engine.cluster is not None
         with pg_engine.cluster.admin(pg_engine.dbname) as admin:
             admin.execute("ALTER TABLE audit DISABLE TRIGGER USER")
         for sql in ("UPDATE audit SET actor = 'mallory'", "DELETE FROM audit", "TRUNCATE audit"):
             with pytest.raises(StoreError, match="permission denied"):
-                store._conn.execute(sql)  # noqa: SLF001
+                store._conn.execute(sql)
         assert store.verify_audit().ok and store.verify_audit().count == 1
     finally:
         store.close()
@@ -172,10 +172,10 @@ def test_a_read_only_session_refuses_writes_as_store_error(pg_engine: Engine) ->
     store = pg_engine.open()
     try:
         assert isinstance(store, PgStore)
-        store._pg.execute("SET default_transaction_read_only = on")  # noqa: SLF001
+        store._pg.execute("SET default_transaction_read_only = on")
         with pytest.raises(StoreError, match="read-only"):
             store.append_audit("x", now=T0, actor="a")
-        store._pg.execute("SET default_transaction_read_only = off")  # noqa: SLF001
+        store._pg.execute("SET default_transaction_read_only = off")
         store.append_audit("x", now=T0, actor="a")
         assert store.verify_audit().count == 1
     finally:
