@@ -47,6 +47,9 @@ class Result:
     specimen_id: str = ""
     collected_at: datetime | None = None
     patient_id: str = ""
+    # PID-3.4 assigning authority: with patient_id it says who the patient is, so sites sharing one
+    # history (PostgreSQL) never compare two patients whose MRNs from different registries coincide.
+    patient_authority: str = ""
     patient_name: str = ""  # PHI: never logged, only stored and forwarded
     birth_date: date | None = None  # PHI
     sex: str = ""  # "M", "F", "U" or "" when not sent

@@ -240,7 +240,7 @@ class Pipeline:
             return None
         return tx.previous_result(patient_id=result.patient_id, method=method.name, before=at,
                                   not_before=at - timedelta(days=float(window_days)),
-                                  other_than_specimen=result.specimen_id)
+                                  other_than_specimen=result.specimen_id, patient_authority=result.patient_authority)
 
     def _related(self, tx: Tx, result: Result, method: Method | None) -> list[RelatedResult]:
         """The patient's other analytes around this collection, for the Hy's-law note (when enabled)."""
@@ -251,7 +251,8 @@ class Pipeline:
         related = []
         hours = float(rule.window_hours)
         for name, value, applied, collected, specimen in tx.recent_results(
-                patient_id=result.patient_id, around=at, hours=hours, other_than_method=method.name):
+                patient_id=result.patient_id, around=at, hours=hours, other_than_method=method.name,
+                patient_authority=result.patient_authority):
             other = self.settings.methods.get(name)
             uln = _upper(applied)
             if other is not None and uln is not None:

@@ -101,6 +101,7 @@ class PatientContext:
     name: str = ""
     birth_date: date | None = None
     sex: str = ""
+    authority: str = ""  # HL7 PID-3.4 (ASTM's P-3 has no assigning authority)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -279,7 +280,7 @@ def _map_result(
         completed_at=completed_at,
         specimen_id=order.specimen_id,
         collected_at=order.collected_at,
-        patient_id=patient.patient_id,
+        patient_id=patient.patient_id, patient_authority=patient.authority,
         patient_name=patient.name,
         birth_date=patient.birth_date,
         sex=patient.sex,

@@ -320,9 +320,9 @@ def _walk(er7: _Er7, oul: bool, problems: list[str]) -> list[_Order]:
 
 
 def _patient(er7: _Er7, pid: list[str], problems: list[str]) -> PatientContext:
-    patient_id = er7.comp(pid, 3)
+    patient_id, authority = er7.comp(pid, 3), er7.comp(pid, 3, 4)  # CX.1 ID, CX.4 assigning authority (HD.1)
     if not patient_id and er7.comp(pid, 2):
-        patient_id = er7.comp(pid, 2)
+        patient_id, authority = er7.comp(pid, 2), er7.comp(pid, 2, 4)
         problems.append("PID-3 is empty; patient ID taken from PID-2")
     parts = [p.strip() for p in er7.components(er7.raw(pid, 5).split(er7.repetition, 1)[0])]
     # XPN components 1-6 are the name; 7 alone (LAW's "^^^^^^U") is a name type, not a name.
@@ -336,7 +336,8 @@ def _patient(er7: _Er7, pid: list[str], problems: list[str]) -> PatientContext:
     if sex_text and sex_text not in _SEX:
         known = "table 0001 value without a reference-range partition" if sex_text in _SEX_OTHER else "unknown"
         problems.append(f"PID-8 sex {sex_text[:10]!r} ({known}) mapped to U")
-    return PatientContext(patient_id=patient_id, name=name, birth_date=birth.date() if birth else None, sex=sex)
+    return PatientContext(patient_id=patient_id, name=name, birth_date=birth.date() if birth else None, sex=sex,
+                          authority=authority)
 
 
 def _specimen(er7: _Er7, order: _Order, specimen_field: str) -> tuple[str, str]:
@@ -406,7 +407,7 @@ def _result(er7: _Er7, obx: list[str], number: int, value_type: str, analyzer: s
         analyzer=analyzer, test_code=code, raw_value=raw, value=value, comparator=comparator,
         units=er7.comp(obx, 6), instrument_flags=_flags(er7, obx), instrument_range=er7.unescape(er7.raw(obx, 7)),
         status=status, completed_at=completed, specimen_id=specimen, collected_at=collected,
-        patient_id=patient.patient_id, patient_name=patient.name, birth_date=patient.birth_date, sex=patient.sex,
+        patient_id=patient.patient_id, patient_authority=patient.authority, patient_name=patient.name, birth_date=patient.birth_date, sex=patient.sex,
         sequence=number)
 
 

@@ -136,7 +136,7 @@ def _pid(result: Result) -> list[str]:
             "PID",
             "",
             "",
-            escape(result.patient_id),
+            escape(result.patient_id) + (f"^^^{escape(result.patient_authority)}" if result.patient_authority else ""),
             "",
             _name(result.patient_name),
             "",

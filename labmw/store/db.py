@@ -118,6 +118,7 @@ MIGRATIONS: tuple[str, ...] = (
     # 5: several sites may share one history (PostgreSQL); each result names the site that measured it.
     """
     ALTER TABLE results ADD COLUMN site TEXT NOT NULL DEFAULT '';
+    ALTER TABLE results ADD COLUMN patient_authority TEXT NOT NULL DEFAULT '';
     """,
 )
 

@@ -52,7 +52,8 @@ MIGRATIONS: tuple[str, ...] = (
         notes TEXT NOT NULL,
         state TEXT NOT NULL,
         superseded_by BIGINT,
-        site TEXT NOT NULL DEFAULT ''
+        site TEXT NOT NULL DEFAULT '',
+        patient_authority TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX results_history ON results (patient_id, method, collected_at);
     CREATE INDEX results_specimen ON results (specimen);

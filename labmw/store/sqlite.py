@@ -81,13 +81,14 @@ class Tx:
         cur = self._conn.execute(
             "INSERT INTO results (message_id, analyzer, specimen, patient_id, patient_name, birth_date, sex, test_code,"
             " method, raw_value, value, comparator, units, instrument_flags, status, collected_at, completed_at,"
-            " flags, applied_range, notes, state, site) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " flags, applied_range, notes, state, site, patient_authority)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (message_id, result.analyzer, result.specimen_id, result.patient_id, result.patient_name,
              _iso(result.birth_date), result.sex, result.test_code, evaluation.method, result.raw_value,
              str(result.value) if result.value is not None else None, result.comparator, result.units,
              json.dumps(list(result.instrument_flags)), result.status, _iso(result.collected_at),
              _iso(result.completed_at), json.dumps(list(evaluation.flags)), evaluation.applied_range,
-             json.dumps(list(evaluation.notes)), state, self.site))
+             json.dumps(list(evaluation.notes)), state, self.site, result.patient_authority))
         return int(cur.lastrowid or 0)
 
     def enqueue(self, *, result_id: int, control_id: str, payload: bytes) -> int:
@@ -98,25 +99,27 @@ class Tx:
         return int(cur.lastrowid or 0)
 
     def previous_result(self, *, patient_id: str, method: str, before: datetime, not_before: datetime,
-                        other_than_specimen: str = "") -> PreviousResult | None:
+                        other_than_specimen: str = "", patient_authority: str = "") -> PreviousResult | None:
         """The patient's latest final numeric result of ``method`` collected in [not_before, before).
 
         Only values that still stand: not replaced by a correction, not held or rejected in review,
         and from another specimen (a correction is not compared with the value it corrects).
         """
         row = self._conn.execute(
-            "SELECT value, collected_at, specimen, units FROM results WHERE patient_id = ? AND method = ?"
+            "SELECT value, collected_at, specimen, units FROM results WHERE patient_id = ? AND patient_authority = ?"
+            " AND method = ?"
             " AND value IS NOT NULL AND comparator IS NULL AND collected_at >= ? AND collected_at < ?"
             " AND status IN ('F', 'C', '') AND superseded_by IS NULL AND state NOT IN ('rejected', 'held')"
             " AND specimen != ? ORDER BY collected_at DESC, id DESC LIMIT 1",
-            (patient_id, method, not_before.isoformat(), before.isoformat(), other_than_specimen)).fetchone()
+            (patient_id, patient_authority, method, not_before.isoformat(), before.isoformat(),
+             other_than_specimen)).fetchone()
         if row is None:
             return None
         return PreviousResult(value=Decimal(row["value"]), collected_at=datetime.fromisoformat(row["collected_at"]),
                               specimen_id=row["specimen"], units=row["units"])
 
-    def recent_results(self, *, patient_id: str, around: datetime, hours: float,
-                       other_than_method: str) -> list[tuple[str, Decimal, str, datetime, str]]:
+    def recent_results(self, *, patient_id: str, around: datetime, hours: float, other_than_method: str,
+                       patient_authority: str = "") -> list[tuple[str, Decimal, str, datetime, str]]:
         """(method, value, applied range, collected at, specimen) of the patient's standing numeric
         results of other methods collected within ``hours`` either side of ``around``."""
         from datetime import timedelta
@@ -124,9 +127,10 @@ class Tx:
         span = timedelta(hours=hours)
         rows = self._conn.execute(
             "SELECT method, value, applied_range, collected_at, specimen FROM results WHERE patient_id = ?"
-            " AND method IS NOT NULL AND method != ? AND value IS NOT NULL AND comparator IS NULL"
+            " AND patient_authority = ? AND method IS NOT NULL AND method != ? AND value IS NOT NULL AND comparator IS NULL"
             " AND collected_at BETWEEN ? AND ? AND superseded_by IS NULL AND state != 'rejected'",
-            (patient_id, other_than_method, (around - span).isoformat(), (around + span).isoformat()))
+            (patient_id, patient_authority, other_than_method, (around - span).isoformat(),
+             (around + span).isoformat()))
         return [(r["method"], Decimal(r["value"]), r["applied_range"], datetime.fromisoformat(r["collected_at"]),
                  r["specimen"]) for r in rows]
 
@@ -389,7 +393,7 @@ class Store:
             value=Decimal(row["value"]) if row["value"] is not None else None, comparator=row["comparator"],
             units=row["units"], instrument_flags=tuple(json.loads(row["instrument_flags"])), status=row["status"],
             completed_at=_dt(row["completed_at"]), specimen_id=row["specimen"], collected_at=_dt(row["collected_at"]),
-            patient_id=row["patient_id"], patient_name=row["patient_name"],
+            patient_id=row["patient_id"], patient_authority=row["patient_authority"], patient_name=row["patient_name"],
             birth_date=date.fromisoformat(row["birth_date"]) if row["birth_date"] else None, sex=row["sex"])
         evaluation = Evaluation(method=row["method"], flags=tuple(json.loads(row["flags"])),
                                 applied_range=row["applied_range"], notes=tuple(json.loads(row["notes"])),

@@ -180,3 +180,18 @@ def test_a_read_only_session_refuses_writes_as_store_error(pg_engine: Engine) ->
         assert store.verify_audit().count == 1
     finally:
         store.close()
+
+
+def test_the_same_mrn_from_another_registry_is_another_patient(store: Store) -> None:
+    """History is keyed on PID-3 with its assigning authority: NORTH's P1 is not SOUTH's P1."""
+    from dataclasses import replace
+
+    _keep(store, replace(_alt("200", T0 - timedelta(hours=6), specimen="A1"), patient_authority="NORTH"))
+    with store.transaction(T0) as tx:
+        same = tx.previous_result(patient_id="P1", patient_authority="NORTH", method="ALT-T", before=T0,
+                                  not_before=T0 - timedelta(days=7))
+        other = tx.previous_result(patient_id="P1", patient_authority="SOUTH", method="ALT-T", before=T0,
+                                   not_before=T0 - timedelta(days=7))
+        bare = tx.previous_result(patient_id="P1", method="ALT-T", before=T0, not_before=T0 - timedelta(days=7))
+    assert same is not None and same.value == Decimal("200")
+    assert other is None and bare is None
