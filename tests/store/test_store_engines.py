@@ -195,3 +195,23 @@ def test_the_same_mrn_from_another_registry_is_another_patient(store: Store) -> 
         bare = tx.previous_result(patient_id="P1", method="ALT-T", before=T0, not_before=T0 - timedelta(days=7))
     assert same is not None and same.value == Decimal("200")
     assert other is None and bare is None
+
+
+def test_a_lost_connection_fails_one_write_and_the_next_reconnects(pg_engine: Engine) -> None:
+    """The server drops the session (restart, failover of the database): the write in hand is a
+    StoreError (so not ACKed) and the store takes a fresh connection from its pool for the next one."""
+    store = pg_engine.open()
+    try:
+        assert isinstance(store, PgStore)
+        store.append_audit("before", now=T0, actor="a")
+        backend = store._pg.execute("SELECT pg_backend_pid()").fetchone()[0]  # noqa: SLF001
+        assert pg_engine.cluster is not None
+        with pg_engine.cluster.admin() as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        with pytest.raises(StoreError):
+            store.append_audit("lost", now=T0, actor="a")
+        store.append_audit("after", now=T0, actor="a")
+        assert [e.event for e in store.audit_events()] == ["before", "after"]
+        assert store.verify_audit().ok
+    finally:
+        store.close()
