@@ -127,7 +127,8 @@ class Tx:
         span = timedelta(hours=hours)
         rows = self._conn.execute(
             "SELECT method, value, applied_range, collected_at, specimen FROM results WHERE patient_id = ?"
-            " AND patient_authority = ? AND method IS NOT NULL AND method != ? AND value IS NOT NULL AND comparator IS NULL"
+            " AND patient_authority = ? AND method IS NOT NULL AND method != ? AND value IS NOT NULL"
+            " AND comparator IS NULL"
             " AND collected_at BETWEEN ? AND ? AND superseded_by IS NULL AND state != 'rejected'",
             (patient_id, patient_authority, other_than_method, (around - span).isoformat(),
              (around + span).isoformat()))
