@@ -94,6 +94,9 @@ class AnalyzerSettings:
     # A tcp-server listener's simultaneous connections (analyzers reconnect before a dead socket is
     # noticed, so more than one is normal; thousands are an attack or a bug, and cost file descriptors).
     max_connections: int = 64
+    # HL7 analyzers: seconds without a byte before labmw closes the connection (an MLLP sender
+    # reconnects when it has a message; a silent socket may be half-open or a slot squatter).
+    idle_timeout: float = 900.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -549,6 +552,7 @@ class _Validator:
             frame_timeout=self.number(tbl, f"{key}.frame_timeout", default=30.0),
             tls=self.tls(tbl, f"{key}.tls", server=True) if transport == "tcp-server" else None,
             max_connections=self.integer(tbl, f"{key}.max_connections", default=64, low=1, high=1024),
+            idle_timeout=self.number(tbl, f"{key}.idle_timeout", default=900.0),
         )
 
     def flag(self, tbl: Mapping[str, Any], key: str, *, default: bool) -> bool:

@@ -169,6 +169,15 @@ class Tx:
             " ORDER BY id DESC LIMIT 1", (analyzer, content_sha256, since.isoformat())).fetchone()
         return int(row[0]) if row else None
 
+    def last_inbound_key(self, *, analyzer: str) -> tuple[int, str, datetime] | None:
+        """(message_id, content hash, received at) of the last message stored from ``analyzer``."""
+        row = self._conn.execute(
+            "SELECT message_id, content_sha256, received_at FROM inbound_keys WHERE analyzer = ?"
+            " ORDER BY id DESC LIMIT 1", (analyzer,)).fetchone()
+        if row is None:
+            return None
+        return int(row[0]), str(row[1]), datetime.fromisoformat(row[2])
+
     def inbound_keys(self, *, analyzer: str, sending_application: str, sending_facility: str, control_id: str,
                      since: datetime) -> list[tuple[int, str]]:
         """(message_id, content hash) of messages with this sender and MSH-10 received at or after ``since``.
