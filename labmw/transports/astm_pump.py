@@ -44,6 +44,7 @@ AuditDiscard = Callable[[str, bytes], Awaitable[None]]
 Confirmed = Callable[[int], None]
 
 READ_SIZE = 65536
+SLICE = 1024  # bytes fed to the engine between two yields to the event loop
 
 
 def make_link(analyzer: AnalyzerSettings) -> AstmLink:
@@ -90,13 +91,18 @@ async def pump_astm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
             for text in link.pending_messages:
                 log.warning("astm_send_failed", reason="connection closed", requeued=False, bytes=len(text))
             return ended
-        try:
-            link.receive_data(data, loop.time())
-        except WireError as exc:
-            log.warning("astm_link_error", error=str(exc))
-            return f"link error: {exc}"
-        await _drain(link, handle, audit_discard, stats, confirmed)
-        await _write(link, writer)
+        # In slices, yielding between them: a peer that pipelines thousands of tiny frames into one
+        # read must not hold the event loop (every other analyzer, the forwarder) for the whole read.
+        for start in range(0, len(data), SLICE):
+            if start:
+                await asyncio.sleep(0)
+            try:
+                link.receive_data(data[start : start + SLICE], loop.time())
+            except WireError as exc:
+                log.warning("astm_link_error", error=str(exc))
+                return f"link error: {exc}"
+            await _drain(link, handle, audit_discard, stats, confirmed)
+            await _write(link, writer)
 
 
 async def _write(link: AstmLink, writer: asyncio.StreamWriter) -> None:
@@ -115,7 +121,14 @@ async def _drain(link: AstmLink, handle: HandleMessage, audit_discard: AuditDisc
     """Process every pending engine event; commit messages before their ACK is released."""
     while True:
         received: list[MessageReceived] = []
+        # Repeated frame events (a flood NAKed frame by frame) make one log line with a count.
+        repeats: dict[tuple[type, str], int] = {}
         while (event := link.next_event()) is not None:
+            if isinstance(event, FrameRejected | DuplicateFrame | BytesIgnored):
+                key = (type(event), getattr(event, "reason", "") or getattr(event, "state", ""))
+                repeats[key] = repeats.get(key, 0) + 1
+                if repeats[key] > 1:
+                    continue
             if isinstance(event, MessageReceived):
                 received.append(event)
             elif isinstance(event, AckConfirmed):
@@ -126,6 +139,9 @@ async def _drain(link: AstmLink, handle: HandleMessage, audit_discard: AuditDisc
                 await audit_discard(event.reason, event.text)
             else:
                 _log_event(event)
+        for (kind, detail), count in repeats.items():
+            if count > 1:
+                log.warning("astm_frame_events_repeated", kind=kind.__name__, detail=detail, count=count)
         if not received:
             return
         replies: list[bytes] = []
