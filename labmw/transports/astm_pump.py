@@ -13,6 +13,7 @@ a timeout), the engine's output is written after every input *and* every timer.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -45,6 +46,7 @@ Confirmed = Callable[[int], None]
 
 READ_SIZE = 65536
 SLICE = 1024  # bytes fed to the engine between two yields to the event loop
+PACE_MAX = 0.05  # seconds: the longest pause between two slices of one read
 
 
 def make_link(analyzer: AnalyzerSettings) -> AstmLink:
@@ -93,14 +95,20 @@ async def pump_astm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
             return ended
         # In slices, yielding between them: a peer that pipelines thousands of tiny frames into one
         # read must not hold the event loop (every other analyzer, the forwarder) for the whole read.
+        # A conforming sender waits for our reply to each frame, so its reads hold one frame; a
+        # read of many slices is a pipelining peer, paced to a quarter of the loop's time (it waits
+        # three times what its last slice cost) so that it cannot starve the store thread either.
+        spent = 0.0
         for start in range(0, len(data), SLICE):
             if start:
-                await asyncio.sleep(0)
+                await asyncio.sleep(min(PACE_MAX, spent * 3))
+            begun = time.perf_counter()
             try:
                 link.receive_data(data[start : start + SLICE], loop.time())
             except WireError as exc:
                 log.warning("astm_link_error", error=str(exc))
                 return f"link error: {exc}"
+            spent = time.perf_counter() - begun
             await _drain(link, handle, audit_discard, stats, confirmed)
             await _write(link, writer)
 
