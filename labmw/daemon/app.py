@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import os
 import signal
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -35,6 +36,7 @@ from labmw.transports.hl7_pump import pump_hl7
 
 log = structlog.get_logger(__name__)
 
+SWITCH_INTERVAL = 0.0005  # seconds; see serve()
 FORWARDER_STOP_GRACE = 5.0  # seconds the forwarder may take to finish the exchange in hand
 
 
@@ -77,6 +79,7 @@ class Service:
         self.started_at = clock()
         self._storage_episode: dict[str, Any] | None = None
         self._refusals = RefusalLog()
+        self._closures = RefusalLog()
         self._refusal_flusher: asyncio.Task[None] | None = None
 
     # --- life cycle --------------------------------------------------------------------------------
@@ -110,6 +113,7 @@ class Service:
         if self.runner is not None:
             with contextlib.suppress(Exception):
                 await self._audit_refusals(self._refusals.due(_loop_time(), flush=True))
+                await self._audit_aggregated("connection_closed", self._closures.due(_loop_time(), flush=True))
             with contextlib.suppress(Exception):
                 await self._audit("service_stopped")
             self.runner.close()
@@ -206,7 +210,19 @@ class Service:
                         "reason": reason}
                 log.info("analyzer_disconnected", reason=reason)
                 with contextlib.suppress(Exception):
-                    await self._audit("connection_closed", analyzer=analyzer.name, data=data)
+                    await self._connection_closed(analyzer.name, data)
+
+    async def _connection_closed(self, analyzer: str, data: dict[str, Any]) -> None:
+        """Audit a connection's end. One that carried messages gets its own row; empty ones (idle
+        squatters, probes) are counted per peer host and reason like refusals, so a flood of them
+        costs a few rows, not one store transaction each ahead of the results."""
+        runner = self._runner()
+        if data.get("messages"):
+            await runner.call_batched(runner.store.append_audit, "connection_closed", now=self.clock(),
+                                      actor="labmw", analyzer=analyzer, data=data)
+            return
+        records = self._closures.refused(str(data["peer"]), f"{analyzer}: {data['reason']}", _loop_time())
+        await self._audit_aggregated("connection_closed", records, first=data)
 
     def _intake(self, state: AnalyzerState, writer: Any) -> Intake:
         """The analyzer's intake for one connection (its link memory lives with the analyzer)."""
@@ -327,16 +343,23 @@ class Service:
             log.info("storage_recovered", refusals=episode["refusals"])
 
     async def _audit_refusals(self, records: list[dict[str, Any]]) -> None:
+        await self._audit_aggregated("connection_refused", records)
+
+    async def _audit_aggregated(self, event: str, records: list[dict[str, Any]],
+                                first: dict[str, Any] | None = None) -> None:
+        """Write the rows a :class:`RefusalLog` says are due (``first``: the data of an interval's first)."""
         for record in records:
             analyzer, _, reason = str(record.pop("reason")).partition(": ")
-            record.pop("first", None)
+            if record.pop("first", False) and first is not None:
+                record = {**first, "count": 1}
             with contextlib.suppress(StoreError):
-                await self._audit("connection_refused", analyzer=analyzer, data={**record, "reason": reason})
+                await self._audit(event, analyzer=analyzer, data={**record, "reason": reason})
 
     async def _flush_refusals_periodically(self) -> None:
         while True:
             await asyncio.sleep(REFUSAL_INTERVAL / 4)
             await self._audit_refusals(self._refusals.due(_loop_time()))
+            await self._audit_aggregated("connection_closed", self._closures.due(_loop_time()))
 
     # --- helpers -----------------------------------------------------------------------------------
     def _runner(self) -> StoreRunner:
@@ -375,6 +398,10 @@ async def serve(settings: Settings) -> int:
     from labmw.daemon.notify import Notifier
     from labmw.store.db import ensure_private_dir
 
+    # The store thread and the event loop share the GIL: with the default 5 ms switch interval a
+    # commit that releases it a dozen times (each SQLite call) waits up to 5 ms each time a busy
+    # loop (a flood on some other connection) holds it. 0.5 ms keeps commits, and so ACKs, prompt.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     service = Service(settings)
     notifier = Notifier.from_env()
     loop = asyncio.get_running_loop()

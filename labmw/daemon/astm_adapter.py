@@ -55,7 +55,7 @@ class AstmAdapter:
                        resend=ResendKey(scope="record" if mapped.queries or not mapped.results else "link",
                                         content=astm_content_key(text)))
 
-    def answer(self, item: Decoded | Rejected, outcome: Outcome) -> bytes:
+    def answer(self, item: Decoded | Rejected | None, outcome: Outcome, payload: bytes = b"") -> bytes:
         """Nothing to write: the link engine ACKs (stored) or NAKs (not stored) the final frame."""
         return b""
 

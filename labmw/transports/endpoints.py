@@ -117,7 +117,7 @@ class TcpServerEndpoint(Endpoint):
                 if activity is victim:
                     log.warning("analyzer_connection_evicted", analyzer=self.analyzer.name, peer=victim.peer,
                                 for_peer=peer)
-                    _end(old, victim, f"evicted: idle, the listener was full (max_connections) for {peer}")
+                    _end(old, victim, "evicted: idle while the listener was full (max_connections)")
         await self._serve(reader, writer, peer)
 
     async def stop(self) -> None:

@@ -8,12 +8,15 @@ the daemon's peak resident set under 150 MB; each poison message is stored, audi
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.queues
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fault_tools import (
@@ -72,44 +75,27 @@ def _rig(tmp_path: Path, lab: MakeLab) -> Iterator[Lab]:
 
 
 class Probe:
-    """A good analyzer on its own thread: one message after another, the latency of every reply."""
+    """A good analyzer in a process of its own (so the attacker's CPU in this process does not count
+    as the daemon's latency): one message after another, the latency of every reply."""
 
     def __init__(self, port: int, tag: str) -> None:
         self.port, self.tag = port, tag
         self.latencies: list[float] = []
         self.sent: list[str] = []
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.error: str | None = None
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._results: multiprocessing.queues.Queue[tuple[list[float], list[str], str | None]] = context.Queue()
+        self._process = context.Process(target=_probe_main, args=(port, tag, self._stop, self._results), daemon=True)
 
     def __enter__(self) -> Probe:
-        self._thread.start()
+        self._process.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(60)
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                specimen = f"{self.tag}{len(self.sent)}"
-                peer = AstmPeer(self.port, timeout=10)
-                try:
-                    for step in [None, *alt_message(specimen=specimen, patient="PG", sex="M", birth="19800101",
-                                                     value="40")]:
-                        begun = time.monotonic()
-                        reply = peer.enq() if step is None else peer.frame(step)
-                        self.latencies.append(time.monotonic() - begun)
-                        if reply != ACK:
-                            raise AssertionError(f"{specimen}: got {reply!r}")
-                    peer.eot()
-                finally:
-                    peer.close()
-                self.sent.append(specimen)
-                time.sleep(0.02)
-        except BaseException as exc:  # noqa: BLE001 - reported by check()
-            self.error = exc
+        self.latencies, self.sent, self.error = self._results.get(timeout=60)
+        self._process.join(30)
 
     def p99(self) -> float:
         ordered = sorted(self.latencies)
@@ -134,6 +120,32 @@ def baseline_p99(port: int, seconds: float = 4.0) -> float:
         time.sleep(seconds)
     assert probe.error is None, probe.error
     return probe.p99()
+
+
+def _probe_main(port: int, tag: str, stop: Any, results: Any) -> None:
+    latencies: list[float] = []
+    sent: list[str] = []
+    error = None
+    try:
+        while not stop.is_set():
+            specimen = f"{tag}{len(sent)}"
+            peer = AstmPeer(port, timeout=10)
+            try:
+                for step in [None, *alt_message(specimen=specimen, patient="PG", sex="M", birth="19800101",
+                                                 value="40")]:
+                    begun = time.monotonic()
+                    reply = peer.enq() if step is None else peer.frame(step)
+                    latencies.append(time.monotonic() - begun)
+                    if reply != ACK:
+                        raise AssertionError(f"{specimen}: got {reply!r}")
+                peer.eot()
+            finally:
+                peer.close()
+            sent.append(specimen)
+            time.sleep(0.02)
+    except Exception as exc:  # noqa: BLE001 - reported by Probe.check
+        error = repr(exc)
+    results.put((latencies, sent, error))
 
 
 class Drain:
