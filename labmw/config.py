@@ -16,6 +16,7 @@ Layout (all sections optional except what the daemon needs to run)::
 
 from __future__ import annotations
 
+import itertools
 import os
 import tomllib
 from collections.abc import Mapping
@@ -438,7 +439,7 @@ class _Validator:
         if not isinstance(raw, list) or not raw:
             raise self.fail(f"{key}.above_uln", "required, expected a list of multiples of the ULN, e.g. [1, 3, 5, 20]")
         bounds = tuple(self.list_number(f"{key}.above_uln[{i}]", v) for i, v in enumerate(raw))
-        if any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
+        if any(a >= b for a, b in itertools.pairwise(bounds)):
             raise self.fail(f"{key}.above_uln",
                             f"expected strictly increasing multiples, got {[str(b) for b in bounds]}")
         return Grading(scheme=self.string(tbl, f"{key}.scheme"), above_uln=bounds,

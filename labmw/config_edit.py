@@ -160,4 +160,6 @@ def table_at(doc: TOMLDocument, *parts: str, create: bool = True) -> Table:
         node = node[part]
         if not isinstance(node, Table):
             raise ConfigError("configuration", ".".join(parts[: i + 1]), "expected a table")
+    if not isinstance(node, Table):  # no parts: the document itself is not a Table
+        raise UsageError("table_at: expected at least one table name")
     return node

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-
 import typer
 from typer.core import TyperGroup
 

@@ -109,7 +109,7 @@ class Service:
             return
         old, self.settings = self.settings, new
         self.pipeline.settings = new
-        changed = {"added": [], "removed": [], "restarted": []}
+        changed: dict[str, list[str]] = {"added": [], "removed": [], "restarted": []}
         for name, state in list(self.analyzers.items()):
             if name not in new.analyzers:
                 await self._stop_analyzer(name)

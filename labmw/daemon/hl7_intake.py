@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import structlog
 
@@ -52,6 +52,7 @@ from labmw.wire.hl7_codec import ENCODING_CHARS, build_ack, escape
 log = structlog.get_logger(__name__)
 
 from labmw.daemon.pipeline import DUPLICATE_WINDOW  # noqa: E402 - one window for every protocol
+
 ACK_TYPES = frozenset({"AL", "NE", "ER", "SU"})  # table 0155
 _TEXT_LIMIT = 80  # MSA-3 is ST(80) in v2.5.1
 

@@ -246,7 +246,7 @@ class Pipeline:
         """The patient's other analytes around this collection, for the Hy's-law note (when enabled)."""
         rule = method.hys_law if method is not None else None
         at = result.collected_at or result.completed_at
-        if rule is None or not rule.enabled or not result.patient_id or at is None:
+        if method is None or rule is None or not rule.enabled or not result.patient_id or at is None:
             return []
         related = []
         hours = float(rule.window_hours)
