@@ -25,6 +25,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from labmw.config_schema import check_known_keys
 from labmw.errors import ConfigError, RuleError
 from labmw.model import (
     AbruptRise,
@@ -51,6 +52,7 @@ METHOD_STATUSES = ("active", "pending review")
 RANGE_STATUSES = ("active", "pending review", "disabled")
 SPECIMEN_FIELDS = ("SPM-2", "OBR-3", "OBR-2")
 MIN_RETENTION_YEARS = 6
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,6 +136,10 @@ class Settings:
     lis: LisSettings | None = None
     analyzers: Mapping[str, AnalyzerSettings] = field(default_factory=dict)
     methods: Mapping[str, Method] = field(default_factory=dict)
+    # Operations: the daemon's log level (LABMW_DEBUG=1 still forces debug), and the optional
+    # Prometheus endpoint (loopback only unless a site decides otherwise).
+    log_level: str = "info"
+    metrics_listen: Endpoint | None = None
 
     @property
     def db_path(self) -> Path:
@@ -177,6 +183,7 @@ def load(path: Path) -> Settings:
 def parse(doc: Mapping[str, Any], path: Path) -> Settings:
     """Validate an already parsed document (also used to check an edit before it is written)."""
     v = _Validator(path)
+    check_known_keys(doc, path)
     service = v.table(doc, "service")
     data_dir = Path(v.string(service, "service.data_dir", default="data"))
     if not data_dir.is_absolute():
@@ -194,7 +201,9 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
         if key not in ("service", "lis", "analyzers", "methods"):
             raise ConfigError(path, key, "unknown section (expected service, lis, analyzers or methods)")
     return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
-                    analyzers=analyzers, methods=methods)
+                    analyzers=analyzers, methods=methods,
+                    log_level=v.choice(service, "service.log_level", LOG_LEVELS, default="info"),
+                    metrics_listen=v.endpoint(service, "service.metrics_listen"))
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -373,9 +382,17 @@ class _Validator:
             raise self.fail(key, "expected a table")
         window = self.decimal(tbl, f"{key}.window_days")
         self.known_keys(tbl, key, _DELTA_KEYS)
+        # The same limits `labmw delta set` enforces: a rule that could never fire, or a window
+        # reaching into the future, would hold or pass results for no reason anyone could see.
+        thresholds = {name: self.decimal(tbl, f"{key}.{name}") for name in ("abs", "pct")}
+        for name, value in (*thresholds.items(), ("window_days", window)):
+            if value is not None and value <= 0:
+                raise self.fail(f"{key}.{name}", f"expected a number above 0, got {value}")
+        if thresholds["abs"] is None and thresholds["pct"] is None:
+            raise self.fail(key, "expected at least one threshold: abs and/or pct")
         return DeltaRule(
-            abs_change=self.decimal(tbl, f"{key}.abs"),
-            pct_change=self.decimal(tbl, f"{key}.pct"),
+            abs_change=thresholds["abs"],
+            pct_change=thresholds["pct"],
             window_days=window if window is not None else Decimal(7),
             action=self.choice(tbl, f"{key}.action", DELTA_ACTIONS, default="flag"),
         )
