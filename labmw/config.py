@@ -16,7 +16,9 @@ Layout (all sections optional except what the daemon needs to run)::
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -140,6 +142,8 @@ class Settings:
     # Prometheus endpoint (loopback only unless a site decides otherwise).
     log_level: str = "info"
     metrics_listen: Endpoint | None = None
+    #: :func:`config_digest` of the document these settings were read from (what `status` compares).
+    digest: str = ""
 
     @property
     def db_path(self) -> Path:
@@ -165,8 +169,15 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(path, None, "file not found (create it with `labmw init`)") from None
+    except IsADirectoryError:
+        raise ConfigError(path, None, "is a directory, expected the configuration file, e.g. "
+                                      f"{path / 'labmw.toml'}") from None
     except PermissionError:
         raise ConfigError(path, None, "permission denied") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, None, f"not valid TOML: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read it: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML: {exc}") from None
 
@@ -203,7 +214,13 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
     return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
                     analyzers=analyzers, methods=methods,
                     log_level=v.choice(service, "service.log_level", LOG_LEVELS, default="info"),
-                    metrics_listen=v.endpoint(service, "service.metrics_listen"))
+                    metrics_listen=v.endpoint(service, "service.metrics_listen"), digest=config_digest(doc))
+
+
+def config_digest(doc: Mapping[str, Any]) -> str:
+    """SHA-256 of the document's content (not its text: a changed comment needs no reload)."""
+    canonical = json.dumps(doc, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def parse_endpoint(text: str) -> Endpoint:

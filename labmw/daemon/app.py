@@ -307,6 +307,7 @@ class Service:
         forwarder = self.forwarder
         return {
             "pid": os.getpid(), "started_at": self.started_at.isoformat(), "config": str(self.settings.path),
+            "config_digest": self.settings.digest,
             "analyzers": [state.as_dict() for state in self.analyzers.values()],
             "lis": {"endpoint": str(lis.connect) if lis else "", "state": forwarder.link_state if forwarder
                     else "not configured", "last_error": forwarder.last_error if forwarder else ""},
