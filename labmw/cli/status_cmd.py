@@ -12,7 +12,7 @@ import typer
 from labmw.cli.common import config_file, print_json, print_table
 from labmw.cli.reload_hint import drift, file_digest
 from labmw.config import load
-from labmw.daemon.control import ControlError, query_status
+from labmw.daemon.control import ControlError, DaemonNotRunning, query_status
 from labmw.errors import ConfigError
 
 
@@ -32,12 +32,14 @@ def status(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json", hel
     try:
         reply = query_status(sock, config=path)
     except ControlError as exc:  # not running, stale socket, no permission, no answer
-        if json_:
+        if json_:  # a program asked: it gets JSON whatever happened
             print_json({"running": False, "error": str(exc), "config_error": config_error})
-        else:
-            for line in (config_error, str(exc)):
-                if line:
-                    typer.echo(line, err=True)
+            raise typer.Exit(1) from None
+        if not isinstance(exc, DaemonNotRunning):
+            raise
+        for line in (config_error, str(exc)):
+            if line:
+                typer.echo(line, err=True)
         raise typer.Exit(1) from None
     note = drift(reply, file_digest(path))
     if json_:
