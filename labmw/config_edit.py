@@ -39,11 +39,17 @@ def shipped_library() -> str:
     return resources.files("labmw").joinpath("data/methods.toml").read_text(encoding="utf-8")
 
 
+def clinical_reference() -> str:
+    """Where the installed package keeps CLINICAL.md, the document the method library's comments cite."""
+    return str(resources.files("labmw").joinpath("data/CLINICAL.md"))
+
+
 def initial_text(data_dir: str) -> str:
     """The text of a new configuration file: service section plus the shipped method library."""
     header = tomlkit.document()
     header.add(tomlkit.comment("labmw configuration. Edit with the `labmw` CLI (changes are audited);"))
     header.add(tomlkit.comment("`labmw config validate` checks a hand edit. Relative paths are relative to this file."))
+    header.add(tomlkit.comment(f"\"CLINICAL.md\" below is labmw's reference document with the sources: {clinical_reference()}"))
     header.add(tomlkit.nl())
     service = tomlkit.table()
     service.add("data_dir", data_dir)

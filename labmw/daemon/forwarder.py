@@ -272,7 +272,7 @@ class Forwarder:
             await self.runner.call(self.runner.store.mark_dead, entry, now=self.clock(), reason=reason,
                                    alert=not self._rejecting)
             self._rejecting = True
-            log.error("result_dead_lettered", control_id=entry.control_id, ack=ack.code)
+            log.error("delivery_dead_lettered", control_id=entry.control_id, ack=ack.code)
         return True
 
     async def _attempt(self, entry: OutboxEntry) -> Ack:

@@ -242,3 +242,18 @@ def test_help_texts_name_values_not_python_types() -> None:
             assert noise not in result.output, (path, result.output)
     check = runner.invoke(app, ["rules", "check", "--help"], terminal_width=200).output
     assert "A TOML file of [[cases]]" in check
+
+
+def test_the_document_the_config_cites_ships_with_the_package(config: Path) -> None:
+    """Every "CLINICAL.md 1.4"-style citation in the shipped config names a section of the shipped document."""
+    import re
+
+    from labmw.config_edit import clinical_reference, shipped_library
+
+    document = Path(clinical_reference()).read_text(encoding="utf-8")
+    sections = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)[. ]", document, re.MULTILINE))
+    cited = set(re.findall(r"CLINICAL\.md[,:]? (?:§|section )?(\d+\.\d+)", shipped_library()))
+    assert cited and cited <= sections, cited - sections
+    assert clinical_reference() in config.read_text(), "the written config says where the document is"
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert "labmw/data/CLINICAL.md" in readme
