@@ -322,6 +322,7 @@ async def serve(settings: Settings) -> int:
     The control socket comes first, so a second daemon for the same data directory stops before
     it binds any analyzer port; READY=1 goes to systemd only once every endpoint is up.
     """
+    from labmw.daemon import operations
     from labmw.daemon.control import ControlServer
     from labmw.daemon.notify import Notifier
     from labmw.store.db import ensure_private_dir
@@ -350,13 +351,17 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, service.stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     watchdog = asyncio.ensure_future(notifier.run_watchdog())
+    ops: operations.Operations | None = None
     try:
         await service.start()
+        ops = await operations.start(service)  # metrics, alerts, retention (labmw/daemon/operations.py)
         notifier.ready(f"{len(service.analyzers)} analyzers")
         await service.wait_stopped()
         notifier.stopping()
     finally:
         watchdog.cancel()
+        if ops is not None:
+            await ops.close()
         await service.close()
         await control.close()
         notifier.close()

@@ -20,6 +20,7 @@ from typing import Any
 from labmw.errors import StoreError
 from labmw.model import Evaluation, PreviousResult, Result
 from labmw.store import audit as audit_log
+from labmw.store import ops_stats
 from labmw.store.audit import AuditEvent, Verification
 from labmw.store.db import connect, transaction
 
@@ -401,6 +402,18 @@ class Store:
                 outbox_id = tx.enqueue(result_id=result_id, control_id=control_id, payload=payload)
                 tx.audit("result_queued", actor=actor, ref=control_id, **who,
                          data={"outbox_id": outbox_id, "result_id": result_id})
+
+    def ops_marks(self) -> tuple[int, int]:
+        """(last result id, last audit seq): the start of "since the daemon started" for the metrics."""
+        return ops_stats.marks(self._conn)
+
+    def ops_snapshot(self, *, since: tuple[int, int], now: datetime) -> dict[str, Any]:
+        """Queue age, held results by gate, results and holds since ``since`` (see :mod:`ops_stats`)."""
+        return ops_stats.snapshot(self._conn, since=since, now=now)
+
+    def probe_writable(self) -> None:
+        """Raises StoreError unless the write lock can be taken (the metrics /healthz check)."""
+        ops_stats.probe_writable(self._conn)
 
     def counts(self) -> dict[str, int]:
         """Queue depth and held results, for `labmw status`."""
