@@ -22,7 +22,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,22 @@ class AnalyzerSettings:
     # A tcp-server listener's simultaneous connections (analyzers reconnect before a dead socket is
     # noticed, so more than one is normal; thousands are an attack or a bug, and cost file descriptors).
     max_connections: int = 64
+    # Alert when no message arrived for this many minutes (None: the analyzer may be quiet for ever).
+    silent_after_minutes: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertSettings:
+    """``[alerts]``: where alerts go and when conditions count as started (see labmw/daemon/alerts.py)."""
+
+    command: str = ""  # run with the alert as JSON on stdin
+    webhook_url: str = ""  # POSTed the alert as JSON
+    timeout_seconds: float = 10.0
+    check_interval_seconds: float = 30.0
+    lis_down_minutes: float = 5.0
+    critical_unnotified_minutes: float = 15.0
+    disk_free_min_mb: float = 500.0
+    audit_verify_minutes: float = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,6 +160,7 @@ class Settings:
     metrics_listen: Endpoint | None = None
     #: :func:`config_digest` of the document these settings were read from (what `status` compares).
     digest: str = ""
+    alerts: AlertSettings | None = None
 
     @property
     def db_path(self) -> Path:
@@ -209,12 +226,13 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
     lis_tbl = doc.get("lis")
     lis = v.lis(lis_tbl) if lis_tbl else None
     for key in doc:
-        if key not in ("service", "lis", "analyzers", "methods"):
-            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers or methods)")
+        if key not in ("service", "lis", "analyzers", "methods", "alerts"):
+            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers, methods or alerts)")
     return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
                     analyzers=analyzers, methods=methods,
                     log_level=v.choice(service, "service.log_level", LOG_LEVELS, default="info"),
-                    metrics_listen=v.endpoint(service, "service.metrics_listen"), digest=config_digest(doc))
+                    metrics_listen=v.endpoint(service, "service.metrics_listen"), digest=config_digest(doc),
+                    alerts=v.alerts(doc["alerts"]) if "alerts" in doc else None)
 
 
 def config_digest(doc: Mapping[str, Any]) -> str:
@@ -584,7 +602,29 @@ class _Validator:
             frame_timeout=self.number(tbl, f"{key}.frame_timeout", default=30.0),
             tls=self.tls(tbl, f"{key}.tls", server=True) if transport == "tcp-server" else None,
             max_connections=self.integer(tbl, f"{key}.max_connections", default=64, low=1, high=1024),
+            silent_after_minutes=(self.number(tbl, f"{key}.silent_after_minutes", default=1.0)
+                                  if "silent_after_minutes" in tbl else None),
         )
+
+    def alerts(self, tbl: Any) -> AlertSettings:
+        if not isinstance(tbl, Mapping):
+            raise self.fail("alerts", "expected a table")
+        url = self.string(tbl, "alerts.webhook_url", default="")
+        if url and not url.startswith(("http://", "https://")):
+            raise self.fail("alerts.webhook_url", f"expected an http:// or https:// URL, got {url!r}")
+        command = self.string(tbl, "alerts.command", default="")
+        if not (url or command):
+            raise self.fail("alerts", "expected command and/or webhook_url (where alerts go)")
+        numbers: dict[str, float] = {}
+        for f in fields(AlertSettings):
+            if f.name in ("command", "webhook_url"):
+                continue
+            value = tbl.get(f.name, f.default)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                unit = f.name.rsplit("_", 1)[-1].replace("mb", "MB")
+                raise self.fail(f"alerts.{f.name}", f"expected a positive number ({unit}), got {value!r}")
+            numbers[f.name] = float(value)
+        return AlertSettings(command=command, webhook_url=url, **numbers)
 
     def flag(self, tbl: Mapping[str, Any], key: str, *, default: bool) -> bool:
         value = tbl.get(key.rsplit(".", 1)[-1], default)

@@ -39,9 +39,15 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
         "encoding", "test_code_component", "specimen_component", "checksum_policy", "max_frame_text", "allow",
         "specimen_field", "lf_segments", "max_message_bytes", "query_mode", "frame_timeout", "tls",
         "max_connections",
+        # alerts (F): how long the analyzer may stay silent before an alert (minutes)
+        "silent_after_minutes",
     }),
     "analyzers.*.tls": frozenset({"ca_file", "cert_file", "key_file", "server_name"}),
     "analyzers.*.map": ANY_KEY,
+    "alerts": frozenset({
+        "command", "webhook_url", "timeout_seconds", "check_interval_seconds", "lis_down_minutes",
+        "critical_unnotified_minutes", "disk_free_min_mb", "audit_verify_minutes",
+    }),
 }
 
 

@@ -114,6 +114,7 @@ def register() -> None:
         demo_cmd,
         edit_cmd,
         queue_cmd,
+        retention_cmd,
         review_cmd,
         rules_cmd,
         run_cmd,
@@ -129,6 +130,7 @@ def register() -> None:
     rules_cmd.register(app)
     audit_cmd.register(app)
     queue_cmd.register(app)
+    retention_cmd.register(app)
     demo_cmd.register(app)
     simulate_cmd.register(app)
 

@@ -159,6 +159,10 @@ def connect(path: Path) -> sqlite3.Connection:
         # 5 s: long enough for a CLI edit holding the write lock, short of the analyzer's 15 s reply timer.
         conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            # A new database: freed pages can go back to the file system after a retention purge
+            # (must be set before the first table exists; older files are converted at their first purge).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsynced at every commit, so "committed" means "on disk" before we ACK.
         conn.execute("PRAGMA synchronous=FULL")

@@ -52,7 +52,8 @@ def _gates(data: str | None) -> list[str]:
         decisions = json.loads(data)["decisions"] if data else []
     except (ValueError, KeyError, TypeError):
         decisions = []
-    names = sorted({str(d.get("rule")) for d in decisions if isinstance(d, dict) and str(d.get("outcome", "")).startswith("hold")})
+    names = sorted({str(d.get("rule")) for d in decisions
+                    if isinstance(d, dict) and str(d.get("outcome", "")).startswith("hold")})
     return names or [OTHER_GATE]
 
 
@@ -63,3 +64,16 @@ def probe_writable(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
     except sqlite3.Error as exc:
         raise StoreError(f"the database is not writable: {exc}") from None
+
+
+def unnotified_criticals(conn: sqlite3.Connection, *, received_before: datetime) -> int:
+    """Critical results (HH/LL) received before ``received_before`` that have not reached the LIS.
+
+    Results waiting in the queue, held for review or dead-lettered all count: the clinician has not been told.
+    Only the undelivered states are scanned (the outbox_pending and results state filters keep it small).
+    """
+    row = conn.execute(
+        "SELECT count(*) FROM results r JOIN messages m ON m.id = r.message_id "
+        "WHERE r.state IN ('queued', 'held', 'dead') AND r.superseded_by IS NULL AND m.received_at < ? "
+        "AND (r.flags LIKE '%\"HH\"%' OR r.flags LIKE '%\"LL\"%')", (received_before.isoformat(),)).fetchone()
+    return int(row[0])
