@@ -68,6 +68,8 @@ def analyzer_set(
     allow_any: Annotated[bool, typer.Option("--allow-any", help="Clear the allow list (any peer).")] = False,
     map_: Annotated[list[str] | None, typer.Option("--map", help="CODE=METHOD to add or change; repeatable.")] = None,
     unmap: Annotated[list[str] | None, typer.Option(help="CODE to remove from the map; repeatable.")] = None,
+    silent_after_minutes: Annotated[float | None, typer.Option(
+        help="Alert when no message arrived for this many minutes ([alerts] must be set).")] = None,
 ) -> None:
     """Change one or more settings of an analyzer; the rest stay as they are."""
     cfg = settings(ctx)
@@ -79,6 +81,7 @@ def analyzer_set(
         ("specimen_component", specimen_component), ("checksum_policy", checksum_policy),
         ("max_frame_text", max_frame_text), ("query_mode", query_mode), ("frame_timeout", frame_timeout),
         ("max_connections", max_connections), ("specimen_field", specimen_field), ("lf_segments", lf_segments),
+        ("silent_after_minutes", silent_after_minutes),
     ) if value is not None}
     if allow and allow_any:
         raise UsageError("--allow and --allow-any contradict each other")

@@ -19,6 +19,10 @@ def register(app: typer.Typer) -> None:
     retention_app.command("run")(retention_run)
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 def retention_run(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be removed.")] = False,
@@ -29,7 +33,7 @@ def retention_run(
     Results still queued, held or dead-lettered stay; the audit trail stays whole and records the purge.
     """
     cfg = settings(ctx)
-    now = datetime.now(UTC)
+    now = _now()
     before = cutoff(now, cfg.retention_years)
     store = open_store(ctx, cfg)
     try:
