@@ -41,9 +41,11 @@ def purge(conn: sqlite3.Connection, cutoff: datetime, audit: Any) -> dict[str, A
         conn.execute(f"DELETE FROM outbox WHERE result_id IN ({marks})", chunk)
         conn.execute(f"UPDATE results SET superseded_by = NULL WHERE superseded_by IN ({marks})", chunk)
         conn.execute(f"DELETE FROM results WHERE id IN ({marks})", chunk)
-    for chunk in _chunks(messages):
-        conn.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(chunk))})", chunk)
     keys = conn.execute("DELETE FROM inbound_keys WHERE received_at < ?", (cutoff.isoformat(),)).rowcount
+    for chunk in _chunks(messages):
+        marks = ",".join("?" * len(chunk))
+        keys += conn.execute(f"DELETE FROM inbound_keys WHERE message_id IN ({marks})", chunk).rowcount
+        conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
     digest = hashlib.sha256((",".join(map(str, results)) + "|" + ",".join(map(str, messages))).encode()).hexdigest()
     summary = {"cutoff": cutoff.isoformat(), "results": len(results), "messages": len(messages),
                "inbound_keys": keys, "kept_unfinished": found["kept_unfinished"],
