@@ -5,46 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from alert_receiver import Receiver
 from peers import MllpLis, alt_message, astm_send, configure, daemon, free_port, labmw, wait_until
-
-
-class _Receiver:
-    """An HTTP server on loopback keeping every JSON body POSTed to it."""
-
-    def __init__(self) -> None:
-        received: list[dict[str, Any]] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append(json.loads(body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.received = received
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> _Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def firings(self, alert: str) -> list[str]:
-        return [a["state"] for a in list(self.received) if a["alert"] == alert]
 
 
 def test_lis_outage_fires_one_alert_and_one_all_clear(tmp_path: Path) -> None:
@@ -52,7 +18,7 @@ def test_lis_outage_fires_one_alert_and_one_all_clear(tmp_path: Path) -> None:
     lis_port, analyzer_port = free_port(), free_port()
     config = configure(tmp_path, lis_port, analyzer_port)
     hook_log = tmp_path / "hook.jsonl"
-    with socket.socket() as squatter, _Receiver() as receiver:
+    with socket.socket() as squatter, Receiver() as receiver:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         labmw(config, "analyzer", "add", "c502", "--protocol", "astm", "--transport", "tcp-server",
