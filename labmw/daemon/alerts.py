@@ -56,6 +56,8 @@ class AlertLoop:
                 await self.check()
             except LabmwError as exc:  # the store failing is itself visible elsewhere; keep watching
                 log.error("alert_check_failed", error=str(exc))
+            except Exception:  # a bug here must not stop the watching
+                log.exception("alert_check_failed")
             await asyncio.sleep(self.settings.check_interval_seconds)
 
     async def check(self) -> None:

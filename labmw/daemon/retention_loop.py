@@ -48,5 +48,8 @@ async def run_daily(service: Service, *, first_delay: float = FIRST_RUN_DELAY, e
     """Purge ``first_delay`` s after start, then every ``every`` s, until cancelled."""
     await asyncio.sleep(first_delay)
     while True:
-        await purge_once(service)
+        try:
+            await purge_once(service)
+        except Exception:  # a bug here must not stop tomorrow's purge
+            log.exception("retention_purge_failed")
         await asyncio.sleep(every)

@@ -112,3 +112,37 @@ def test_retention_help() -> None:
     """`retention run --help` names the dry run."""
     result = runner.invoke(app, ["retention", "run", "--help"])
     assert result.exit_code == 0 and "--dry-run" in result.output
+
+
+def test_the_daemon_purges_on_its_own(tmp_path: Path) -> None:
+    """The daily loop inside the service runs a purge (audited) without anyone asking."""
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from labmw.daemon.app import Service
+    from labmw.daemon.retention_loop import run_daily
+
+    config = configure(tmp_path, free_port(), free_port())
+
+    async def scenario() -> list[str]:
+        service = Service(load(config))
+        await service.start()
+        task = asyncio.ensure_future(run_daily(service, first_delay=0, every=3600))
+        try:
+            runner = service.runner
+            assert runner is not None
+            for _ in range(200):
+                events = await runner.call(runner.store.audit_events, event="retention_purged")
+                if events:
+                    return [e.actor for e in events]
+                await asyncio.sleep(0.05)
+            return []
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await service.close()
+
+    with capture_logs() as logs:
+        assert asyncio.run(scenario()) == ["labmw"]
+    assert "retention_purged" in [e["event"] for e in logs]
