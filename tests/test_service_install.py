@@ -109,7 +109,7 @@ def test_the_readme_install_runs_the_daemon_as_the_unprivileged_user(
 
         # A root edit keeps the file readable by the service, and the reload it asks for works.
         edited = labmw(config, "analyzer", "set", "c501", "--frame-timeout", "20")
-        assert "systemctl reload labmw" in edited.stdout
+        assert "systemctl reload labmw" in edited.stderr
         assert config.stat().st_gid == service_user.pw_gid and stat.S_IMODE(config.stat().st_mode) == 0o640
         proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "config_reloaded" in log.read_text(), what="the reload")

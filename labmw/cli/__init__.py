@@ -38,8 +38,8 @@ class _Group(TyperGroup):
         try:
             result = super().invoke(ctx)
             advice = advice_after_edit(path, before)
-            if advice:
-                typer.echo(advice)
+            if advice:  # on stderr: a command's stdout stays what it prints (JSON included)
+                typer.echo(advice, err=True)
             return result
         except BrokenPipeError:
             # `labmw audit list | head -1`: the reader has all it wanted. Point stdout at /dev/null so

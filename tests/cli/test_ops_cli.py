@@ -151,12 +151,13 @@ def test_lis_show(config: Path, tmp_path: Path) -> None:
 def test_every_edit_says_whether_the_daemon_needs_a_reload(config: Path) -> None:
     """No daemon: 'applies when it starts'; a daemon on the old file: reload; a read-only command: nothing."""
     result = invoke(config, "analyzer", "set", "c501", "--baud", "9600")
-    assert "no labmw daemon is running for this configuration" in result.output
+    assert "no labmw daemon is running for this configuration" in result.stderr
+    assert result.stdout == "analyzer c501 changed\n", "stdout stays the command's own (JSON stays JSON)"
     with _running(config):
         result = invoke(config, "delta", "set", "ALT-P5P", "--abs", "20")
         assert result.exit_code == 0
         assert ("the running daemon (pid 4242) still runs the previous settings: `systemctl reload labmw` "
-                "(or `kill -HUP 4242`) applies the change") in result.output
+                "(or `kill -HUP 4242`) applies the change") in result.stderr
         assert "reload" not in invoke(config, "analyzer", "list").output
 
 
