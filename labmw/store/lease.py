@@ -41,7 +41,7 @@ class Lease:
     def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         try:
             with self._pool.connection(timeout=self.ttl / 2) as conn:
-                row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+                row = conn.execute(sql, params).fetchone()
                 return tuple(row) if row is not None else None
         except (psycopg.Error, OSError) as exc:
             raise StoreError(f"lease of site {self.site}: {exc}") from exc

@@ -120,6 +120,8 @@ MIGRATIONS: tuple[str, ...] = (
         IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{SERVICE_ROLE}') THEN
             GRANT USAGE ON SCHEMA public TO {SERVICE_ROLE};
             GRANT SELECT, INSERT, UPDATE ON messages, results, outbox, inbound_keys, leases TO {SERVICE_ROLE};
+            -- DELETE for the retention purge only (labmw.store.retention); never on audit.
+            GRANT DELETE ON messages, results, outbox, inbound_keys TO {SERVICE_ROLE};
             GRANT SELECT ON meta TO {SERVICE_ROLE};
             GRANT SELECT, INSERT ON audit TO {SERVICE_ROLE};
             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {SERVICE_ROLE};

@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from labmw.errors import StoreError
 from labmw.store import audit as audit_log
-from labmw.store import pg_schema
+from labmw.store import pg_schema, retention
 from labmw.store.audit import AuditEvent, Verification
 from labmw.store.sqlite import HeldResult, OutboxEntry, Store, Tx, _entry, _held
 
@@ -71,6 +71,10 @@ class _Cursor:
         self._cursor = cursor
         self.lastrowid = lastrowid
         self._first = first
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
 
     def fetchone(self) -> Any:
         return self._cursor.fetchone() if self._cursor.description else None
@@ -123,10 +127,10 @@ class PgConnection:
         try:
             cur = self.raw.cursor()
             if _RETURNING_ID.match(sql):
-                cur.execute(translate(sql) + " RETURNING id", params)  # type: ignore[arg-type]
+                cur.execute(translate(sql) + " RETURNING id", params)
                 row = cur.fetchone()
                 return _Cursor(cur, lastrowid=int(row[0]) if row else None)
-            cur.execute(translate(sql) if params else sql, params or None)  # type: ignore[arg-type]
+            cur.execute(translate(sql) if params else sql, params or None)
             return _Cursor(cur)
         except psycopg.Error as exc:
             raise StoreError(f"database error: {_text(exc)}") from exc
@@ -134,7 +138,7 @@ class PgConnection:
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
         try:
             with self.raw.cursor() as cur:
-                cur.executemany(translate(sql), seq)  # type: ignore[arg-type]
+                cur.executemany(translate(sql), seq)
         except psycopg.Error as exc:
             raise StoreError(f"database error: {_text(exc)}") from exc
 
@@ -179,7 +183,7 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             version = int(row[0]) if row else 0
         for number, script in enumerate(pg_schema.MIGRATIONS[version:], start=version + 1):
-            conn.execute(script)  # type: ignore[arg-type]  # no parameters: one multi-statement script
+            conn.execute(script)  # no parameters: one multi-statement script
             if number == 1:
                 conn.execute("INSERT INTO meta VALUES ('install_id', %s)", (secrets.token_hex(4),))
             conn.execute("INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT (key) DO UPDATE"
@@ -346,6 +350,22 @@ class PgStore(Store):
         clause, args = self._site_clause("results")
         held = self._pg.execute(f"SELECT count(*) FROM results WHERE state='held'{clause}", args).fetchone()
         return {"pending": self.count_outbox("pending"), "dead": self.count_outbox("dead"), "held": int(held[0])}
+
+    # --- operations (labmw.store.ops_stats, retention): SQLite's pragmas have PostgreSQL twins ----------
+    def probe_writable(self) -> None:
+        """Raises StoreError unless the database takes writes (not a read-only replica or session)."""
+        if self._pg.execute("SHOW transaction_read_only").fetchone()[0] == "on":
+            raise StoreError("the database is not writable: read-only transaction")
+        if self._pg.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            raise StoreError("the database is not writable: it is a standby server in recovery")
+
+    def purge_older_than(self, cutoff: datetime, *, now: datetime, actor: str) -> dict[str, Any]:
+        """As for SQLite; PostgreSQL's autovacuum gives the space back, so no pages are counted here."""
+        with self.transaction(now) as tx:
+            summary = retention.purge(self._conn, cutoff,  # the sqlite3 shim
+                                      lambda data: tx.audit("retention_purged", actor=actor, data=data))
+        summary["pages_freed"] = 0
+        return summary
 
     def retry(self, entry_ids: list[int] | None, *, now: datetime, actor: str) -> int:
         if entry_ids is None:

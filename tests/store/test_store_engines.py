@@ -215,3 +215,16 @@ def test_a_lost_connection_fails_one_write_and_the_next_reconnects(pg_engine: En
         assert store.verify_audit().ok
     finally:
         store.close()
+
+
+def test_retention_purge_and_health_probe_work_on_both_engines(store: Store) -> None:
+    """The operations calls (F's) run on either engine: the purge removes finished results only, audited."""
+    rid = _keep(store, _alt("40", T0 - timedelta(days=4000), specimen="OLD"))
+    _keep(store, _alt("41", T0, specimen="NEW"))
+    (entry,) = [e for e in store.pending_after(0, 10) if e.result_id == rid]
+    store.mark_delivered(entry, now=T0, ack_code="AA", ack_text="")
+    store.probe_writable()
+    summary = store.purge_older_than(T0 + timedelta(days=1), now=T0, actor="labmw")
+    assert summary["results"] == 1 and summary["kept_unfinished"] == 1
+    assert [e.specimen for e in store.outbox(states=("pending",))] == ["NEW"]
+    assert "retention_purged" in [e.event for e in store.audit_events()] and store.verify_audit().ok
