@@ -12,7 +12,7 @@ import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 GENESIS = "0" * 64
@@ -99,12 +99,14 @@ def query(conn: sqlite3.Connection, *, specimen: str | None = None, patient: str
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
+    # Stored times are UTC; a bound given with another offset is the same instant in UTC (text
+    # comparison across offsets would be wrong by the offset).
     if since is not None:
         where.append("ts >= ?")
-        args.append(since.isoformat(timespec="milliseconds"))
+        args.append(_utc(since).isoformat(timespec="milliseconds"))
     if until is not None:
         where.append("ts <= ?")
-        args.append(until.isoformat(timespec="milliseconds"))
+        args.append(_utc(until).isoformat(timespec="milliseconds"))
     sql = "SELECT * FROM audit"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -112,6 +114,10 @@ def query(conn: sqlite3.Connection, *, specimen: str | None = None, patient: str
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     return [_event(row) for row in conn.execute(sql, args)]
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo is not None else value
 
 
 def _event(row: sqlite3.Row) -> AuditEvent:

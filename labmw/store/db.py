@@ -115,6 +115,23 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX inbound_keys_content ON inbound_keys (analyzer, content_sha256, received_at);
     """,
+    # 5: times compared as instants (issue #10 item 6). collected_at/completed_at keep the time as
+    # the instrument sent it (its offset, for display); the _utc twins hold the same instant in UTC
+    # as fixed-width text, which history queries compare. Rows from before are converted by
+    # SQLite's strftime (which applies an offset; naive times are local time, as in Python). The last key of
+    # an analyzer is found by (analyzer, id) for ASTM resend detection.
+    """
+    ALTER TABLE results ADD COLUMN collected_utc TEXT;
+    ALTER TABLE results ADD COLUMN completed_utc TEXT;
+    UPDATE results SET collected_utc = CASE WHEN substr(collected_at, 20) GLOB '*[-+Z]*'
+        THEN strftime('%Y-%m-%dT%H:%M:%S', collected_at) ELSE strftime('%Y-%m-%dT%H:%M:%S', collected_at, 'utc') END
+        WHERE collected_at IS NOT NULL;
+    UPDATE results SET completed_utc = CASE WHEN substr(completed_at, 20) GLOB '*[-+Z]*'
+        THEN strftime('%Y-%m-%dT%H:%M:%S', completed_at) ELSE strftime('%Y-%m-%dT%H:%M:%S', completed_at, 'utc') END
+        WHERE completed_at IS NOT NULL;
+    CREATE INDEX results_history_utc ON results (patient_id, method, collected_utc);
+    CREATE INDEX inbound_keys_last ON inbound_keys (analyzer);
+    """,
 )
 
 

@@ -12,7 +12,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -51,12 +51,40 @@ def _iso(value: datetime | date | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _as_zone_of(reference: datetime, utc: str) -> datetime:
+    """The stored UTC instant ``utc`` as aware UTC, or as naive local time when ``reference`` is
+    naive, so that the rules can subtract the two (a naive ASTM time against an HL7 one with offset)."""
+    value = datetime.fromisoformat(utc).replace(tzinfo=UTC)
+    if reference.tzinfo is not None:
+        return value
+    try:
+        return value.astimezone().replace(tzinfo=None)
+    except (OverflowError, ValueError, OSError):
+        return value.replace(tzinfo=None)
+
+
+def utc_text(value: datetime | None) -> str | None:
+    """``value`` as the UTC instant in fixed-width text (seconds), for comparisons in SQL.
+
+    A naive time (ASTM carries no zone: the instrument's clock) is taken as this host's local
+    time. A time too close to year 1 or 9999 to convert keeps its own digits.
+    """
+    if value is None:
+        return None
+    try:
+        value = value.astimezone(UTC)
+    except (OverflowError, ValueError, OSError):
+        pass
+    return value.replace(tzinfo=None).isoformat(timespec="seconds")
+
+
 class Tx:
     """One write transaction's operations (see :meth:`Store.transaction`)."""
 
     def __init__(self, conn: sqlite3.Connection, now: datetime) -> None:
         self._conn = conn
-        self.now = now
+        # Every stored time is UTC, whatever zone the caller's clock is in (issue #10 item 6).
+        self.now = now.astimezone(UTC) if now.tzinfo is not None else now
         # Audit rows are chained here and inserted in one statement when the block ends (see
         # flush): a message makes some fifteen events, and one executemany beats fifteen round trips.
         self._audit_tail: tuple[int, str] | None = None
@@ -78,13 +106,14 @@ class Tx:
         cur = self._conn.execute(
             "INSERT INTO results (message_id, analyzer, specimen, patient_id, patient_name, birth_date, sex, test_code,"
             " method, raw_value, value, comparator, units, instrument_flags, status, collected_at, completed_at,"
-            " flags, applied_range, notes, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " flags, applied_range, notes, state, collected_utc, completed_utc)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (message_id, result.analyzer, result.specimen_id, result.patient_id, result.patient_name,
              _iso(result.birth_date), result.sex, result.test_code, evaluation.method, result.raw_value,
              str(result.value) if result.value is not None else None, result.comparator, result.units,
              json.dumps(list(result.instrument_flags)), result.status, _iso(result.collected_at),
              _iso(result.completed_at), json.dumps(list(evaluation.flags)), evaluation.applied_range,
-             json.dumps(list(evaluation.notes)), state))
+             json.dumps(list(evaluation.notes)), state, utc_text(result.collected_at), utc_text(result.completed_at)))
         return int(cur.lastrowid or 0)
 
     def enqueue(self, *, result_id: int, control_id: str, payload: bytes) -> int:
@@ -102,14 +131,14 @@ class Tx:
         and from another specimen (a correction is not compared with the value it corrects).
         """
         row = self._conn.execute(
-            "SELECT value, collected_at, specimen, units FROM results WHERE patient_id = ? AND method = ?"
-            " AND value IS NOT NULL AND comparator IS NULL AND collected_at >= ? AND collected_at < ?"
+            "SELECT value, collected_utc, specimen, units FROM results WHERE patient_id = ? AND method = ?"
+            " AND value IS NOT NULL AND comparator IS NULL AND collected_utc >= ? AND collected_utc < ?"
             " AND status IN ('F', 'C', '') AND superseded_by IS NULL AND state NOT IN ('rejected', 'held')"
-            " AND specimen != ? ORDER BY collected_at DESC, id DESC LIMIT 1",
-            (patient_id, method, not_before.isoformat(), before.isoformat(), other_than_specimen)).fetchone()
+            " AND specimen != ? ORDER BY collected_utc DESC, id DESC LIMIT 1",
+            (patient_id, method, utc_text(not_before), utc_text(before), other_than_specimen)).fetchone()
         if row is None:
             return None
-        return PreviousResult(value=Decimal(row["value"]), collected_at=datetime.fromisoformat(row["collected_at"]),
+        return PreviousResult(value=Decimal(row["value"]), collected_at=_as_zone_of(before, row["collected_utc"]),
                               specimen_id=row["specimen"], units=row["units"])
 
     def recent_results(self, *, patient_id: str, around: datetime, hours: float,
@@ -120,11 +149,11 @@ class Tx:
 
         span = timedelta(hours=hours)
         rows = self._conn.execute(
-            "SELECT method, value, applied_range, collected_at, specimen FROM results WHERE patient_id = ?"
+            "SELECT method, value, applied_range, collected_utc, specimen FROM results WHERE patient_id = ?"
             " AND method IS NOT NULL AND method != ? AND value IS NOT NULL AND comparator IS NULL"
-            " AND collected_at BETWEEN ? AND ? AND superseded_by IS NULL AND state != 'rejected'",
-            (patient_id, other_than_method, (around - span).isoformat(), (around + span).isoformat()))
-        return [(r["method"], Decimal(r["value"]), r["applied_range"], datetime.fromisoformat(r["collected_at"]),
+            " AND collected_utc BETWEEN ? AND ? AND superseded_by IS NULL AND state != 'rejected'",
+            (patient_id, other_than_method, utc_text(around - span), utc_text(around + span)))
+        return [(r["method"], Decimal(r["value"]), r["applied_range"], _as_zone_of(around, r["collected_utc"]),
                  r["specimen"]) for r in rows]
 
     def corrected_result(self, *, analyzer: str, specimen: str, test_code: str) -> tuple[int, str] | None:
