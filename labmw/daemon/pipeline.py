@@ -2,10 +2,11 @@
 
 The protocol adapters (:mod:`labmw.daemon.astm_adapter`, :mod:`labmw.daemon.hl7_adapter`) decode
 and map a message into a :class:`Decoded` (or a :class:`Rejected`) off the store thread, and
-:meth:`Pipeline.prepare` judges there every result whose rules need no history. :meth:`Pipeline.commit`
-then runs on the store thread (see :class:`labmw.daemon.runner.StoreRunner`): the resend lookup,
-the history reads of the results that need them (read in the transaction that writes the new
-result, so the delta check is consistent) and the writes. The transport answers only after
+:meth:`Pipeline.prepare` judges there every result and builds its ORU, reading the history the
+rules need from a read-only snapshot. :meth:`Pipeline.commit` then runs on the store thread (see
+:class:`labmw.daemon.runner.StoreRunner`): the resend lookup, the history read again in the
+transaction that writes the new result (judged again there only if it changed, so the delta check
+stays consistent) and the writes. The transport answers only after
 ``commit`` returned, i.e. after the commit (PRODUCT.md guarantee 1).
 
 ``commit`` is total: anything but a :class:`StoreError` raised while storing a decoded message
@@ -27,10 +28,10 @@ from labmw.errors import LabmwError, StoreError
 from labmw.mapping.hl7_oru import build_oru
 from labmw.model import Decision, Evaluation, Method, Outcome, PreviousResult, RelatedResult, Result
 from labmw.rules.engine import evaluate
-from labmw.store import Store, Tx
+from labmw.store import History, Store, Tx
 
 __all__ = ["DUPLICATE_WINDOW", "ASTM_RESEND_WINDOW", "AuditNote", "Decoded", "Outcome", "Pipeline", "Rejected",
-           "ResendKey", "control_id", "judge", "oru_for", "utcnow"]
+           "ResendKey", "Judged", "control_id", "judge", "oru_for", "utcnow"]
 
 # HL7 resends are recognised within this window (HL7.md 1.4 uses 7 days).
 DUPLICATE_WINDOW = timedelta(days=7)
@@ -76,6 +77,22 @@ class AuditNote:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Judged:
+    """A result judged off the store thread, with what the judgement read and the ORU it leads to."""
+
+    evaluation: Evaluation
+    #: The history the evaluation used (read from a snapshot): checked again inside the transaction.
+    history: tuple[PreviousResult | None, tuple[RelatedResult, ...]] | None = None
+    #: The ORU with :data:`CID_PLACEHOLDER` as MSH-10 (None: built in the transaction).
+    payload: bytes | None = None
+
+
+#: Stands for the outbound MSH-10 in an ORU built before the result has its id (alphanumeric, so
+#: no escaping touches it; replaced once the id is known).
+CID_PLACEHOLDER = "LABMWCIDPENDING0"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decoded:
     """A message its adapter could read: the mapped results and what the protocol adds."""
 
@@ -87,8 +104,8 @@ class Decoded:
     notes: tuple[AuditNote, ...] = ()
     #: Messages to send back on the same link (ASTM host-query answers).
     replies: tuple[bytes, ...] = ()
-    #: Per result, its evaluation when the rules needed no history (made off the store thread).
-    prejudged: tuple[Evaluation | None, ...] = ()
+    #: Per result, its judgement made off the store thread (None: judge in the transaction).
+    prejudged: tuple[Judged | None, ...] = ()
     #: The adapter's own context for its answer (the HL7 header); never read here.
     context: Any = None
 
@@ -117,16 +134,45 @@ class Pipeline:
         self.clock = clock
 
     # --- off the store thread --------------------------------------------------------------------
-    def prepare(self, analyzer: AnalyzerSettings, decoded: Decoded) -> Decoded:
-        """Judge every result whose rules read no history, so the store thread does not.
+    def prepare(self, analyzer: AnalyzerSettings, decoded: Decoded, now: datetime,
+                history: History | None = None) -> Decoded:
+        """Judge every result and build its ORU off the store thread, so the store thread does not.
 
-        Pure CPU; runs on the caller's thread. Raises nothing (:func:`judge` holds on any error).
+        A result whose rules read the patient's history is judged on a snapshot read from
+        ``history`` (a read-only connection); :meth:`commit` reads it again in its transaction and
+        judges there only if it changed. Without ``history`` such results are left to the
+        transaction. Pure CPU apart from that read; raises nothing.
         """
-        prejudged = []
+        prejudged: list[Judged | None] = []
         for result in decoded.results:
             method = self._method(analyzer, result)
-            prejudged.append(None if _needs_history(result, method) else judge(result, method))
+            try:
+                snapshot = None
+                if _needs_history(result, method):
+                    if history is None:
+                        prejudged.append(None)
+                        continue
+                    snapshot = self._history(history, result, method)
+                evaluation = self._finish(result, judge(result, method, previous=snapshot[0], related=snapshot[1])
+                                          if snapshot is not None else judge(result, method))
+                payload = None
+                if not evaluation.hold:
+                    payload = oru_for(self.settings, result, evaluation, method, CID_PLACEHOLDER, now)
+            except Exception:  # noqa: BLE001 - anything odd is judged in the transaction, as before
+                prejudged.append(None)
+                continue
+            prejudged.append(Judged(evaluation=evaluation, history=snapshot, payload=payload))
         return replace(decoded, prejudged=tuple(prejudged))
+
+    def _history(self, source: History, result: Result,
+                 method: Method | None) -> tuple[PreviousResult | None, tuple[RelatedResult, ...]]:
+        return self._previous(source, result, method), tuple(self._related(source, result, method))
+
+    @staticmethod
+    def _finish(result: Result, evaluation: Evaluation) -> Evaluation:
+        if not result.status:
+            return replace(evaluation, notes=(*evaluation.notes, NO_STATUS_NOTE))
+        return evaluation
 
     # --- on the store thread ---------------------------------------------------------------------
     def commit(self, analyzer: AnalyzerSettings, item: Decoded | Rejected, raw: bytes, peer: str, now: datetime,
@@ -229,25 +275,32 @@ class Pipeline:
         return self.settings.methods.get(name) if name else None
 
     def _store_result(self, tx: Tx, analyzer: AnalyzerSettings, message_id: int, digest: str, result: Result,
-                      evaluation: Evaluation | None) -> bool:
-        """Evaluate (unless done off the thread), store, audit and queue (or hold) one result; True when held."""
+                      judged: Judged | None) -> bool:
+        """Store, audit and queue (or hold) one result, judged here unless done off the thread; True when held."""
         method = self._method(analyzer, result)
         corrected = (tx.corrected_result(analyzer=analyzer.name, specimen=result.specimen_id,
                                          test_code=result.test_code)
                      if result.status == "C" and result.specimen_id else None)
         previous: PreviousResult | None = None
-        if evaluation is None:
-            try:
+        evaluation: Evaluation | None = None
+        try:
+            if judged is not None and judged.history is not None:
+                # The snapshot the judgement used must still be the history now, in this transaction.
+                if self._history(tx, result, method) != judged.history:
+                    judged = None
+            if judged is not None:
+                evaluation, previous = judged.evaluation, judged.history[0] if judged.history else None
+            else:
                 previous = self._previous(tx, result, method)
                 related = self._related(tx, result, method)
-            except (ArithmeticError, ValueError) as exc:
-                # A time no window can be computed from (year 1, say): the history cannot be read,
-                # so the result cannot be judged: held for a person with the reason.
-                evaluation = _held_evaluation(method, f"history could not be read: {type(exc).__name__}: {exc}")
-            else:
-                evaluation = judge(result, method, previous=previous, related=related)
-        if not result.status:
-            evaluation = replace(evaluation, notes=(*evaluation.notes, NO_STATUS_NOTE))
+        except (ArithmeticError, ValueError) as exc:
+            # A time no window can be computed from (year 1, say): the history cannot be read,
+            # so the result cannot be judged: held for a person with the reason.
+            evaluation = self._finish(result, _held_evaluation(
+                method, f"history could not be read: {type(exc).__name__}: {exc}"))
+            judged = None
+        if evaluation is None:
+            evaluation = self._finish(result, judge(result, method, previous=previous, related=related))
         state = "held" if evaluation.hold else "queued"
         result_id = tx.add_result(message_id=message_id, result=result, evaluation=evaluation, state=state)
         if corrected is not None:
@@ -272,7 +325,11 @@ class Pipeline:
             return True
         cid = control_id(self.store.install_id, result_id)
         try:
-            payload = oru_for(self.settings, result, evaluation, method, cid, tx.now)
+            prebuilt = judged.payload if judged is not None else None
+            if prebuilt is not None and prebuilt.count(CID_PLACEHOLDER.encode()) == 1:
+                payload = prebuilt.replace(CID_PLACEHOLDER.encode(), cid.encode())
+            else:
+                payload = oru_for(self.settings, result, evaluation, method, cid, tx.now)
         except LabmwError as exc:
             # Not sendable as it stands (e.g. no test code for OBX-3): visibly held, never dropped.
             note = f"cannot build the message for the LIS, held for review: {exc}"
@@ -285,7 +342,7 @@ class Pipeline:
                  data={**received, "state": "queued", "outbox_id": outbox_id, "control_id": cid})
         return False
 
-    def _previous(self, tx: Tx, result: Result, method: Method | None) -> PreviousResult | None:
+    def _previous(self, tx: History, result: Result, method: Method | None) -> PreviousResult | None:
         window_days = method.delta_window_days if method is not None else None
         if method is None or window_days is None or not result.patient_id or result.value is None:
             return None
@@ -296,7 +353,7 @@ class Pipeline:
                                   not_before=at - timedelta(days=float(window_days)),
                                   other_than_specimen=result.specimen_id)
 
-    def _related(self, tx: Tx, result: Result, method: Method | None) -> list[RelatedResult]:
+    def _related(self, tx: History, result: Result, method: Method | None) -> list[RelatedResult]:
         """The patient's other analytes around this collection, for the Hy's-law note (when enabled)."""
         rule = method.hys_law if method is not None else None
         at = result.collected_at or result.completed_at

@@ -78,7 +78,76 @@ def utc_text(value: datetime | None) -> str | None:
     return value.replace(tzinfo=None).isoformat(timespec="seconds")
 
 
-class Tx:
+class History:
+    """The history reads the rules need, on a connection: a write transaction's (:class:`Tx`) or a
+    :class:`HistoryReader`'s."""
+
+    _conn: sqlite3.Connection
+
+    def previous_result(self, *, patient_id: str, method: str, before: datetime, not_before: datetime,
+                        other_than_specimen: str = "") -> PreviousResult | None:
+        """The patient's latest final numeric result of ``method`` collected in [not_before, before).
+
+        Only values that still stand: not replaced by a correction, not held or rejected in review,
+        and from another specimen (a correction is not compared with the value it corrects).
+        """
+        row = self._conn.execute(
+            "SELECT value, collected_utc, specimen, units FROM results WHERE patient_id = ? AND method = ?"
+            " AND value IS NOT NULL AND comparator IS NULL AND collected_utc >= ? AND collected_utc < ?"
+            " AND status IN ('F', 'C', '') AND superseded_by IS NULL AND state NOT IN ('rejected', 'held')"
+            " AND specimen != ? ORDER BY collected_utc DESC, id DESC LIMIT 1",
+            (patient_id, method, utc_text(not_before), utc_text(before), other_than_specimen)).fetchone()
+        if row is None:
+            return None
+        return PreviousResult(value=Decimal(row["value"]), collected_at=_as_zone_of(before, row["collected_utc"]),
+                              specimen_id=row["specimen"], units=row["units"])
+
+    def recent_results(self, *, patient_id: str, around: datetime, hours: float,
+                       other_than_method: str) -> list[tuple[str, Decimal, str, datetime, str]]:
+        """(method, value, applied range, collected at, specimen) of the patient's standing numeric
+        results of other methods collected within ``hours`` either side of ``around``."""
+        from datetime import timedelta
+
+        span = timedelta(hours=hours)
+        rows = self._conn.execute(
+            "SELECT method, value, applied_range, collected_utc, specimen FROM results WHERE patient_id = ?"
+            " AND method IS NOT NULL AND method != ? AND value IS NOT NULL AND comparator IS NULL"
+            " AND collected_utc BETWEEN ? AND ? AND superseded_by IS NULL AND state != 'rejected'",
+            (patient_id, other_than_method, utc_text(around - span), utc_text(around + span)))
+        return [(r["method"], Decimal(r["value"]), r["applied_range"], _as_zone_of(around, r["collected_utc"]),
+                 r["specimen"]) for r in rows]
+
+
+
+class HistoryReader(History):
+    """A read-only connection for judging off the store thread (WAL: it sees the last commit and
+    never blocks the writer). What it reads is a snapshot: the intake reads it again inside the
+    writing transaction and judges there if it changed. Raises StoreError when it cannot read."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the database for reading: {exc}") from exc
+        self._conn.row_factory = sqlite3.Row
+
+    def previous_result(self, **kwargs: Any) -> PreviousResult | None:
+        try:
+            return super().previous_result(**kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the history: {exc}") from exc
+
+    def recent_results(self, **kwargs: Any) -> list[tuple[str, Decimal, str, datetime, str]]:
+        try:
+            return super().recent_results(**kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the history: {exc}") from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class Tx(History):
     """One write transaction's operations (see :meth:`Store.transaction`)."""
 
     def __init__(self, conn: sqlite3.Connection, now: datetime) -> None:
@@ -122,39 +191,6 @@ class Tx:
             " VALUES (?,?,?,'pending',?,?)",
             (result_id, control_id, payload, self.now.isoformat(), self.now.isoformat()))
         return int(cur.lastrowid or 0)
-
-    def previous_result(self, *, patient_id: str, method: str, before: datetime, not_before: datetime,
-                        other_than_specimen: str = "") -> PreviousResult | None:
-        """The patient's latest final numeric result of ``method`` collected in [not_before, before).
-
-        Only values that still stand: not replaced by a correction, not held or rejected in review,
-        and from another specimen (a correction is not compared with the value it corrects).
-        """
-        row = self._conn.execute(
-            "SELECT value, collected_utc, specimen, units FROM results WHERE patient_id = ? AND method = ?"
-            " AND value IS NOT NULL AND comparator IS NULL AND collected_utc >= ? AND collected_utc < ?"
-            " AND status IN ('F', 'C', '') AND superseded_by IS NULL AND state NOT IN ('rejected', 'held')"
-            " AND specimen != ? ORDER BY collected_utc DESC, id DESC LIMIT 1",
-            (patient_id, method, utc_text(not_before), utc_text(before), other_than_specimen)).fetchone()
-        if row is None:
-            return None
-        return PreviousResult(value=Decimal(row["value"]), collected_at=_as_zone_of(before, row["collected_utc"]),
-                              specimen_id=row["specimen"], units=row["units"])
-
-    def recent_results(self, *, patient_id: str, around: datetime, hours: float,
-                       other_than_method: str) -> list[tuple[str, Decimal, str, datetime, str]]:
-        """(method, value, applied range, collected at, specimen) of the patient's standing numeric
-        results of other methods collected within ``hours`` either side of ``around``."""
-        from datetime import timedelta
-
-        span = timedelta(hours=hours)
-        rows = self._conn.execute(
-            "SELECT method, value, applied_range, collected_utc, specimen FROM results WHERE patient_id = ?"
-            " AND method IS NOT NULL AND method != ? AND value IS NOT NULL AND comparator IS NULL"
-            " AND collected_utc BETWEEN ? AND ? AND superseded_by IS NULL AND state != 'rejected'",
-            (patient_id, other_than_method, utc_text(around - span), utc_text(around + span)))
-        return [(r["method"], Decimal(r["value"]), r["applied_range"], _as_zone_of(around, r["collected_utc"]),
-                 r["specimen"]) for r in rows]
 
     def corrected_result(self, *, analyzer: str, specimen: str, test_code: str) -> tuple[int, str] | None:
         """(id, raw value) of the standing result a correction of this specimen and test replaces."""
@@ -227,6 +263,7 @@ class Store:
         self._conn = conn
         self.path = path
         self._group_depth = 0  # > 0 inside group(): transactions become savepoints
+        self._reader: HistoryReader | None = None
         row = conn.execute("SELECT value FROM meta WHERE key = 'install_id'").fetchone()
         self.install_id: str = row[0]
 
@@ -236,7 +273,15 @@ class Store:
         return cls(connect(path), path)
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         self._conn.close()
+
+    def history_reader(self) -> HistoryReader:
+        """The store's read-only history connection (one, opened on first use; any thread may use it)."""
+        if self._reader is None:
+            self._reader = HistoryReader(self.path)
+        return self._reader
 
     @contextlib.contextmanager
     def transaction(self, now: datetime) -> Iterator[Tx]:

@@ -10,6 +10,7 @@ error condition codes).
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -80,7 +81,13 @@ def escape(text: str) -> str:
     2.7.6) and hex-escapes every non-ASCII character by code point (``ü`` -> ``\\Xfc\\``,
     ``€`` -> ``\\X20ac\\``, ``\\x05`` -> ``\\X 5\\``), which mangles UTF-8 names.
     """
+    if _PLAIN.fullmatch(text):  # the common case (codes, numbers, IDs): nothing to replace
+        return text
     return _escape(text, FIELD_SEP, COMPONENT_SEP, REPETITION_SEP, ESCAPE_CHAR, SUBCOMPONENT_SEP)
+
+
+#: Text without a default encoding character or a control character: escape() returns it as is.
+_PLAIN = re.compile(r"[^|^&~\\\x00-\x1f\x7f]*")
 
 
 def _escape(text: str, field: str, component: str, repetition: str, esc: str, sub: str) -> str:
