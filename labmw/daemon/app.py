@@ -130,7 +130,7 @@ class Service:
             return
         old, self.settings = self.settings, new
         self.pipeline.settings = new
-        changed = {"added": [], "removed": [], "restarted": []}
+        changed: dict[str, list[str]] = {"added": [], "removed": [], "restarted": []}
         for name, state in list(self.analyzers.items()):
             if name not in new.analyzers:
                 await self._stop_analyzer(name)
@@ -380,6 +380,7 @@ class Service:
         forwarder = self.forwarder
         return {
             "pid": os.getpid(), "started_at": self.started_at.isoformat(), "config": str(self.settings.path),
+            "config_digest": self.settings.digest,
             "analyzers": [state.as_dict() for state in self.analyzers.values()],
             "lis": {"endpoint": str(lis.connect) if lis else "", "state": forwarder.link_state if forwarder
                     else "not configured", "last_error": forwarder.last_error if forwarder else ""},
@@ -394,6 +395,7 @@ async def serve(settings: Settings) -> int:
     The control socket comes first, so a second daemon for the same data directory stops before
     it binds any analyzer port; READY=1 goes to systemd only once every endpoint is up.
     """
+    from labmw.daemon import operations
     from labmw.daemon.control import ControlServer
     from labmw.daemon.notify import Notifier
     from labmw.store.db import ensure_private_dir
@@ -426,13 +428,17 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, service.stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     watchdog = asyncio.ensure_future(notifier.run_watchdog())
+    ops: operations.Operations | None = None
     try:
         await service.start()
+        ops = await operations.start(service)  # metrics, alerts, retention (labmw/daemon/operations.py)
         notifier.ready(f"{len(service.analyzers)} analyzers")
         await service.wait_stopped()
         notifier.stopping()
     finally:
         watchdog.cancel()
+        if ops is not None:
+            await ops.close()
         await service.close()
         await control.close()
         notifier.close()

@@ -85,10 +85,11 @@ class Intake:
         outcome = await self._commit(item, raw or (text or b""), peer, now)
         protocol = self.adapter.protocol
         if outcome.stored and outcome.rejected_reason:  # (not stored: logged by _refused)
-            log.warning(f"{protocol}_message_rejected", message_id=outcome.message_id,
-                        reason=outcome.rejected_reason[:200])
+            log.warning(f"{protocol}_message_rejected",  # noqa: G004 - one fixed event name per protocol
+                        message_id=outcome.message_id, reason=outcome.rejected_reason[:200])
         elif outcome.duplicate:
-            log.info(f"{protocol}_duplicate_acknowledged", message_id=outcome.message_id)
+            log.info(f"{protocol}_duplicate_acknowledged",  # noqa: G004 - one fixed event name per protocol
+                     message_id=outcome.message_id)
         try:
             answer = self.adapter.answer(item, outcome, raw)
         except Exception as exc:  # noqa: BLE001 - the boundary: a fallback answer, never none

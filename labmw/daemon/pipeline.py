@@ -17,7 +17,7 @@ and text, so the peer is answered and a person can see what failed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -30,8 +30,22 @@ from labmw.model import Decision, Evaluation, Method, Outcome, PreviousResult, R
 from labmw.rules.engine import evaluate
 from labmw.store import History, Store, Tx
 
-__all__ = ["DUPLICATE_WINDOW", "ASTM_RESEND_WINDOW", "AuditNote", "Decoded", "Outcome", "Pipeline", "Rejected",
-           "ResendKey", "Judged", "control_id", "judge", "oru_for", "utcnow"]
+__all__ = [
+    "ASTM_RESEND_WINDOW",
+    "CID_PLACEHOLDER",
+    "DUPLICATE_WINDOW",
+    "AuditNote",
+    "Decoded",
+    "Judged",
+    "Outcome",
+    "Pipeline",
+    "Rejected",
+    "ResendKey",
+    "control_id",
+    "judge",
+    "oru_for",
+    "utcnow",
+]
 
 # HL7 resends are recognised within this window (HL7.md 1.4 uses 7 days).
 DUPLICATE_WINDOW = timedelta(days=7)

@@ -157,7 +157,7 @@ async def _drain(link: AstmLink, handle: HandleMessage, audit_discard: AuditDisc
         for message in received:
             try:
                 outcome = await handle(message.text, message.raw)
-            except Exception as exc:  # noqa: BLE001 - handle is total; if it ever is not, NAK, never drop
+            except Exception as exc:
                 log.exception("astm_handle_failed", bytes=len(message.raw))
                 outcome = Outcome(stored=False, rejected_reason=f"{type(exc).__name__}: {exc}")
             if not outcome.stored:

@@ -94,7 +94,7 @@ class TcpServerEndpoint(Endpoint):
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        assert self.analyzer.listen is not None  # noqa: S101 - config validation guarantees it
+        assert self.analyzer.listen is not None
         tls = server_context(self.analyzer.tls) if self.analyzer.tls else None
         self.server = await asyncio.start_server(self._accept, self.analyzer.listen.host, self.analyzer.listen.port,
                                                  limit=2**20, ssl=tls, ssl_handshake_timeout=30 if tls else None)
@@ -133,7 +133,7 @@ class TcpClientEndpoint(Endpoint):
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        assert self.analyzer.connect is not None  # noqa: S101 - config validation guarantees it
+        assert self.analyzer.connect is not None
         delay = RECONNECT_INITIAL
         target = self.analyzer.connect
         while True:
@@ -204,7 +204,7 @@ class SerialStream:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
         self._waiter = ready
-        loop.add_reader(self._fd, lambda: ready.done() or ready.set_result(None))
+        loop.add_reader(self._fd, lambda: None if ready.done() else ready.set_result(None))
         try:
             await ready
         finally:

@@ -97,7 +97,7 @@ async def _answer(writer: asyncio.StreamWriter, payload: bytes, handle: HandleMe
         return True
     try:
         ack = await handle(payload)
-    except Exception:  # noqa: BLE001 - handle is total; if it ever is not: AE, the sender resends
+    except Exception:
         log.exception("hl7_handle_failed", bytes=len(payload))
         ack = unaddressed_ack("AE", text="message not stored, send it again", error_code="207",
                               now=datetime.now(UTC))
