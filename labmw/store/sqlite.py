@@ -11,7 +11,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 from labmw.errors import StoreError
 from labmw.model import Evaluation, PreviousResult, Result
 from labmw.store import audit as audit_log
+from labmw.store import seals
 from labmw.store.audit import AuditEvent, Verification
 from labmw.store.db import connect, transaction
 
@@ -39,6 +40,7 @@ class OutboxEntry:
     created_at: str
     updated_at: str
     last_error: str
+    problem: str = ""  # why this entry must not be sent as stored ("" when it can be)
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "control_id": self.control_id, "state": self.state, "attempts": self.attempts,
@@ -61,9 +63,33 @@ class Tx:
         # flush): a message makes some fifteen events, and one executemany beats fifteen round trips.
         self._audit_tail: tuple[int, str] | None = None
         self._audit_rows: list[audit_log.Row] = []
+        # Rows inserted here whose hash the next audit event with the same ref will carry (seals.py).
+        self._unsealed: list[tuple[str, str, int]] = []  # (ref, table, id)
+
+    def _stored(self, table: str, row_id: int, ref: str) -> None:
+        self._unsealed.append((ref, table, row_id))
+
+    def _take_seals(self, ref: str, seq: int) -> list[dict[str, Any]]:
+        """The seals of rows waiting for an event about ``ref`` (which gets sequence ``seq``)."""
+        if not self._unsealed:
+            return []
+        taken = [item for item in self._unsealed if item[0] == ref]
+        if not taken:
+            return []
+        self._unsealed = [item for item in self._unsealed if item[0] != ref]
+        out = []
+        for _, table, row_id in taken:
+            out.append({"table": table, "id": row_id, "sha256": seals.stored_hash(self._conn, table, row_id)})
+            if table == "outbox":
+                # The forwarder finds the seal of an entry by this pointer (the seal itself is in the chain).
+                self._conn.execute("UPDATE outbox SET seal_seq = ? WHERE id = ?", (seq, row_id))
+        return out
 
     def flush(self) -> None:
         """Write the buffered audit rows (called by Store.transaction before RELEASE/COMMIT)."""
+        while self._unsealed:
+            # A row no event named: it still gets its own event, so nothing stored escapes the trail.
+            self.audit("row_stored", ref=self._unsealed[0][0])
         if self._audit_rows:
             self._conn.executemany(audit_log.INSERT, self._audit_rows)
             self._audit_rows = []
@@ -72,7 +98,9 @@ class Tx:
         cur = self._conn.execute(
             "INSERT INTO messages (analyzer, protocol, peer, received_at, sha256, raw, outcome) VALUES (?,?,?,?,?,?,?)",
             (analyzer, protocol, peer, self.now.isoformat(), sha256, raw, outcome))
-        return int(cur.lastrowid or 0)
+        message_id = int(cur.lastrowid or 0)
+        self._stored("messages", message_id, str(message_id))
+        return message_id
 
     def add_result(self, *, message_id: int, result: Result, evaluation: Evaluation, state: str) -> int:
         cur = self._conn.execute(
@@ -85,14 +113,18 @@ class Tx:
              json.dumps(list(result.instrument_flags)), result.status, _iso(result.collected_at),
              _iso(result.completed_at), json.dumps(list(evaluation.flags)), evaluation.applied_range,
              json.dumps(list(evaluation.notes)), state))
-        return int(cur.lastrowid or 0)
+        result_id = int(cur.lastrowid or 0)
+        self._stored("results", result_id, str(result_id))
+        return result_id
 
     def enqueue(self, *, result_id: int, control_id: str, payload: bytes) -> int:
         cur = self._conn.execute(
             "INSERT INTO outbox (result_id, control_id, payload, state, created_at, updated_at)"
             " VALUES (?,?,?,'pending',?,?)",
             (result_id, control_id, payload, self.now.isoformat(), self.now.isoformat()))
-        return int(cur.lastrowid or 0)
+        outbox_id = int(cur.lastrowid or 0)
+        self._stored("outbox", outbox_id, control_id)
+        return outbox_id
 
     def previous_result(self, *, patient_id: str, method: str, before: datetime, not_before: datetime,
                         other_than_specimen: str = "") -> PreviousResult | None:
@@ -146,6 +178,9 @@ class Tx:
               ref: str = "", data: Mapping[str, Any] | None = None) -> int:
         if self._audit_tail is None:
             self._audit_tail = audit_log.tail(self._conn)
+        sealed = self._take_seals(ref, self._audit_tail[0] + 1)
+        if sealed:
+            data = {**(data or {}), "stored": sealed}
         row = audit_log.make_row(self._audit_tail, event, ts=self.now, actor=actor, analyzer=analyzer,
                                  specimen=specimen, patient=patient, ref=ref, data=data)
         self._audit_rows.append(row)
@@ -262,21 +297,151 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the audit trail: {exc}") from exc
 
-    def verify_audit(self) -> Verification:
+    def verify_audit(self, *, expect_head: tuple[int, str] | None = None) -> Verification:
+        """The whole chain, every stored row against the hash its event recorded, and the anchor.
+
+        The first problem found is reported: a broken link or altered event, then a missing or
+        different anchored event (``expect_head``, from `labmw audit head` or the journal), then a
+        stored row that does not match its seal (or that no event recorded).
+        """
         try:
-            return audit_log.verify(self._conn.execute("SELECT * FROM audit ORDER BY seq"))
+            checker = seals.RowChecker(self._conn)
+            result = audit_log.verify(self._conn.execute("SELECT * FROM audit ORDER BY seq"), on_event=checker.feed)
+            if not result.ok:
+                return result
+            if expect_head is not None:
+                reason = audit_log.check_anchor(self._conn, expect_head)
+                if reason:
+                    return Verification(ok=False, count=result.count, first_broken=expect_head[0], reason=reason)
+            problem = checker.finish()
+            if problem is not None:
+                return Verification(ok=False, count=result.count, first_broken=problem.seq,
+                                    reason=problem.describe())
+            return Verification(ok=True, count=result.count, rows=checker.checked)
+        except sqlite3.Error as exc:
+            return Verification(ok=False, count=0, first_broken=None, reason=f"cannot read the audit trail: {exc}")
+
+    def audit_head(self) -> tuple[int, str]:
+        """(sequence, hash) of the newest event: the anchor to keep outside the database."""
+        try:
+            return audit_log.tail(self._conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the audit trail: {exc}") from exc
+
+    def verify_audit_since_checkpoint(self) -> Verification:
+        """Verify the events after the last verified checkpoint (and the rows they sealed); on success
+        the head becomes the new checkpoint. The daemon calls this at start: cheap however long the trail."""
+        try:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'audit_checkpoint'").fetchone()
+            start = (0, audit_log.GENESIS)
+            if row is not None:
+                try:
+                    start = audit_log.parse_head(str(row[0]))
+                except ValueError:
+                    start = (0, audit_log.GENESIS)  # unreadable checkpoint: verify everything
+                if start[0]:
+                    reason = audit_log.check_anchor(self._conn, start)
+                    if reason:
+                        return Verification(ok=False, count=0, first_broken=start[0],
+                                            reason=f"last verified checkpoint: {reason}")
+            checker = seals.RowChecker(self._conn)
+            result = audit_log.verify(self._conn.execute("SELECT * FROM audit WHERE seq > ? ORDER BY seq",
+                                                         (start[0],)), start=start, on_event=checker.feed)
+            if not result.ok:
+                return result
+            if checker.problem is not None:
+                return Verification(ok=False, count=result.count, first_broken=checker.problem.seq,
+                                    reason=checker.problem.describe())
+            head = audit_log.tail(self._conn)
+            with transaction(self._conn):
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('audit_checkpoint', ?)",
+                                   (f"{head[0]}:{head[1]}",))
+            return Verification(ok=True, count=result.count, rows=checker.checked)
         except sqlite3.Error as exc:
             return Verification(ok=False, count=0, first_broken=None, reason=f"cannot read the audit trail: {exc}")
 
     # --- outbox ----------------------------------------------------------------------------------
+    # LEFT JOIN: an entry whose result row is gone is still listed (with its problem), never invisible.
     _OUTBOX_SELECT = (
-        "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code FROM outbox o JOIN results r ON r.id = o.result_id")
+        "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code FROM outbox o"
+        " LEFT JOIN results r ON r.id = o.result_id")
 
     def pending_after(self, after_id: int, limit: int) -> list[OutboxEntry]:
-        """Up to ``limit`` entries waiting for the LIS with ids above ``after_id``, oldest first."""
-        rows = self._conn.execute(f"{self._OUTBOX_SELECT} WHERE o.state = 'pending' AND o.id > ? ORDER BY o.id"
-                                  " LIMIT ?", (after_id, limit))
-        return [_entry(r) for r in rows]
+        """Up to ``limit`` entries waiting for the LIS with ids above ``after_id``, oldest first.
+
+        Each is checked against the hash its audit event recorded; an entry that does not match, or
+        that cannot be read as stored (e.g. a payload stored as TEXT), comes back with ``problem``
+        set and an empty payload, so that it is refused instead of sent or stopping the queue.
+        """
+        rows = self._conn.execute(
+            "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code, a.ts AS a_ts, a.event AS a_event,"
+            " a.actor AS a_actor, a.analyzer AS a_analyzer, a.specimen AS a_specimen, a.patient AS a_patient,"
+            " a.ref AS a_ref, a.data AS a_data, a.prev_hash AS a_prev_hash, a.hash AS a_hash"
+            " FROM outbox o LEFT JOIN results r ON r.id = o.result_id LEFT JOIN audit a ON a.seq = o.seal_seq"
+            " WHERE o.state = 'pending' AND o.id > ? ORDER BY o.id LIMIT ?", (after_id, limit))
+        out = []
+        for row in rows:
+            entry = _entry(row)
+            if not entry.problem:
+                problem = self._seal_problem(row)
+                if problem:
+                    entry = replace(entry, payload=b"", problem=problem)
+            out.append(entry)
+        return out
+
+    def _seal_problem(self, row: sqlite3.Row) -> str:
+        """Why the entry as stored is not the one the audit trail recorded ("" when it is)."""
+        entry_id, seq = int(row["id"]), row["seal_seq"]
+        if seq is None:
+            if entry_id <= self._sealed_after("outbox"):
+                return ""  # queued before this file's rows were sealed (an upgrade)
+            return "no hash of this entry is recorded in the audit trail"
+        if row["a_hash"] is None:
+            return f"the audit event recording this entry (event {seq}) is missing"
+        canonical = audit_log.event_canonical(int(seq), row, prefix="a_")
+        if audit_log.chain_hash(str(row["a_prev_hash"]), canonical) != row["a_hash"]:
+            return f"the audit event recording this entry (event {seq}) was altered"
+        try:
+            recorded = {(t, i): d for t, i, d in seals.seals_of(json.loads(row["a_data"]))}
+        except (ValueError, AttributeError):
+            recorded = {}
+        digest = recorded.get(("outbox", entry_id))
+        if digest is None:
+            return f"audit event {seq} does not record this entry"
+        if seals.row_hash("outbox", tuple(row[c] for c in seals.SEALED["outbox"])) != digest:
+            return f"the stored message does not match the hash recorded in audit event {seq}"
+        return ""
+
+    def _sealed_after(self, table: str) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (seals.EPOCH_KEY[table],)).fetchone()
+        try:
+            return int(row[0]) if row is not None else 0
+        except (TypeError, ValueError):
+            return 0
+
+    def refuse(self, entry: OutboxEntry, *, now: datetime, reason: str) -> None:
+        """Dead-letter an entry that must not be sent as stored (altered, or unreadable), with one
+        ``delivery_refused`` event and an alert: it needs a person, not a retry."""
+        with self.transaction(now) as tx:
+            self._conn.execute("UPDATE outbox SET state='dead', updated_at=?, last_error=? WHERE id=?",
+                               (now.isoformat(), f"refused: {reason}", entry.id))
+            if entry.result_id:
+                self._conn.execute("UPDATE results SET state='dead' WHERE id=?", (entry.result_id,))
+            tx.audit("delivery_refused", analyzer=entry.analyzer, specimen=entry.specimen, patient=entry.patient,
+                     ref=entry.control_id, data={"outbox_id": entry.id, "reason": reason})
+            tx.audit("alert_raised", analyzer=entry.analyzer, ref=entry.control_id,
+                     data={"alert": "outbox_entry_refused", "reason": reason, "outbox_id": entry.id})
+
+    def request_retry_now(self, *, now: datetime, actor: str) -> None:
+        """Ask the running forwarder to skip its backoff (`labmw queue retry --now`), audited."""
+        with self.transaction(now) as tx:
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('retry_now_at', ?)", (now.isoformat(),))
+            tx.audit("queue_retry_now", actor=actor)
+
+    def retry_now_requested(self) -> str:
+        """When `queue retry --now` was last asked for ("" never); the forwarder compares it with what it saw."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'retry_now_at'").fetchone()
+        return str(row[0]) if row is not None else ""
 
     def outbox(self, *, states: tuple[str, ...] = ("pending", "dead")) -> list[OutboxEntry]:
         marks = ",".join("?" * len(states))
@@ -439,8 +604,25 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
 def _entry(row: sqlite3.Row) -> OutboxEntry:
-    return OutboxEntry(id=row["id"], control_id=row["control_id"], payload=bytes(row["payload"]), state=row["state"],
-                       attempts=row["attempts"], result_id=row["result_id"], analyzer=row["analyzer"],
-                       specimen=row["specimen"], patient=row["patient_id"], test_code=row["test_code"],
-                       created_at=row["created_at"], updated_at=row["updated_at"], last_error=row["last_error"])
+    """One outbox row; a row that is not as labmw writes it is described in ``problem``, never raised."""
+    problems: list[str] = []
+    payload = row["payload"]
+    if not isinstance(payload, bytes):
+        problems.append(f"payload stored as {type(payload).__name__ if payload is not None else 'NULL'}, "
+                        "not as the bytes queued")
+        payload = b""
+    if row["analyzer"] is None:
+        problems.append(f"its result (id {row['result_id']}) is missing")
+    attempts = row["attempts"] if isinstance(row["attempts"], int) else 0
+    result_id = row["result_id"] if isinstance(row["result_id"], int) else 0
+    return OutboxEntry(id=int(row["id"]), control_id=_text(row["control_id"]), payload=payload,
+                       state=_text(row["state"]), attempts=attempts, result_id=result_id,
+                       analyzer=_text(row["analyzer"]), specimen=_text(row["specimen"]),
+                       patient=_text(row["patient_id"]), test_code=_text(row["test_code"]),
+                       created_at=_text(row["created_at"]), updated_at=_text(row["updated_at"]),
+                       last_error=_text(row["last_error"]), problem="; ".join(problems))

@@ -1,0 +1,142 @@
+"""Stored rows bound to the audit trail ("seals").
+
+When a message, a result or an outbox entry is inserted, the SHA-256 of exactly what was stored
+(read back from the table, with each value's storage type) is written into the audit event that
+records it, as ``data.stored = [{"table", "id", "sha256"}]``. The trail is hash-chained, so a writer
+of the file who edits ``outbox.payload``, ``results.raw_value`` or ``messages.raw`` afterwards
+either leaves a row that no longer matches its recorded hash, or must rewrite the chain from that
+event on (caught by the anchor, ``audit verify --expect-head``).
+
+Only columns that never change after the insert are sealed: a result's ``state``, ``notes`` and
+``superseded_by`` and an entry's delivery bookkeeping move on by design (and each move is audited).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# table -> the columns whose stored values are sealed, in hashing order.
+SEALED: Mapping[str, tuple[str, ...]] = {
+    "messages": ("id", "analyzer", "protocol", "peer", "received_at", "sha256", "raw"),
+    "results": ("id", "message_id", "analyzer", "specimen", "patient_id", "patient_name", "birth_date", "sex",
+                "test_code", "method", "raw_value", "value", "comparator", "units", "instrument_flags", "status",
+                "collected_at", "completed_at", "flags", "applied_range"),
+    "outbox": ("id", "result_id", "control_id", "payload", "created_at"),
+}
+# meta key per table: rows up to this id were stored before rows were sealed (an upgraded file).
+EPOCH_KEY = {table: f"sealed_{table}_after" for table in SEALED}
+
+
+def _typed(value: Any) -> list[Any]:
+    # The storage type is part of what was stored: a payload rewritten as TEXT is not the BLOB sealed.
+    if value is None:
+        return ["null", None]
+    if isinstance(value, bytes):
+        return ["blob", value.hex()]
+    if isinstance(value, int):
+        return ["int", value]
+    if isinstance(value, float):
+        return ["real", repr(value)]
+    return ["text", str(value)]
+
+
+def row_hash(table: str, values: Sequence[Any]) -> str:
+    """SHA-256 of one row's sealed column values (in :data:`SEALED` order)."""
+    body = json.dumps([table, [_typed(v) for v in values]], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def stored_hash(conn: sqlite3.Connection, table: str, row_id: int) -> str | None:
+    """The hash of the row as it is stored now, or None when there is no such row."""
+    columns = ", ".join(SEALED[table])
+    row = conn.execute(f"SELECT {columns} FROM {table} WHERE id = ?", (row_id,)).fetchone()
+    return row_hash(table, tuple(row)) if row is not None else None
+
+
+def seals_of(data: Mapping[str, Any]) -> list[tuple[str, int, str]]:
+    """(table, id, sha256) of every row an event's data says it recorded (malformed items skipped)."""
+    out: list[tuple[str, int, str]] = []
+    stored = data.get("stored")
+    if not isinstance(stored, list):
+        return out
+    for item in stored:
+        if isinstance(item, dict) and item.get("table") in SEALED and isinstance(item.get("id"), int) \
+                and isinstance(item.get("sha256"), str):
+            out.append((item["table"], item["id"], item["sha256"]))
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RowProblem:
+    table: str
+    row_id: int
+    seq: int | None  # the audit event holding the seal (None: no seal at all)
+    reason: str
+
+    def describe(self) -> str:
+        where = f" (recorded in event {self.seq})" if self.seq is not None else ""
+        return f"{self.table} row {self.row_id}: {self.reason}{where}"
+
+
+class RowChecker:
+    """Checks stored rows against the seals of the events fed to it, in order; keeps the first problem.
+
+    Feed every event (:meth:`feed`), then :meth:`finish` looks for rows stored after the first
+    sealed one of their table that no event recorded (a row added behind the trail's back).
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._seen: dict[str, set[int]] = {table: set() for table in SEALED}
+        self.checked = 0
+        self.problem: RowProblem | None = None
+
+    def feed(self, seq: int, data_json: str) -> None:
+        if self.problem is not None or '"stored"' not in data_json:
+            return
+        try:
+            data = json.loads(data_json)
+        except ValueError:
+            return  # the chain check reports an unreadable event
+        if not isinstance(data, dict):
+            return
+        for table, row_id, digest in seals_of(data):
+            self._seen[table].add(row_id)
+            now = stored_hash(self._conn, table, row_id)
+            self.checked += 1
+            if now is None:
+                self.problem = RowProblem(table=table, row_id=row_id, seq=seq, reason="row missing")
+                return
+            if now != digest:
+                self.problem = RowProblem(table=table, row_id=row_id, seq=seq,
+                                          reason="stored row does not match the hash the audit trail recorded")
+                return
+
+    def finish(self) -> RowProblem | None:
+        if self.problem is not None:
+            return self.problem
+        for table, seen in self._seen.items():
+            if not seen:
+                continue
+            first = min(seen)
+            for (row_id,) in self._conn.execute(f"SELECT id FROM {table} WHERE id > ? ORDER BY id", (first,)):
+                if row_id not in seen:
+                    self.problem = RowProblem(table=table, row_id=int(row_id), seq=None,
+                                              reason="stored row is not recorded in the audit trail")
+                    return self.problem
+        return None
+
+
+def check_rows(conn: sqlite3.Connection, events: Iterable[tuple[int, str]]) -> tuple[int, RowProblem | None]:
+    """(rows checked, first problem) over ``(seq, data json)`` events."""
+    checker = RowChecker(conn)
+    for seq, data_json in events:
+        checker.feed(seq, data_json)
+        if checker.problem is not None:
+            break
+    return checker.checked, checker.finish()
