@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from labmw.config import AnalyzerSettings, Settings, load
+from labmw.daemon import integrity
 from labmw.daemon.forwarder import Forwarder
 from labmw.daemon.pipeline import Outcome, Pipeline, utcnow
 from labmw.daemon.runner import StoreRunner
@@ -56,6 +57,9 @@ class AnalyzerState:
 class Service:
     """One running labmw: :meth:`start`, then :meth:`wait_stopped` (or :meth:`stop`), then :meth:`close`."""
 
+    accept_broken_trail = False  # `labmw run --accept-broken-trail` (integrity.py)
+    _head_task: asyncio.Task[None] | None = None
+
     def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.clock = clock
@@ -74,6 +78,8 @@ class Service:
         """Open the store, start endpoints and the forwarder. Raises StoreError when the store cannot open."""
         self.runner = StoreRunner(self.settings.db_path)
         self.pipeline = Pipeline(self.settings, self.runner.store, clock=self.clock)
+        await integrity.check_trail_at_start(self.runner, accept_broken=self.accept_broken_trail, now=self.clock())
+        self._head_task = asyncio.ensure_future(integrity.log_head_periodically(self._runner))
         await self._audit("service_started", data={"config": str(self.settings.path), "pid": os.getpid(),
                                                    "analyzers": sorted(self.settings.analyzers)})
         for analyzer in self.settings.analyzers.values():
@@ -95,6 +101,9 @@ class Service:
         if self.runner is not None:
             with contextlib.suppress(Exception):
                 await self._audit("service_stopped")
+            if self._head_task is not None:
+                self._head_task.cancel()
+                await integrity.log_head(self.runner, reason="stop")
             self.runner.close()
             self.runner = None
         log.info("service_stopped")
@@ -315,7 +324,7 @@ class Service:
         }
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, *, accept_broken_trail: bool = False) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads); returns the process exit code.
 
     The control socket comes first, so a second daemon for the same data directory stops before
@@ -326,6 +335,7 @@ async def serve(settings: Settings) -> int:
     from labmw.store.db import ensure_private_dir
 
     service = Service(settings)
+    service.accept_broken_trail = accept_broken_trail
     notifier = Notifier.from_env()
     loop = asyncio.get_running_loop()
     background: set[asyncio.Task[None]] = set()
