@@ -1,7 +1,8 @@
 """The audit trail at the daemon's edges: checked at start, its head logged as an anchor.
 
 At start the chain is verified from the last verified checkpoint (cheap however long the trail),
-with every row its new events sealed; a broken trail stops the daemon unless the operator says
+and the rows its new events sealed are checked (a mismatch is alerted; the forwarder refuses an
+altered queue entry by itself); a broken chain stops the daemon unless the operator says
 ``labmw run --accept-broken-trail``, which is itself audited. While running, the head (newest
 ``seq:hash``) goes to the journal every :data:`HEAD_INTERVAL` seconds and at stop: an anchor
 outside the database for ``labmw audit verify --expect-head``.
@@ -36,6 +37,10 @@ async def check_trail_at_start(runner: StoreRunner, *, accept_broken: bool, now:
     result = await runner.call(runner.store.verify_audit_since_checkpoint)
     if result.ok:
         log.info("audit_trail_verified", events=result.count, rows=result.rows)
+        if result.row_problem:
+            log.error("alert_raised", alert="stored_row_mismatch", problem=result.row_problem)
+            await runner.call(runner.store.append_audit, "alert_raised", now=now, actor="labmw",
+                              data={"alert": "stored_row_mismatch", "problem": result.row_problem})
         return
     where = f"event {result.first_broken}" if result.first_broken is not None else "the trail"
     message = f"audit trail BROKEN at {where}: {result.reason}"

@@ -45,6 +45,7 @@ class Verification:
     first_broken: int | None = None
     reason: str = ""
     rows: int = 0  # stored rows checked against the hashes their events recorded
+    row_problem: str = ""  # (start-up check) the first stored row that does not match its seal
 
 
 def _canonical(seq: int, ts: str, event: str, actor: str, analyzer: str, specimen: str, patient: str,

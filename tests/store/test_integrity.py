@@ -200,7 +200,7 @@ def test_start_up_check_resumes_from_the_checkpoint_and_catches_a_changed_past(p
     store = Store.open(path)
     _queue_one(store)
     first = store.verify_audit_since_checkpoint()
-    assert first.ok and first.count == 3 and first.rows == 3
+    assert first.ok and first.count == 3 and first.rows == 3 and first.row_problem == ""
     store.append_audit("note", now=T0, actor="t")
     again = store.verify_audit_since_checkpoint()
     assert again.ok and again.count == 1, "only the events since the checkpoint are verified"
@@ -214,6 +214,21 @@ def test_start_up_check_resumes_from_the_checkpoint_and_catches_a_changed_past(p
     verdict = store.verify_audit_since_checkpoint()
     store.close()
     assert not verdict.ok and "checkpoint" in verdict.reason and verdict.first_broken == 4
+
+
+def test_start_up_check_reports_an_altered_row_without_refusing(path: Path) -> None:
+    store = Store.open(path)
+    _queue_one(store)
+    store.close()
+    conn = _raw(path)
+    conn.execute("UPDATE results SET raw_value = '11'")
+    conn.close()
+    store = Store.open(path)
+    verdict = store.verify_audit_since_checkpoint()
+    again = store.verify_audit_since_checkpoint()
+    store.close()
+    assert verdict.ok and "results row 1" in verdict.row_problem
+    assert again.ok and again.row_problem == "", "reported once, as the checkpoint moves past it"
 
 
 def test_seal_covers_the_storage_type(path: Path) -> None:
