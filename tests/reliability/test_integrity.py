@@ -10,6 +10,7 @@ server, the analyzer a real ASTM sender.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import socket
@@ -40,9 +41,12 @@ from lis_peers import Ack, ScriptedLis, Silent
 from mount_faults import NamespacedDb, PrivateMount
 from peers import LABMW, alt_message, free_port, labmw
 
+from typer.testing import CliRunner
+
+from labmw.cli import app
 from labmw.model import Evaluation, Result
 from labmw.store import Store
-from labmw.store.audit import chain_hash, event_canonical, make_row
+from labmw.store.audit import make_row
 
 
 def _msg(specimen: str, value: str = "70") -> list[bytes]:
@@ -102,7 +106,10 @@ def _rechain(db: Path) -> None:
             conn.execute(statement)
         prev = "0" * 64
         for row in conn.execute("SELECT * FROM audit ORDER BY seq").fetchall():
-            digest = chain_hash(prev, event_canonical(int(row["seq"]), row))
+            body = {name: row[name] for name in ("ts", "event", "actor", "analyzer", "specimen", "patient", "ref",
+                                                 "data")} | {"seq": row["seq"]}
+            canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            digest = hashlib.sha256(prev.encode() + canonical).hexdigest()
             conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, row["seq"]))
             prev = digest
     finally:
@@ -110,7 +117,10 @@ def _rechain(db: Path) -> None:
 
 
 def _verify(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return labmw(config, "audit", "verify", *args, check=False)
+    """`labmw audit verify ARGS`, in process (the daemon is stopped; a subprocess each time is slow here)."""
+    result = CliRunner().invoke(app, ["--config", str(config), "audit", "verify", *args])
+    return subprocess.CompletedProcess(["labmw", "audit", "verify", *args], result.exit_code,
+                                       result.stdout, result.stderr)
 
 
 # --- stored data bound to the trail ------------------------------------------------------------------
