@@ -29,7 +29,7 @@ from labmw.config import LisSettings
 from labmw.transports.tls import client_context
 from labmw.daemon.pipeline import utcnow
 from labmw.daemon.runner import StoreRunner
-from labmw.errors import CodecError, ForwardError
+from labmw.errors import CodecError, ForwardError, StoreError
 from labmw.store import OutboxEntry
 from labmw.wire.hl7_codec import Ack, parse_ack
 from labmw.wire.mllp import BlockReceived, BlockTooLarge, MllpFramer, frame
@@ -275,7 +275,7 @@ class Forwarder:
         items = self._unrecorded
         try:
             await self.runner.call(self.runner.store.mark_delivered_many, items, now=self.clock())
-        except Exception as exc:
+        except StoreError as exc:
             if not self._unrecorded_alerted:
                 self._unrecorded_alerted = True
                 log.error("alert_raised", alert="deliveries_not_recorded", results=len(items), error=str(exc))

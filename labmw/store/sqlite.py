@@ -20,7 +20,7 @@ from typing import Any
 from labmw.errors import StoreError
 from labmw.model import Evaluation, PreviousResult, Result
 from labmw.store import audit as audit_log
-from labmw.store import seals
+from labmw.store import seals, trail_check
 from labmw.store.audit import AuditEvent, Verification
 from labmw.store.db import connect, transaction
 
@@ -298,26 +298,9 @@ class Store:
             raise StoreError(f"cannot read the audit trail: {exc}") from exc
 
     def verify_audit(self, *, expect_head: tuple[int, str] | None = None) -> Verification:
-        """The whole chain, every stored row against the hash its event recorded, and the anchor.
-
-        The first problem found is reported: a broken link or altered event, then a missing or
-        different anchored event (``expect_head``, from `labmw audit head` or the journal), then a
-        stored row that does not match its seal (or that no event recorded).
-        """
+        """The chain, the anchor and every stored row it covers (see :func:`trail_check.verify_all`)."""
         try:
-            checker = seals.RowChecker(self._conn)
-            result = audit_log.verify(self._conn.execute("SELECT * FROM audit ORDER BY seq"), on_event=checker.feed)
-            if not result.ok:
-                return result
-            if expect_head is not None:
-                reason = audit_log.check_anchor(self._conn, expect_head)
-                if reason:
-                    return Verification(ok=False, count=result.count, first_broken=expect_head[0], reason=reason)
-            problem = checker.finish()
-            if problem is not None:
-                return Verification(ok=False, count=result.count, first_broken=problem.seq,
-                                    reason=problem.describe())
-            return Verification(ok=True, count=result.count, rows=checker.checked)
+            return trail_check.verify_all(self._conn, expect_head=expect_head)
         except sqlite3.Error as exc:
             return Verification(ok=False, count=0, first_broken=None, reason=f"cannot read the audit trail: {exc}")
 
@@ -329,35 +312,9 @@ class Store:
             raise StoreError(f"cannot read the audit trail: {exc}") from exc
 
     def verify_audit_since_checkpoint(self) -> Verification:
-        """Verify the chain after the last verified checkpoint; on success the head becomes the new
-        checkpoint. The rows those events sealed are checked too and the first mismatch is returned in
-        ``row_problem``. The daemon calls this at start: cheap however long the trail."""
+        """The chain since the last verified checkpoint (see :func:`trail_check.verify_since_checkpoint`)."""
         try:
-            row = self._conn.execute("SELECT value FROM meta WHERE key = 'audit_checkpoint'").fetchone()
-            start = (0, audit_log.GENESIS)
-            if row is not None:
-                try:
-                    start = audit_log.parse_head(str(row[0]))
-                except ValueError:
-                    start = (0, audit_log.GENESIS)  # unreadable checkpoint: verify everything
-                if start[0]:
-                    reason = audit_log.check_anchor(self._conn, start)
-                    if reason:
-                        return Verification(ok=False, count=0, first_broken=start[0],
-                                            reason=f"last verified checkpoint: {reason}")
-            checker = seals.RowChecker(self._conn)
-            result = audit_log.verify(self._conn.execute("SELECT * FROM audit WHERE seq > ? ORDER BY seq",
-                                                         (start[0],)), start=start, on_event=checker.feed)
-            if not result.ok:
-                return result
-            head = audit_log.tail(self._conn)
-            with transaction(self._conn):
-                self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('audit_checkpoint', ?)",
-                                   (f"{head[0]}:{head[1]}",))
-            # A stored row that no longer matches its seal does not stop the lab (the chain is sound; the
-            # forwarder refuses an altered entry): it is reported, once, as the checkpoint moves past it.
-            return Verification(ok=True, count=result.count, rows=checker.checked,
-                                row_problem=checker.problem.describe() if checker.problem else "")
+            return trail_check.verify_since_checkpoint(self._conn)
         except sqlite3.Error as exc:
             return Verification(ok=False, count=0, first_broken=None, reason=f"cannot read the audit trail: {exc}")
 
@@ -374,51 +331,16 @@ class Store:
         that cannot be read as stored (e.g. a payload stored as TEXT), comes back with ``problem``
         set and an empty payload, so that it is refused instead of sent or stopping the queue.
         """
-        rows = self._conn.execute(
-            "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code, a.ts AS a_ts, a.event AS a_event,"
-            " a.actor AS a_actor, a.analyzer AS a_analyzer, a.specimen AS a_specimen, a.patient AS a_patient,"
-            " a.ref AS a_ref, a.data AS a_data, a.prev_hash AS a_prev_hash, a.hash AS a_hash"
-            " FROM outbox o LEFT JOIN results r ON r.id = o.result_id LEFT JOIN audit a ON a.seq = o.seal_seq"
-            " WHERE o.state = 'pending' AND o.id > ? ORDER BY o.id LIMIT ?", (after_id, limit))
+        rows = self._conn.execute(trail_check.PENDING_WITH_SEALS, (after_id, limit))
         out = []
         for row in rows:
             entry = _entry(row)
             if not entry.problem:
-                problem = self._seal_problem(row)
+                problem = trail_check.outbox_seal_problem(self._conn, row)
                 if problem:
                     entry = replace(entry, payload=b"", problem=problem)
             out.append(entry)
         return out
-
-    def _seal_problem(self, row: sqlite3.Row) -> str:
-        """Why the entry as stored is not the one the audit trail recorded ("" when it is)."""
-        entry_id, seq = int(row["id"]), row["seal_seq"]
-        if seq is None:
-            if entry_id <= self._sealed_after("outbox"):
-                return ""  # queued before this file's rows were sealed (an upgrade)
-            return "no hash of this entry is recorded in the audit trail"
-        if row["a_hash"] is None:
-            return f"the audit event recording this entry (event {seq}) is missing"
-        canonical = audit_log.event_canonical(int(seq), row, prefix="a_")
-        if audit_log.chain_hash(str(row["a_prev_hash"]), canonical) != row["a_hash"]:
-            return f"the audit event recording this entry (event {seq}) was altered"
-        try:
-            recorded = {(t, i): d for t, i, d in seals.seals_of(json.loads(row["a_data"]))}
-        except (ValueError, AttributeError):
-            recorded = {}
-        digest = recorded.get(("outbox", entry_id))
-        if digest is None:
-            return f"audit event {seq} does not record this entry"
-        if seals.row_hash("outbox", tuple(row[c] for c in seals.SEALED["outbox"])) != digest:
-            return f"the stored message does not match the hash recorded in audit event {seq}"
-        return ""
-
-    def _sealed_after(self, table: str) -> int:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (seals.EPOCH_KEY[table],)).fetchone()
-        try:
-            return int(row[0]) if row is not None else 0
-        except (TypeError, ValueError):
-            return 0
 
     def refuse(self, entry: OutboxEntry, *, now: datetime, reason: str) -> None:
         """Dead-letter an entry that must not be sent as stored (altered, or unreadable), with one

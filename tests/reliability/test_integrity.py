@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import shutil
 import socket
@@ -40,7 +41,6 @@ from fault_tools import (
 from lis_peers import Ack, ScriptedLis, Silent
 from mount_faults import NamespacedDb, PrivateMount
 from peers import LABMW, alt_message, free_port, labmw
-
 from typer.testing import CliRunner
 
 from labmw.cli import app
@@ -228,7 +228,8 @@ def test_a_rebuilt_short_chain_is_refused_at_start_and_by_verify_with_the_anchor
                  make_row((row[0], row[-1]), "service_stopped", ts=datetime.now(UTC), actor="labmw"))
     conn.close()
     anchored = _verify(config, "--expect-head", head)
-    refused = subprocess.run([*LABMW, "--config", str(config), "run"], capture_output=True, text=True, timeout=30)
+    refused = subprocess.run([*LABMW, "--config", str(config), "run"], capture_output=True, text=True, timeout=30,
+                             check=False)
     with ScriptedLis(lis_port), (tmp_path / "accepted.log").open("wb") as out:
         proc = subprocess.Popen([*LABMW, "--config", str(config), "run", "--accept-broken-trail"],
                                 stdout=out, stderr=subprocess.STDOUT)
@@ -320,7 +321,7 @@ def test_ar_and_cr_are_retried_with_backoff_and_codes_are_case_insensitive(tmp_p
     assert len({d.control_id for d in got[:4]}) == 1, "the same MSH-10 each time"
     failures = audit_events(db, "delivery_failed")
     assert [f["data"]["error"][:15] for f in failures] == ["LIS answered AR", "LIS answered CR", "LIS answered AR"]
-    gaps = [b.at - a.at for a, b in zip(got, got[1:4], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(got[:4])]
     assert all(gap >= 0.15 for gap in gaps), f"each retry waits for the backoff, gaps {gaps}"
     assert audit_events(db, "delivery_dead_lettered") == []
 
@@ -441,7 +442,7 @@ def test_a_lis_that_stops_reading_is_given_up_on_after_the_deadline(tmp_path: Pa
     gap = (datetime.fromisoformat(failures[1]["ts"]) - datetime.fromisoformat(failures[0]["ts"])).total_seconds()
     assert 2.5 + 0.5 - 0.2 <= gap <= 2.5 + 0.5 + 1.5, f"the deadline, then the backoff, per attempt: {gap} s"
     assert status["lis"]["state"] == "down" and "not reading" in status["lis"]["last_error"], status["lis"]
-    assert [d.control_id for d in got][0] == "BIG-1" and [d.specimen for d in got][1:] == ["AFTER1"]
+    assert got[0].control_id == "BIG-1" and [d.specimen for d in got[1:]] == ["AFTER1"]
 
 
 def test_a_full_disk_with_a_backlog_sends_no_duplicate(tmp_path: Path, lab: MakeLab) -> None:

@@ -65,10 +65,10 @@ def test_golden_vector_pins_the_chain_hash() -> None:
     "INSERT OR REPLACE INTO audit SELECT * FROM audit WHERE seq = 1",
     "REPLACE INTO audit SELECT * FROM audit WHERE seq = 1",
     "INSERT INTO audit SELECT * FROM audit WHERE seq = 1 ON CONFLICT(seq) DO UPDATE SET data = '{}'",
-    "INSERT INTO audit (seq, ts, event, actor, analyzer, specimen, patient, ref, data, prev_hash, hash)"
-    " VALUES (99, 't', 'forged', 'x', '', '', '', '', '{}', 'p', 'h')",
-    "INSERT INTO audit (ts, event, actor, analyzer, specimen, patient, ref, data, prev_hash, hash)"
-    " VALUES ('t', 'forged', 'x', '', '', '', '', '{}', 'p', 'h')",
+    ("INSERT INTO audit (seq, ts, event, actor, analyzer, specimen, patient, ref, data, prev_hash, hash)"
+     " VALUES (99, 't', 'forged', 'x', '', '', '', '', '{}', 'p', 'h')"),
+    ("INSERT INTO audit (ts, event, actor, analyzer, specimen, patient, ref, data, prev_hash, hash)"
+     " VALUES ('t', 'forged', 'x', '', '', '', '', '{}', 'p', 'h')"),
     "UPDATE audit SET data = '{}'",
     "DELETE FROM audit WHERE seq = 2",
 ], ids=["insert-or-replace", "replace", "upsert", "gap", "autoincrement", "update", "delete"])
