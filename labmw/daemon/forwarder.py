@@ -272,7 +272,7 @@ class Forwarder:
 
     async def _record_unrecorded(self) -> None:
         """Record the deliveries the store refused earlier; raises (so the caller backs off) while it still refuses."""
-        items = self._unrecorded
+        items = list(self._unrecorded)  # more may fail while this runs; they stay for the next turn
         try:
             await self.runner.call(self.runner.store.mark_delivered_many, items, now=self.clock())
         except StoreError as exc:
@@ -281,7 +281,7 @@ class Forwarder:
                 log.error("alert_raised", alert="deliveries_not_recorded", results=len(items), error=str(exc))
             raise ForwardError(f"{len(items)} deliveries accepted by the LIS cannot be recorded, sending stopped:"
                                f" {exc}") from None
-        self._unrecorded = []
+        del self._unrecorded[:len(items)]
         if self._unrecorded_alerted:
             self._unrecorded_alerted = False
             log.warning("deliveries_recorded_again", results=len(items))
