@@ -15,7 +15,7 @@ from labmw.cli import app
 runner = CliRunner()
 
 
-def invoke(config: Path, *args: str):  # noqa: ANN201
+def invoke(config: Path, *args: str):
     return runner.invoke(app, ["--config", str(config), *args])
 
 
