@@ -32,23 +32,29 @@ SEALED: Mapping[str, tuple[str, ...]] = {
 EPOCH_KEY = {table: f"sealed_{table}_after" for table in SEALED}
 
 
-def _typed(value: Any) -> list[Any]:
-    # The storage type is part of what was stored: a payload rewritten as TEXT is not the BLOB sealed.
-    if value is None:
-        return ["null", None]
-    if isinstance(value, bytes):
-        return ["blob", value.hex()]
-    if isinstance(value, int):
-        return ["int", value]
-    if isinstance(value, float):
-        return ["real", repr(value)]
-    return ["text", str(value)]
-
-
 def row_hash(table: str, values: Sequence[Any]) -> str:
-    """SHA-256 of one row's sealed column values (in :data:`SEALED` order)."""
-    body = json.dumps([table, [_typed(v) for v in values]], separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(body.encode()).hexdigest()
+    """SHA-256 of one row's sealed column values (in :data:`SEALED` order).
+
+    Each value is tagged with its storage type and length-prefixed, so no two different rows encode
+    alike, and the type is part of what was stored: a payload rewritten as TEXT is not the BLOB sealed.
+    (Fed to hashlib piece by piece: this runs for every row the intake stores.)
+    """
+    digest = hashlib.sha256(table.encode() + b"\0")
+    for value in values:
+        if value is None:
+            digest.update(b"n;")
+        elif isinstance(value, bytes):
+            digest.update(b"b%d:" % len(value))
+            digest.update(value)
+        elif isinstance(value, int):
+            digest.update(b"i%d;" % value)
+        elif isinstance(value, float):
+            digest.update(b"r" + repr(value).encode() + b";")
+        else:
+            text = str(value).encode("utf-8", "surrogatepass")
+            digest.update(b"t%d:" % len(text))
+            digest.update(text)
+    return digest.hexdigest()
 
 
 def stored_hash(conn: sqlite3.Connection, table: str, row_id: int) -> str | None:
