@@ -24,5 +24,5 @@ def run(ctx: typer.Context,
     from labmw.daemon.app import serve
 
     cfg = settings(ctx)
-    log.configure()
+    log.configure(level=log.level_named(cfg.log_level))
     raise typer.Exit(asyncio.run(serve(cfg, accept_broken_trail=accept_broken_trail)))

@@ -155,11 +155,11 @@ def check_anchor(conn: sqlite3.Connection, head: tuple[int, str]) -> str:
 
 
 def verify(rows: Sequence[sqlite3.Row] | sqlite3.Cursor, *, start: tuple[int, str] = (0, GENESIS),
-           on_event: Callable[[int, str], None] | None = None) -> Verification:
+           on_event: Callable[[int, str, str], None] | None = None) -> Verification:
     """Recompute the chain; name the first event whose stored hash or link does not match.
 
     ``start`` = (sequence, hash) of the event the rows follow (a verified checkpoint), GENESIS by
-    default. ``on_event(seq, data json)`` sees every event whose hash checked out.
+    default. ``on_event(seq, event, data json)`` sees every event whose hash checked out.
     """
     prev = start[1]
     expected_seq = start[0] + 1
@@ -182,7 +182,7 @@ def verify(rows: Sequence[sqlite3.Row] | sqlite3.Cursor, *, start: tuple[int, st
         except (TypeError, ValueError, IndexError, KeyError) as exc:
             return Verification(ok=False, count=count, first_broken=expected_seq, reason=f"unreadable event: {exc}")
         if on_event is not None:
-            on_event(seq, str(row["data"]))
+            on_event(seq, str(row["event"]), str(row["data"]))
         prev = row["hash"]
         expected_seq += 1
     return Verification(ok=True, count=count)

@@ -93,16 +93,23 @@ class RowChecker:
     """Checks stored rows against the seals of the events fed to it, in order; keeps the first problem.
 
     Feed every event (:meth:`feed`), then :meth:`finish` looks for rows stored after the first
-    sealed one of their table that no event recorded (a row added behind the trail's back).
+    sealed one of their table that no event recorded (a row added behind the trail's back). A sealed
+    row that is gone is a problem unless a retention purge (``retention_purged``, store/retention.py)
+    was recorded after its seal: the purge's own event holds the digest of what it removed.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._seen: dict[str, set[int]] = {table: set() for table in SEALED}
+        self._missing: list[RowProblem] = []
+        self._last_purge = 0
         self.checked = 0
         self.problem: RowProblem | None = None
 
-    def feed(self, seq: int, data_json: str) -> None:
+    def feed(self, seq: int, event: str, data_json: str) -> None:
+        if event == "retention_purged":
+            self._last_purge = seq
+            return
         if self.problem is not None or '"stored"' not in data_json:
             return
         try:
@@ -116,16 +123,26 @@ class RowChecker:
             now = stored_hash(self._conn, table, row_id)
             self.checked += 1
             if now is None:
-                self.problem = RowProblem(table=table, row_id=row_id, seq=seq, reason="row missing")
-                return
-            if now != digest:
+                self._missing.append(RowProblem(table=table, row_id=row_id, seq=seq, reason="row missing"))
+            elif now != digest:
                 self.problem = RowProblem(table=table, row_id=row_id, seq=seq,
                                           reason="stored row does not match the hash the audit trail recorded")
                 return
 
-    def finish(self) -> RowProblem | None:
+    def first_problem(self) -> RowProblem | None:
+        """The first altered row, or else the first row gone without a later purge."""
         if self.problem is not None:
             return self.problem
+        for missing in self._missing:
+            if missing.seq is None or missing.seq > self._last_purge:
+                return missing
+        return None
+
+    def finish(self) -> RowProblem | None:
+        problem = self.first_problem()
+        if problem is not None:
+            self.problem = problem
+            return problem
         for table, seen in self._seen.items():
             if not seen:
                 continue
@@ -136,13 +153,3 @@ class RowChecker:
                                               reason="stored row is not recorded in the audit trail")
                     return self.problem
         return None
-
-
-def check_rows(conn: sqlite3.Connection, events: Iterable[tuple[int, str]]) -> tuple[int, RowProblem | None]:
-    """(rows checked, first problem) over ``(seq, data json)`` events."""
-    checker = RowChecker(conn)
-    for seq, data_json in events:
-        checker.feed(seq, data_json)
-        if checker.problem is not None:
-            break
-    return checker.checked, checker.finish()

@@ -73,8 +73,9 @@ def verify_since_checkpoint(conn: sqlite3.Connection) -> Verification:
     head = audit_log.tail(conn)
     with transaction(conn):
         conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (CHECKPOINT_KEY, f"{head[0]}:{head[1]}"))
+    problem = checker.first_problem()
     return Verification(ok=True, count=result.count, rows=checker.checked,
-                        row_problem=checker.problem.describe() if checker.problem else "")
+                        row_problem=problem.describe() if problem else "")
 
 
 def _sealed_after(conn: sqlite3.Connection, table: str) -> int:
