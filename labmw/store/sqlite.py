@@ -64,19 +64,19 @@ class Tx:
         self._audit_tail: tuple[int, str] | None = None
         self._audit_rows: list[audit_log.Row] = []
         # Rows inserted here whose hash the next audit event with the same ref will carry (seals.py).
-        self._unsealed: list[tuple[str, str, int]] = []  # (ref, table, id)
+        self._unsealed: list[tuple[tuple[str, ...], str, int]] = []  # (refs it may be named by, table, id)
 
-    def _stored(self, table: str, row_id: int, ref: str) -> None:
-        self._unsealed.append((ref, table, row_id))
+    def _stored(self, table: str, row_id: int, *refs: str) -> None:
+        self._unsealed.append((refs, table, row_id))
 
     def _take_seals(self, ref: str, seq: int) -> list[dict[str, Any]]:
         """The seals of rows waiting for an event about ``ref`` (which gets sequence ``seq``)."""
         if not self._unsealed:
             return []
-        taken = [item for item in self._unsealed if item[0] == ref]
+        taken = [item for item in self._unsealed if ref in item[0]]
         if not taken:
             return []
-        self._unsealed = [item for item in self._unsealed if item[0] != ref]
+        self._unsealed = [item for item in self._unsealed if ref not in item[0]]
         out = []
         for _, table, row_id in taken:
             out.append({"table": table, "id": row_id, "sha256": seals.stored_hash(self._conn, table, row_id)})
@@ -89,7 +89,7 @@ class Tx:
         """Write the buffered audit rows (called by Store.transaction before RELEASE/COMMIT)."""
         while self._unsealed:
             # A row no event named: it still gets its own event, so nothing stored escapes the trail.
-            self.audit("row_stored", ref=self._unsealed[0][0])
+            self.audit("row_stored", ref=self._unsealed[0][0][0])
         if self._audit_rows:
             self._conn.executemany(audit_log.INSERT, self._audit_rows)
             self._audit_rows = []
@@ -123,7 +123,8 @@ class Tx:
             " VALUES (?,?,?,'pending',?,?)",
             (result_id, control_id, payload, self.now.isoformat(), self.now.isoformat()))
         outbox_id = int(cur.lastrowid or 0)
-        self._stored("outbox", outbox_id, control_id)
+        # Named by its MSH-10 (result_queued) or by its result (result_received, the one intake).
+        self._stored("outbox", outbox_id, control_id, str(result_id))
         return outbox_id
 
     def previous_result(self, *, patient_id: str, method: str, before: datetime, not_before: datetime,
