@@ -442,7 +442,8 @@ def test_a_lis_that_stops_reading_is_given_up_on_after_the_deadline(tmp_path: Pa
     gap = (datetime.fromisoformat(failures[1]["ts"]) - datetime.fromisoformat(failures[0]["ts"])).total_seconds()
     assert 2.5 + 0.5 - 0.2 <= gap <= 2.5 + 0.5 + 1.5, f"the deadline, then the backoff, per attempt: {gap} s"
     assert status["lis"]["state"] == "down" and "not reading" in status["lis"]["last_error"], status["lis"]
-    assert got[0].control_id == "BIG-1" and [d.specimen for d in got[1:]] == ["AFTER1"]
+    # (A slow reader may take the 6 MiB longer than the deadline: then it gets it again, same MSH-10.)
+    assert {d.control_id for d in got[:-1]} == {"BIG-1"} and got[-1].specimen == "AFTER1", "order kept"
 
 
 def test_a_full_disk_with_a_backlog_sends_no_duplicate(tmp_path: Path, lab: MakeLab) -> None:
