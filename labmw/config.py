@@ -127,6 +127,8 @@ class LisSettings:
     connect_timeout: float = 5.0
     retry_initial: float = 1.0
     retry_max: float = 300.0
+    # Attempts at the same head of the queue without an ACK before one alert (0: never).
+    head_alert_attempts: int = 10
     sending_application: str = "LABMW"
     sending_facility: str = ""
     receiving_application: str = "LIS"
@@ -658,6 +660,7 @@ class _Validator:
             connect_timeout=self.number(tbl, "lis.connect_timeout", default=5.0),
             retry_initial=self.number(tbl, "lis.retry_initial", default=1.0),
             retry_max=self.number(tbl, "lis.retry_max", default=300.0),
+            head_alert_attempts=self.integer(tbl, "lis.head_alert_attempts", default=10, low=0),
             sending_application=self.string(tbl, "lis.sending_application", default="LABMW"),
             sending_facility=self.string(tbl, "lis.sending_facility", default=""),
             receiving_application=self.string(tbl, "lis.receiving_application", default="LIS"),

@@ -30,7 +30,8 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
         "log_level", "metrics_listen",
     }),
     "lis": frozenset({
-        "connect", "ack_timeout", "connect_timeout", "retry_initial", "retry_max", "sending_application",
+        "connect", "ack_timeout", "connect_timeout", "retry_initial", "retry_max", "head_alert_attempts",
+        "sending_application",
         "sending_facility", "receiving_application", "receiving_facility", "tls",
     }),
     "lis.tls": frozenset({"ca_file", "cert_file", "key_file", "server_name"}),

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from labmw.config import AnalyzerSettings, Settings, load
+from labmw.daemon import integrity
 from labmw.daemon.astm_adapter import AstmAdapter
 from labmw.daemon.forwarder import Forwarder
 from labmw.daemon.hl7_adapter import Hl7Adapter
@@ -66,6 +67,9 @@ class AnalyzerState:
 class Service:
     """One running labmw: :meth:`start`, then :meth:`wait_stopped` (or :meth:`stop`), then :meth:`close`."""
 
+    accept_broken_trail = False  # `labmw run --accept-broken-trail` (integrity.py)
+    _head_task: asyncio.Task[None] | None = None
+
     def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.clock = clock
@@ -87,6 +91,8 @@ class Service:
         """Open the store, start endpoints and the forwarder. Raises StoreError when the store cannot open."""
         self.runner = StoreRunner(self.settings.db_path)
         self.pipeline = Pipeline(self.settings, self.runner.store, clock=self.clock)
+        await integrity.check_trail_at_start(self.runner, accept_broken=self.accept_broken_trail, now=self.clock())
+        self._head_task = asyncio.ensure_future(integrity.log_head_periodically(self._runner))
         await self._audit("service_started", data={"config": str(self.settings.path), "pid": os.getpid(),
                                                    "analyzers": sorted(self.settings.analyzers)})
         for analyzer in self.settings.analyzers.values():
@@ -116,6 +122,9 @@ class Service:
                 await self._audit_aggregated("connection_closed", self._closures.due(_loop_time(), flush=True))
             with contextlib.suppress(Exception):
                 await self._audit("service_stopped")
+            if self._head_task is not None:
+                self._head_task.cancel()
+                await integrity.log_head(self.runner, reason="stop")
             self.runner.close()
             self.runner = None
         log.info("service_stopped")
@@ -389,7 +398,7 @@ class Service:
         }
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, *, accept_broken_trail: bool = False) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads); returns the process exit code.
 
     The control socket comes first, so a second daemon for the same data directory stops before
@@ -405,6 +414,7 @@ async def serve(settings: Settings) -> int:
     # loop (a flood on some other connection) holds it. 0.5 ms keeps commits, and so ACKs, prompt.
     sys.setswitchinterval(SWITCH_INTERVAL)
     service = Service(settings)
+    service.accept_broken_trail = accept_broken_trail
     notifier = Notifier.from_env()
     loop = asyncio.get_running_loop()
     background: set[asyncio.Task[None]] = set()

@@ -132,6 +132,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX results_history_utc ON results (patient_id, method, collected_utc);
     CREATE INDEX inbound_keys_last ON inbound_keys (analyzer);
     """,
+    # 6 (integrity, issue #17): stored rows are bound to the trail (store/seals.py). An outbox entry
+    # points at the event holding its seal; rows stored before this upgrade are not sealed, and
+    # the meta keys say up to which id. The append-only triggers cover every way to write the
+    # table: an INSERT must extend the chain (next seq, linked to the last hash), so INSERT OR
+    # REPLACE, UPSERT or a re-insert of a deleted event are refused too.
+    """
+    ALTER TABLE outbox ADD COLUMN seal_seq INTEGER;
+    INSERT OR REPLACE INTO meta VALUES ('sealed_messages_after', (SELECT coalesce(max(id), 0) FROM messages));
+    INSERT OR REPLACE INTO meta VALUES ('sealed_results_after', (SELECT coalesce(max(id), 0) FROM results));
+    INSERT OR REPLACE INTO meta VALUES ('sealed_outbox_after', (SELECT coalesce(max(id), 0) FROM outbox));
+    CREATE TRIGGER audit_append_only BEFORE INSERT ON audit
+        WHEN NEW.seq IS NOT (SELECT coalesce(max(seq), 0) + 1 FROM audit)
+          OR NEW.prev_hash IS NOT coalesce((SELECT hash FROM audit WHERE seq = NEW.seq - 1),
+                                           '0000000000000000000000000000000000000000000000000000000000000000')
+        BEGIN SELECT RAISE(ABORT, 'audit trail is append-only: an event must extend the chain'); END;
+    """,
 )
 
 

@@ -11,7 +11,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any
 from labmw.errors import StoreError
 from labmw.model import Evaluation, PreviousResult, Result
 from labmw.store import audit as audit_log
-from labmw.store import ops_stats, retention
+from labmw.store import ops_stats, retention, seals, trail_check
 from labmw.store.audit import AuditEvent, Verification
 from labmw.store.db import connect, transaction
 
@@ -40,6 +40,7 @@ class OutboxEntry:
     created_at: str
     updated_at: str
     last_error: str
+    problem: str = ""  # why this entry must not be sent as stored ("" when it can be)
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "control_id": self.control_id, "state": self.state, "attempts": self.attempts,
@@ -159,9 +160,33 @@ class Tx(History):
         # flush): a message makes some fifteen events, and one executemany beats fifteen round trips.
         self._audit_tail: tuple[int, str] | None = None
         self._audit_rows: list[audit_log.Row] = []
+        # Rows inserted here whose hash the next audit event with the same ref will carry (seals.py).
+        self._unsealed: list[tuple[tuple[str, ...], str, int]] = []  # (refs it may be named by, table, id)
+
+    def _stored(self, table: str, row_id: int, *refs: str) -> None:
+        self._unsealed.append((refs, table, row_id))
+
+    def _take_seals(self, ref: str, seq: int) -> list[dict[str, Any]]:
+        """The seals of rows waiting for an event about ``ref`` (which gets sequence ``seq``)."""
+        if not self._unsealed:
+            return []
+        taken = [item for item in self._unsealed if ref in item[0]]
+        if not taken:
+            return []
+        self._unsealed = [item for item in self._unsealed if ref not in item[0]]
+        out = []
+        for _, table, row_id in taken:
+            out.append({"table": table, "id": row_id, "sha256": seals.stored_hash(self._conn, table, row_id)})
+            if table == "outbox":
+                # The forwarder finds the seal of an entry by this pointer (the seal itself is in the chain).
+                self._conn.execute("UPDATE outbox SET seal_seq = ? WHERE id = ?", (seq, row_id))
+        return out
 
     def flush(self) -> None:
         """Write the buffered audit rows (called by Store.transaction before RELEASE/COMMIT)."""
+        while self._unsealed:
+            # A row no event named: it still gets its own event, so nothing stored escapes the trail.
+            self.audit("row_stored", ref=self._unsealed[0][0][0])
         if self._audit_rows:
             self._conn.executemany(audit_log.INSERT, self._audit_rows)
             self._audit_rows = []
@@ -170,7 +195,9 @@ class Tx(History):
         cur = self._conn.execute(
             "INSERT INTO messages (analyzer, protocol, peer, received_at, sha256, raw, outcome) VALUES (?,?,?,?,?,?,?)",
             (analyzer, protocol, peer, self.now.isoformat(), sha256, raw, outcome))
-        return int(cur.lastrowid or 0)
+        message_id = int(cur.lastrowid or 0)
+        self._stored("messages", message_id, str(message_id))
+        return message_id
 
     def add_result(self, *, message_id: int, result: Result, evaluation: Evaluation, state: str) -> int:
         cur = self._conn.execute(
@@ -184,14 +211,19 @@ class Tx(History):
              json.dumps(list(result.instrument_flags)), result.status, _iso(result.collected_at),
              _iso(result.completed_at), json.dumps(list(evaluation.flags)), evaluation.applied_range,
              json.dumps(list(evaluation.notes)), state, utc_text(result.collected_at), utc_text(result.completed_at)))
-        return int(cur.lastrowid or 0)
+        result_id = int(cur.lastrowid or 0)
+        self._stored("results", result_id, str(result_id))
+        return result_id
 
     def enqueue(self, *, result_id: int, control_id: str, payload: bytes) -> int:
         cur = self._conn.execute(
             "INSERT INTO outbox (result_id, control_id, payload, state, created_at, updated_at)"
             " VALUES (?,?,?,'pending',?,?)",
             (result_id, control_id, payload, self.now.isoformat(), self.now.isoformat()))
-        return int(cur.lastrowid or 0)
+        outbox_id = int(cur.lastrowid or 0)
+        # Named by its MSH-10 (result_queued) or by its result (result_received, the one intake).
+        self._stored("outbox", outbox_id, control_id, str(result_id))
+        return outbox_id
 
     def corrected_result(self, *, analyzer: str, specimen: str, test_code: str) -> tuple[int, str] | None:
         """(id, raw value) of the standing result a correction of this specimen and test replaces."""
@@ -212,6 +244,9 @@ class Tx(History):
               ref: str = "", data: Mapping[str, Any] | None = None) -> int:
         if self._audit_tail is None:
             self._audit_tail = audit_log.tail(self._conn)
+        sealed = self._take_seals(ref, self._audit_tail[0] + 1)
+        if sealed:
+            data = {**(data or {}), "stored": sealed}
         row = audit_log.make_row(self._audit_tail, event, ts=self.now, actor=actor, analyzer=analyzer,
                                  specimen=specimen, patient=patient, ref=ref, data=data)
         self._audit_rows.append(row)
@@ -346,21 +381,74 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the audit trail: {exc}") from exc
 
-    def verify_audit(self) -> Verification:
+    def verify_audit(self, *, expect_head: tuple[int, str] | None = None) -> Verification:
+        """The chain, the anchor and every stored row it covers (see :func:`trail_check.verify_all`)."""
         try:
-            return audit_log.verify(self._conn.execute("SELECT * FROM audit ORDER BY seq"))
+            return trail_check.verify_all(self._conn, expect_head=expect_head)
+        except sqlite3.Error as exc:
+            return Verification(ok=False, count=0, first_broken=None, reason=f"cannot read the audit trail: {exc}")
+
+    def audit_head(self) -> tuple[int, str]:
+        """(sequence, hash) of the newest event: the anchor to keep outside the database."""
+        try:
+            return audit_log.tail(self._conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the audit trail: {exc}") from exc
+
+    def verify_audit_since_checkpoint(self) -> Verification:
+        """The chain since the last verified checkpoint (see :func:`trail_check.verify_since_checkpoint`)."""
+        try:
+            return trail_check.verify_since_checkpoint(self._conn)
         except sqlite3.Error as exc:
             return Verification(ok=False, count=0, first_broken=None, reason=f"cannot read the audit trail: {exc}")
 
     # --- outbox ----------------------------------------------------------------------------------
+    # LEFT JOIN: an entry whose result row is gone is still listed (with its problem), never invisible.
     _OUTBOX_SELECT = (
-        "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code FROM outbox o JOIN results r ON r.id = o.result_id")
+        "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code FROM outbox o"
+        " LEFT JOIN results r ON r.id = o.result_id")
 
     def pending_after(self, after_id: int, limit: int) -> list[OutboxEntry]:
-        """Up to ``limit`` entries waiting for the LIS with ids above ``after_id``, oldest first."""
-        rows = self._conn.execute(f"{self._OUTBOX_SELECT} WHERE o.state = 'pending' AND o.id > ? ORDER BY o.id"
-                                  " LIMIT ?", (after_id, limit))
-        return [_entry(r) for r in rows]
+        """Up to ``limit`` entries waiting for the LIS with ids above ``after_id``, oldest first.
+
+        Each is checked against the hash its audit event recorded; an entry that does not match, or
+        that cannot be read as stored (e.g. a payload stored as TEXT), comes back with ``problem``
+        set and an empty payload, so that it is refused instead of sent or stopping the queue.
+        """
+        rows = self._conn.execute(trail_check.PENDING_WITH_SEALS, (after_id, limit))
+        out = []
+        for row in rows:
+            entry = _entry(row)
+            if not entry.problem:
+                problem = trail_check.outbox_seal_problem(self._conn, row)
+                if problem:
+                    entry = replace(entry, payload=b"", problem=problem)
+            out.append(entry)
+        return out
+
+    def refuse(self, entry: OutboxEntry, *, now: datetime, reason: str) -> None:
+        """Dead-letter an entry that must not be sent as stored (altered, or unreadable), with one
+        ``delivery_refused`` event and an alert: it needs a person, not a retry."""
+        with self.transaction(now) as tx:
+            self._conn.execute("UPDATE outbox SET state='dead', updated_at=?, last_error=? WHERE id=?",
+                               (now.isoformat(), f"refused: {reason}", entry.id))
+            if entry.result_id:
+                self._conn.execute("UPDATE results SET state='dead' WHERE id=?", (entry.result_id,))
+            tx.audit("delivery_refused", analyzer=entry.analyzer, specimen=entry.specimen, patient=entry.patient,
+                     ref=entry.control_id, data={"outbox_id": entry.id, "reason": reason})
+            tx.audit("alert_raised", analyzer=entry.analyzer, ref=entry.control_id,
+                     data={"alert": "outbox_entry_refused", "reason": reason, "outbox_id": entry.id})
+
+    def request_retry_now(self, *, now: datetime, actor: str) -> None:
+        """Ask the running forwarder to skip its backoff (`labmw queue retry --now`), audited."""
+        with self.transaction(now) as tx:
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('retry_now_at', ?)", (now.isoformat(),))
+            tx.audit("queue_retry_now", actor=actor)
+
+    def retry_now_requested(self) -> str:
+        """When `queue retry --now` was last asked for ("" never); the forwarder compares it with what it saw."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'retry_now_at'").fetchone()
+        return str(row[0]) if row is not None else ""
 
     def outbox(self, *, states: tuple[str, ...] = ("pending", "dead")) -> list[OutboxEntry]:
         marks = ",".join("?" * len(states))
@@ -557,8 +645,25 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
 def _entry(row: sqlite3.Row) -> OutboxEntry:
-    return OutboxEntry(id=row["id"], control_id=row["control_id"], payload=bytes(row["payload"]), state=row["state"],
-                       attempts=row["attempts"], result_id=row["result_id"], analyzer=row["analyzer"],
-                       specimen=row["specimen"], patient=row["patient_id"], test_code=row["test_code"],
-                       created_at=row["created_at"], updated_at=row["updated_at"], last_error=row["last_error"])
+    """One outbox row; a row that is not as labmw writes it is described in ``problem``, never raised."""
+    problems: list[str] = []
+    payload = row["payload"]
+    if not isinstance(payload, bytes):
+        problems.append(f"payload stored as {type(payload).__name__ if payload is not None else 'NULL'}, "
+                        "not as the bytes queued")
+        payload = b""
+    if row["analyzer"] is None:
+        problems.append(f"its result (id {row['result_id']}) is missing")
+    attempts = row["attempts"] if isinstance(row["attempts"], int) else 0
+    result_id = row["result_id"] if isinstance(row["result_id"], int) else 0
+    return OutboxEntry(id=int(row["id"]), control_id=_text(row["control_id"]), payload=payload,
+                       state=_text(row["state"]), attempts=attempts, result_id=result_id,
+                       analyzer=_text(row["analyzer"]), specimen=_text(row["specimen"]),
+                       patient=_text(row["patient_id"]), test_code=_text(row["test_code"]),
+                       created_at=_text(row["created_at"]), updated_at=_text(row["updated_at"]),
+                       last_error=_text(row["last_error"]), problem="; ".join(problems))
