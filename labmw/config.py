@@ -40,6 +40,8 @@ from labmw.model import (
     UnitConversion,
 )
 from labmw.rules.age import parse_age
+from labmw.rules.gates import DEFAULT_TEXTS, FLAG_ACTIONS, GATE_ACTIONS, GATE_NAMES, UNMAPPED_ACTIONS, FlagRule
+from labmw.rules.range_checks import age_order_problem, ambiguous_pairs, describe_pair
 
 DEFAULT_CONFIG = Path("/etc/labmw/labmw.toml")
 PROTOCOLS = ("astm", "hl7")
@@ -94,6 +96,11 @@ class AnalyzerSettings:
     # A tcp-server listener's simultaneous connections (analyzers reconnect before a dead socket is
     # noticed, so more than one is normal; thousands are an attack or a bug, and cost file descriptors).
     max_connections: int = 64
+    # Autoverification (labmw.rules.gates): test codes with no method are held or forwarded; gate
+    # actions of this analyzer (gate -> hold|flag); its instrument-flag table (flag -> FlagRule).
+    unmapped: str = "hold"
+    gates: Mapping[str, str] = field(default_factory=dict)
+    flags: Mapping[str, FlagRule] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +133,14 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AutoverifySettings:
+    """``[autoverify]``: the reviewed clinician NTE texts per gate, and the critical-call deadline."""
+
+    texts: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TEXTS))
+    critical_notify_minutes: int = 30
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     path: Path
     data_dir: Path
@@ -133,6 +148,7 @@ class Settings:
     lis: LisSettings | None = None
     analyzers: Mapping[str, AnalyzerSettings] = field(default_factory=dict)
     methods: Mapping[str, Method] = field(default_factory=dict)
+    autoverify: AutoverifySettings = field(default_factory=AutoverifySettings)
 
     @property
     def db_path(self) -> Path:
@@ -155,7 +171,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     """Parse the file; a missing or unparseable file raises ConfigError naming it."""
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            # Decimal, not float: a limit typed 0.50 stays 0.50 in OBX-7.
+            return tomllib.load(fh, parse_float=Decimal)
     except FileNotFoundError:
         raise ConfigError(path, None, "file not found (create it with `labmw init`)") from None
     except PermissionError:
@@ -189,11 +206,12 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
     analyzers = {name: v.analyzer(name, tbl, methods) for name, tbl in v.table(doc, "analyzers").items()}
     lis_tbl = doc.get("lis")
     lis = v.lis(lis_tbl) if lis_tbl else None
+    autoverify = v.autoverify(v.table(doc, "autoverify"))
     for key in doc:
-        if key not in ("service", "lis", "analyzers", "methods"):
-            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers or methods)")
+        if key not in ("service", "lis", "analyzers", "methods", "autoverify"):
+            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers, methods or autoverify)")
     return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
-                    analyzers=analyzers, methods=methods)
+                    analyzers=analyzers, methods=methods, autoverify=autoverify)
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -273,7 +291,7 @@ class _Validator:
 
     def number(self, tbl: Mapping[str, Any], key: str, *, default: float) -> float:
         value = tbl.get(key.rsplit(".", 1)[-1], default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal) or value <= 0:
             raise self.fail(key, f"expected a positive number of seconds, got {value!r}")
         return float(value)
 
@@ -325,7 +343,11 @@ class _Validator:
                             for i, c in enumerate(self.array(tbl, f"{key}.conversions")))
         thresholds = tuple(self.threshold(f"{key}.thresholds[{i}]", t)
                            for i, t in enumerate(self.array(tbl, f"{key}.thresholds")))
-        return Method(
+        absurd_low = self.decimal(tbl, f"{key}.absurd_low")
+        absurd_high = self.decimal(tbl, f"{key}.absurd_high")
+        if absurd_low is not None and absurd_high is not None and absurd_low >= absurd_high:
+            raise self.fail(f"{key}.absurd_low", f"expected below absurd_high {absurd_high}, got {absurd_low}")
+        method = Method(
             name=name,
             analyte=self.string(tbl, f"{key}.analyte"),
             units=self.string(tbl, f"{key}.units"),
@@ -339,7 +361,46 @@ class _Validator:
             grading=self.grading(f"{key}.grading", tbl["grading"]) if "grading" in tbl else None,
             alt_delta=self.alt_delta(f"{key}.alt_delta", tbl["alt_delta"]) if "alt_delta" in tbl else None,
             hys_law=self.hys_law(f"{key}.hys_law", tbl["hys_law"]) if "hys_law" in tbl else None,
+            absurd_low=absurd_low, absurd_high=absurd_high,
+            gates=tuple(self.gate_actions(tbl, f"{key}.gates").items()),
         )
+        for i, j in ambiguous_pairs(method):
+            raise self.fail(f"{key}.ranges[{j}]", f"ambiguous: {describe_pair(method, i, j)}")
+        return method
+
+    def gate_actions(self, tbl: Mapping[str, Any], key: str) -> dict[str, str]:
+        """``gates = { NEEDS_DILUTION = "flag" }``: gate name -> hold|flag."""
+        raw = self.table(tbl, key)
+        actions: dict[str, str] = {}
+        for gate, action in raw.items():
+            if gate not in GATE_NAMES:
+                raise self.fail(f"{key}.{gate}", f"unknown gate (expected one of {', '.join(GATE_NAMES)})")
+            actions[gate] = self.choice(raw, f"{key}.{gate}", GATE_ACTIONS)
+        return actions
+
+    def flag_table(self, tbl: Mapping[str, Any], key: str) -> dict[str, FlagRule]:
+        """``[analyzers.NAME.flags]`` ``"Samp.S" = { action = "hold", comment = "..." }``."""
+        raw = self.table(tbl, key)
+        rules: dict[str, FlagRule] = {}
+        for flag, row in raw.items():
+            row_key = f"{key}.{flag}"
+            row = self.mapping(row_key, row, frozenset({"action", "comment"}))
+            rules[flag] = FlagRule(action=self.choice(row, f"{row_key}.action", FLAG_ACTIONS),
+                                   comment=self.string(row, f"{row_key}.comment", default=""))
+        return rules
+
+    def autoverify(self, tbl: Mapping[str, Any]) -> AutoverifySettings:
+        self.known_keys(tbl, "autoverify", frozenset({"texts", "critical_notify_minutes"}))
+        texts = dict(DEFAULT_TEXTS)
+        raw = self.table(tbl, "autoverify.texts")
+        for gate in raw:
+            if gate not in GATE_NAMES:
+                raise self.fail(f"autoverify.texts.{gate}", f"unknown gate (expected one of {', '.join(GATE_NAMES)})")
+            texts[gate] = self.string(raw, f"autoverify.texts.{gate}")
+        return AutoverifySettings(
+            texts=texts,
+            critical_notify_minutes=self.integer(tbl, "autoverify.critical_notify_minutes", default=30, low=1,
+                                                 high=24 * 60))
 
     def range_rule(self, key: str, tbl: Any) -> RangeRule:
         if not isinstance(tbl, Mapping):
@@ -353,6 +414,9 @@ class _Validator:
         if sex not in (None, "M", "F"):
             raise self.fail(f"{key}.sex", f"expected M or F (or no key for both), got {sex!r}")
         age_min, age_max = self.age(tbl, f"{key}.age_min"), self.age(tbl, f"{key}.age_max")
+        problem = age_order_problem(age_min, age_max)
+        if problem:
+            raise self.fail(f"{key}.age_min", problem)
         self.known_keys(tbl, key, _RANGE_KEYS)
         return RangeRule(low=low, high=high, sex=sex, age_min=age_min, age_max=age_max,
                          source=self.string(tbl, f"{key}.source", default=""),
@@ -549,6 +613,9 @@ class _Validator:
             frame_timeout=self.number(tbl, f"{key}.frame_timeout", default=30.0),
             tls=self.tls(tbl, f"{key}.tls", server=True) if transport == "tcp-server" else None,
             max_connections=self.integer(tbl, f"{key}.max_connections", default=64, low=1, high=1024),
+            unmapped=self.choice(tbl, f"{key}.unmapped", UNMAPPED_ACTIONS, default="hold"),
+            gates=self.gate_actions(tbl, f"{key}.gates"),
+            flags=self.flag_table(tbl, f"{key}.flags"),
         )
 
     def flag(self, tbl: Mapping[str, Any], key: str, *, default: bool) -> bool:
@@ -614,8 +681,9 @@ class _Validator:
 
 _METHOD_KEYS = frozenset({"analyte", "units", "loinc", "measuring_range", "critical_low", "critical_high",
                           "ranges", "delta", "status", "source", "conversions", "thresholds", "grading",
-                          "alt_delta", "hys_law"})
-_RANGE_KEYS = frozenset({"sex", "age_min", "age_max", "low", "high", "source", "status"})
+                          "alt_delta", "hys_law", "absurd_low", "absurd_high", "gates"})
+_RANGE_KEYS = frozenset({"sex", "age_min", "age_max", "low", "high", "source", "status", "approved_by",
+                         "approved_at"})
 _DELTA_KEYS = frozenset({"abs", "pct", "window_days", "action"})
 _CONVERSION_KEYS = frozenset({"units", "factor", "decimals", "source"})
 _THRESHOLD_KEYS = frozenset({"name", "value", "sex", "age_min", "age_max", "enabled", "source"})

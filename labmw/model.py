@@ -51,6 +51,7 @@ class Result:
     birth_date: date | None = None  # PHI
     sex: str = ""  # "M", "F", "U" or "" when not sent
     sequence: int = 0  # position of the result in its message, 1-based
+    comments: tuple[str, ...] = ()  # ASTM C records after the R record (instrument comments)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,6 +254,12 @@ class Method:
     grading: Grading | None = None
     alt_delta: AltDeltaTiers | None = None
     hys_law: HysLawRule | None = None
+    #: Autoverification plausibility limits (gate ABSURD): at or below ``absurd_low`` or above
+    #: ``absurd_high`` a value is held as implausible (CLINICAL.md §4.2 step 6, item 14).
+    absurd_low: Decimal | None = None
+    absurd_high: Decimal | None = None
+    #: Gate actions of this method as (gate name, "hold" | "flag") pairs; they override the analyzer's.
+    gates: tuple[tuple[str, str], ...] = ()
 
     @property
     def delta_window_days(self) -> Decimal | None:
@@ -300,3 +307,11 @@ class Evaluation:
     notes: tuple[str, ...] = ()
     hold: bool = False
     decisions: tuple[Decision, ...] = ()
+    #: Autoverification gates that held the result (labmw.rules.gates), in rule order.
+    gates: tuple[str, ...] = ()
+    #: Gates that fired but were set to "flag": released with a clinician NTE.
+    flagged_gates: tuple[str, ...] = ()
+    #: Notes for the reviewer only (why a gate held, who released): never sent to the LIS.
+    review_notes: tuple[str, ...] = ()
+    #: Content hash of the rule set in force when the result was judged (labmw rules version).
+    rules_version: str = ""

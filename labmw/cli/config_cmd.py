@@ -27,6 +27,7 @@ from labmw.errors import RuleError, UsageError
 from labmw.mapping.astm_query import QUERY_MODES
 from labmw.model import Method
 from labmw.rules.age import parse_age
+from labmw.rules.range_checks import age_order_problem, coverage_gaps
 
 config_app = typer.Typer(no_args_is_help=True, help="Check or print the configuration.")
 analyzer_app = typer.Typer(no_args_is_help=True, help="Analyzers: how they connect and which codes map to which methods.")
@@ -64,9 +65,12 @@ def _number(option: str, text: str | None) -> Decimal | None:
         raise UsageError(f"{option}: {exc}") from None
 
 
-def _toml_number(value: Decimal) -> int | float:
-    # TOML has no decimal type; integers stay integers, others keep their shortest float text.
-    return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
+def _toml_number(value: Decimal) -> Any:
+    # TOML has no decimal type; integers stay integers, others are written exactly as typed
+    # ("0.50" stays 0.50, read back as Decimal("0.50"), so OBX-7 shows what the lab typed).
+    if value == value.to_integral_value() and "." not in str(value) and "E" not in str(value).upper():
+        return int(value)
+    return tomlkit.items.Float(float(value), tomlkit.items.Trivia(), str(value))
 
 
 # --- init / config --------------------------------------------------------------------------------
@@ -90,6 +94,10 @@ def config_validate(ctx: typer.Context) -> None:
     cfg = settings(ctx)
     typer.echo(f"{cfg.path}: ok ({len(cfg.analyzers)} analyzers, {len(cfg.methods)} methods, "
                f"LIS {cfg.lis.connect if cfg.lis else 'not set'})")
+    # Every sex x age stretch from birth to 120 y with no range: such results are held (NO_RANGE).
+    for method in cfg.methods.values():
+        for gap in coverage_gaps(method):
+            typer.echo(f"warning: {gap}")
 
 
 @config_app.command("show")
@@ -405,6 +413,10 @@ def range_add(
                 entry[key] = str(parse_age(value))
             except RuleError as exc:
                 raise UsageError(f"{option}: {exc}") from None
+    if age_min is not None and age_max is not None:
+        problem = age_order_problem(parse_age(age_min), parse_age(age_max))
+        if problem:
+            raise UsageError(f"--age-min/--age-max: {problem}")
     entry["low"], entry["high"] = _toml_number(low_d), _toml_number(high_d)
     if source:
         entry["source"] = source

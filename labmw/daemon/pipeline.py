@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from labmw.config import AnalyzerSettings, Settings
+from labmw.daemon import autoverify
 from labmw.errors import CodecError, LabmwError, MappingError, RuleError, StoreError
 from labmw.mapping.astm_lis2a import AstmProfile, map_message
 from labmw.mapping.astm_query import answer_note, answer_queries, read_query
@@ -190,7 +191,8 @@ class Pipeline:
                      if result.status == "C" and result.specimen_id else None)
         previous = self._previous(tx, result, method)
         try:
-            evaluation = evaluate(result, method, previous=previous, related=self._related(tx, result, method))
+            evaluation = evaluate(result, method, previous=previous, related=self._related(tx, result, method),
+                                  **autoverify.evaluate_inputs(self.settings, analyzer, tx))
         except RuleError as exc:
             # A rule that cannot be applied as configured: hold the result for a person, say why.
             evaluation = Evaluation(method=method.name if method else None, hold=True,
@@ -200,6 +202,7 @@ class Pipeline:
             evaluation = replace(evaluation, notes=(*evaluation.notes, NO_STATUS_NOTE))
         state = "held" if evaluation.hold else "queued"
         result_id = tx.add_result(message_id=message_id, result=result, evaluation=evaluation, state=state)
+        autoverify.after_store(tx, result_id, evaluation)
         if corrected is not None:
             # The correction replaces the earlier value (kept, marked superseded) instead of
             # standing beside it as a second result of the same specimen and test.
@@ -216,7 +219,9 @@ class Pipeline:
                        "collected_at": _iso(result.collected_at), "completed_at": _iso(result.completed_at)})
         tx.audit("result_evaluated", **who, ref=str(result_id), data=_evaluation_record(evaluation, previous))
         if evaluation.hold:
-            tx.audit("result_held", **who, ref=str(result_id), data={"notes": list(evaluation.notes)})
+            tx.audit("result_held", **who, ref=str(result_id),
+                     data={"notes": list(evaluation.notes), "gates": list(evaluation.gates),
+                           "review_notes": list(evaluation.review_notes)})
             return True
         cid = control_id(self.store.install_id, result_id)
         try:
@@ -224,7 +229,8 @@ class Pipeline:
         except LabmwError as exc:
             # Not sendable as it stands (e.g. no test code for OBX-3): visibly held, never dropped.
             note = f"cannot build the message for the LIS, held for review: {exc}"
-            tx.hold_result(result_id, notes=(*evaluation.notes, note))
+            tx.hold_result(result_id, notes=evaluation.notes)
+            tx.record_gates(result_id, replace(evaluation, hold=True, review_notes=(*evaluation.review_notes, note)))
             tx.audit("result_held", **who, ref=str(result_id), data={"notes": [note]})
             return True
         outbox_id = tx.enqueue(result_id=result_id, control_id=cid, payload=payload)
@@ -316,6 +322,8 @@ def _evaluation_record(evaluation: Evaluation, previous: PreviousResult | None) 
         "hold": evaluation.hold,
         "notes": list(evaluation.notes),
         "decisions": [{"rule": d.rule, "outcome": d.outcome, "inputs": dict(d.inputs)} for d in evaluation.decisions],
+        "gates": list(evaluation.gates), "flagged_gates": list(evaluation.flagged_gates),
+        "review_notes": list(evaluation.review_notes), "rules_version": evaluation.rules_version,
         "previous": None if previous is None else {"value": str(previous.value),
                                                     "collected_at": previous.collected_at.isoformat(),
                                                     "specimen": previous.specimen_id},

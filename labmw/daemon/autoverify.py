@@ -1,0 +1,56 @@
+"""The daemon's side of autoverification: the inputs the pure gates need, and what is kept after.
+
+:func:`evaluate_inputs` gives :func:`labmw.rules.engine.evaluate` the analyzer's gate policy (its
+gate actions, unmapped-code policy and instrument-flag table), the kill switches active *now*
+(read from the store in the judging transaction, so ``labmw autoverify suspend`` holds the very
+next result) and the rule-set version. :func:`after_store` keeps the gates with the stored result
+and opens a critical-value notification for HH/LL. Kept apart from the pipeline so that the
+pipeline stays one call each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labmw.config import AnalyzerSettings, Settings
+from labmw.model import Evaluation, Flag
+from labmw.rules.gates import GatePolicy
+from labmw.rules.version import rule_set_version
+from labmw.store import Tx
+
+_VERSIONS: dict[int, tuple[Settings, str]] = {}
+
+
+def rules_version(settings: Settings) -> str:
+    """The content hash of the rules in ``settings`` (computed once per loaded configuration)."""
+    cached = _VERSIONS.get(id(settings))
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    analyzers = {name: {"map": dict(a.map), "gates": dict(a.gates), "unmapped": a.unmapped, "flags": dict(a.flags)}
+                 for name, a in settings.analyzers.items()}
+    version = rule_set_version(settings.methods, analyzers, settings.autoverify.texts)
+    _VERSIONS.clear()  # one configuration is in force at a time
+    _VERSIONS[id(settings)] = (settings, version)
+    return version
+
+
+def policy_for(settings: Settings, analyzer: AnalyzerSettings | None, tx: Tx | None) -> GatePolicy:
+    """The gate policy of ``analyzer`` with the suspensions active in ``tx`` (none without a store)."""
+    suspensions = tx.active_suspensions() if tx is not None else ()
+    if analyzer is None:
+        return GatePolicy(suspensions=suspensions, texts=settings.autoverify.texts)
+    return GatePolicy(actions=analyzer.gates, unmapped=analyzer.unmapped, flags=analyzer.flags,
+                      suspensions=suspensions, texts=settings.autoverify.texts)
+
+
+def evaluate_inputs(settings: Settings, analyzer: AnalyzerSettings, tx: Tx) -> dict[str, Any]:
+    """Keyword arguments of :func:`labmw.rules.engine.evaluate` beyond the result and its method."""
+    return {"policy": policy_for(settings, analyzer, tx), "rules_version": rules_version(settings)}
+
+
+def after_store(tx: Tx, result_id: int, evaluation: Evaluation) -> None:
+    """Keep the gates with the stored result; a critical flag opens a notification to be logged."""
+    tx.record_gates(result_id, evaluation)
+    for flag in evaluation.flags:
+        if flag in (Flag.CRITICAL_HIGH.value, Flag.CRITICAL_LOW.value):
+            tx.add_critical(result_id, flag)
