@@ -82,9 +82,6 @@ def evaluate(
     ctx = GateContext(result=result, method=method, policy=policy)
     if not run_stage(INTAKE, ctx, draft) or method is None:
         if method is None:
-            draft.notes.append(
-                f"no method mapped for test code {result.test_code}: not checked against reference limits"
-            )
             draft.decide("method", "unmapped", test_code=result.test_code, analyzer=result.analyzer)
         else:
             draft.notes.append(f"status {result.status.strip().upper()} is not final: not range-checked")

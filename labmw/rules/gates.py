@@ -340,12 +340,12 @@ def run_stage(stage: str, ctx: GateContext, draft: Draft) -> bool:
             draft.hold = True
             draft.gates.append(gate.name)
             draft.review_notes.append(f"{gate.name}: {fired.reason}")
-        elif action == FLAG:
+        elif action in (FLAG, "forward"):
             draft.flagged_gates.append(gate.name)
             text = ctx.policy.texts.get(gate.name) or DEFAULT_TEXTS.get(gate.name, "")
             if text and text not in draft.notes:
                 draft.notes.append(text)
-        # "forward" (unmapped) and "ignore" pass the result on without a note of their own.
+        # "forward" (an unmapped code the lab does not want judged) goes out with the same NTE as a flag.
         if fired.stops:
             go_on = False
             break
