@@ -418,7 +418,14 @@ class _Validator:
         if problem:
             raise self.fail(f"{key}.age_min", problem)
         self.known_keys(tbl, key, _RANGE_KEYS)
-        return RangeRule(low=low, high=high, sex=sex, age_min=age_min, age_max=age_max,
+        in_units = []
+        for units, text in self.table(tbl, f"{key}.in_units").items():
+            try:
+                u_low, u_high = parse_interval(text)
+            except ValueError as exc:
+                raise self.fail(f"{key}.in_units.{units}", str(exc)) from None
+            in_units.append((units, u_low, u_high))
+        return RangeRule(low=low, high=high, sex=sex, age_min=age_min, age_max=age_max, in_units=tuple(in_units),
                          source=self.string(tbl, f"{key}.source", default=""),
                          status=self.choice(tbl, f"{key}.status", RANGE_STATUSES, default="active"))
 
@@ -683,7 +690,7 @@ _METHOD_KEYS = frozenset({"analyte", "units", "loinc", "measuring_range", "criti
                           "ranges", "delta", "status", "source", "conversions", "thresholds", "grading",
                           "alt_delta", "hys_law", "absurd_low", "absurd_high", "gates"})
 _RANGE_KEYS = frozenset({"sex", "age_min", "age_max", "low", "high", "source", "status", "approved_by",
-                         "approved_at"})
+                         "approved_at", "in_units"})
 _DELTA_KEYS = frozenset({"abs", "pct", "window_days", "action"})
 _CONVERSION_KEYS = frozenset({"units", "factor", "decimals", "source"})
 _THRESHOLD_KEYS = frozenset({"name", "value", "sex", "age_min", "age_max", "enabled", "source"})

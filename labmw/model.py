@@ -81,6 +81,9 @@ class RangeRule:
     # "active"; "pending review" (applied, and every result it judges says so: CLINICAL.md item 25);
     # "disabled" (kept in the file for the record, never applied).
     status: str = "active"
+    #: The same interval as published in other units, as (units, low, high): a result reported in those
+    #: units is judged against them and OBX-7 shows them (Ceriotti's 0.15-0.99 ukat/L, not 59/60 = 0.98).
+    in_units: tuple[tuple[str, Decimal, Decimal], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal
 
-from labmw.model import Evaluation, Flag, Method, PreviousResult, RelatedResult, Result
+from labmw.model import Evaluation, Flag, Method, PreviousResult, RangeRule, RelatedResult, Result
 from labmw.rules.draft import Draft
 from labmw.rules.gates import FINAL_STATUSES, INTAKE, RANGE, VALUE, GateContext, GatePolicy, run_stage
 from labmw.rules.grading import grade
 from labmw.rules.followup import check_followups
 from labmw.rules.ranges import PENDING_REVIEW, RangeSelection, normalize_sex, select_range
-from labmw.rules.units import Converted, from_method_units, to_method_units
+from labmw.rules.units import Converted, from_method_units, to_method_units, unit_key
 
 #: Result statuses (OBX-11 / ASTM R-9) that are range-checked: final and corrected. An empty
 #: status counts as final, because many ASTM analyzers leave R-9 blank on ordinary results.
@@ -215,7 +215,16 @@ def _applied_range(selection: RangeSelection, converted: Converted) -> str:
     rule, conversion = selection.rule, converted.conversion
     if rule is None or conversion is None:
         return selection.applied_range
+    published = _published(rule, conversion.units)
+    if published is not None:
+        return f"{published[0]}-{published[1]}"
     return f"{from_method_units(rule.low, conversion)}-{from_method_units(rule.high, conversion)}"
+
+
+def _published(rule: RangeRule, units: str) -> tuple[Decimal, Decimal] | None:
+    """The rule's limits as published in ``units`` (``in_units``), or None."""
+    key = unit_key(units)
+    return next(((low, high) for u, low, high in rule.in_units if unit_key(u) == key), None)
 
 
 def _check_measuring_range(result: Result, value: Decimal, method: Method, draft: Draft) -> None:
@@ -304,11 +313,17 @@ def _check_reference_range(
         draft.decide("reference_range", "no range", **inputs)
         return
     outcome = "inside"
-    if value < rule.low:
+    low, high = rule.low, rule.high
+    published = _published(rule, converted.conversion.units) if converted.conversion is not None else None
+    if published is not None and result.value is not None:
+        # Judged in the units the interval was published in: no rounding between the two.
+        value, (low, high) = result.value, published
+        inputs["published_in"] = converted.conversion.units if converted.conversion else ""
+    if value < low:
         draft.range_flag = outcome = Flag.LOW.value
-    elif value > rule.high:
+    elif value > high:
         draft.range_flag = outcome = Flag.HIGH.value
-    draft.decide("reference_range", outcome, low=str(rule.low), high=str(rule.high), **inputs)
+    draft.decide("reference_range", outcome, low=str(low), high=str(high), **inputs)
 
 
 def _check_critical(value: Decimal, method: Method, draft: Draft) -> None:

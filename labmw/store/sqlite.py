@@ -8,6 +8,7 @@ self-contained call with its own transaction and its own audit event.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -375,8 +376,11 @@ class Store:
     # --- review holds ----------------------------------------------------------------------------
     def held_results(self) -> list[HeldResult]:
         """Results a rule held back, oldest first."""
-        rows = self._conn.execute("SELECT * FROM results WHERE state = 'held' ORDER BY id")
-        return [_held(row) for row in rows]
+        rows = self._conn.execute("SELECT * FROM results WHERE state = 'held' ORDER BY id").fetchall()
+        held = [_held(row) for row in rows]
+        # A correction (status C) of a result the LIS already has needs more care than a first report.
+        return [dataclasses.replace(h, correction=h.correction and av.delivered_earlier(self._conn, h.id))
+                for h in held]
 
     def load_result(self, result_id: int) -> tuple[Result, Evaluation, str]:
         """A stored result as the pipeline saw it, with its evaluation and state; raises StoreError if absent."""
@@ -495,7 +499,7 @@ class HeldResult:
     collected_at: str
     gates: tuple[str, ...] = ()
     held_at: str = ""
-    correction: bool = False  # a corrected result (status C)
+    correction: bool = False  # a correction (status C) of a result already delivered to the LIS
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "analyzer": self.analyzer, "specimen": self.specimen, "patient": self.patient,

@@ -102,7 +102,7 @@ def test_rules_test_json(config: Path) -> None:
     result = invoke(config, "rules", "test", "--method", "ALT-P5P", "--value", "1.02", "--units", "ukat/L",
                     "--sex", "M", "--age", "45y", "--json")
     shown = json.loads(result.output)
-    assert shown["flags"] == ["H"] and shown["hold"] is False and shown["applied_range"] == "0.15-0.98"
+    assert shown["flags"] == ["H"] and shown["hold"] is False and shown["applied_range"] == "0.15-0.99"
     assert shown["gates"] == [] and len(shown["rules_version"]) == 16
     assert [d for d in shown["decisions"] if not d["rule"].startswith("gate.")][0] == {
                                      "rule": "units", "outcome": "converted",
