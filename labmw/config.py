@@ -361,7 +361,7 @@ class _Validator:
             grading=self.grading(f"{key}.grading", tbl["grading"]) if "grading" in tbl else None,
             alt_delta=self.alt_delta(f"{key}.alt_delta", tbl["alt_delta"]) if "alt_delta" in tbl else None,
             hys_law=self.hys_law(f"{key}.hys_law", tbl["hys_law"]) if "hys_law" in tbl else None,
-            absurd_low=absurd_low, absurd_high=absurd_high,
+            absurd_low=absurd_low, absurd_high=absurd_high, alert_high=self.decimal(tbl, f"{key}.alert_high"),
             gates=tuple(self.gate_actions(tbl, f"{key}.gates").items()),
         )
         for i, j in ambiguous_pairs(method):
@@ -688,7 +688,7 @@ class _Validator:
 
 _METHOD_KEYS = frozenset({"analyte", "units", "loinc", "measuring_range", "critical_low", "critical_high",
                           "ranges", "delta", "status", "source", "conversions", "thresholds", "grading",
-                          "alt_delta", "hys_law", "absurd_low", "absurd_high", "gates"})
+                          "alt_delta", "hys_law", "absurd_low", "absurd_high", "gates", "alert_high"})
 _RANGE_KEYS = frozenset({"sex", "age_min", "age_max", "low", "high", "source", "status", "approved_by",
                          "approved_at", "in_units"})
 _DELTA_KEYS = frozenset({"abs", "pct", "window_days", "action"})

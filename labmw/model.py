@@ -261,6 +261,9 @@ class Method:
     #: ``absurd_high`` a value is held as implausible (CLINICAL.md §4.2 step 6, item 14).
     absurd_low: Decimal | None = None
     absurd_high: Decimal | None = None
+    #: A non-critical "alert" threshold (CLINICAL.md 2.4): at or above it the result keeps H and gets
+    #: a note, never HH (HH/LL are only for limits configured as critical).
+    alert_high: Decimal | None = None
     #: Gate actions of this method as (gate name, "hold" | "flag") pairs; they override the analyzer's.
     gates: tuple[tuple[str, str], ...] = ()
 

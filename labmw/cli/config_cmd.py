@@ -27,6 +27,7 @@ from labmw.errors import RuleError, UsageError
 from labmw.mapping.astm_query import QUERY_MODES
 from labmw.model import Method
 from labmw.rules.age import parse_age
+from labmw.rules.gates import UNMAPPED_ACTIONS
 from labmw.rules.range_checks import age_order_problem, coverage_gaps
 
 config_app = typer.Typer(no_args_is_help=True, help="Check or print the configuration.")
@@ -188,6 +189,9 @@ def analyzer_add(
         help="ASTM host queries: no-order (answer at once, the default) or ignore.")] = None,
     frame_timeout: Annotated[float | None, typer.Option(
         help="ASTM: seconds to wait for the analyzer's next frame (default 30).")] = None,
+    unmapped: Annotated[str | None, typer.Option(
+        help="Test codes mapped to no method: hold (the default) or forward (tests labmw is not meant to judge).")]
+    = None,
 ) -> None:
     """Add an analyzer; --map ties its test code to a method."""
     cfg = settings(ctx)
@@ -197,7 +201,8 @@ def analyzer_add(
         raise UsageError(f"analyzer {name!r} already exists (remove it first with `labmw analyzer remove {name}`)")
     for option, value, choices in (("--protocol", protocol, PROTOCOLS), ("--transport", transport, TRANSPORTS),
                                    ("--checksum-policy", checksum_policy, CHECKSUM_POLICIES),
-                                   ("--query-mode", query_mode, QUERY_MODES)):
+                                   ("--query-mode", query_mode, QUERY_MODES),
+                                   ("--unmapped", unmapped, UNMAPPED_ACTIONS)):
         if value is not None and value not in choices:
             raise UsageError(f"{option}: expected one of {', '.join(choices)}, got {value!r}")
     if max_frame_text is not None and not 16 <= max_frame_text <= 63_993:
@@ -219,7 +224,8 @@ def analyzer_add(
                        ("checksum_policy", checksum_policy), ("parity", parity), ("bytesize", bytesize),
                        ("stopbits", stopbits), ("specimen_field", specimen_field),
                        ("max_frame_text", max_frame_text), ("query_mode", query_mode),
-                       ("frame_timeout", frame_timeout), ("max_connections", max_connections)):
+                       ("frame_timeout", frame_timeout), ("max_connections", max_connections),
+                       ("unmapped", unmapped)):
         if value is not None:
             table[key] = value
     if allow:

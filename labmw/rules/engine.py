@@ -327,6 +327,12 @@ def _check_reference_range(
 
 
 def _check_critical(value: Decimal, method: Method, draft: Draft) -> None:
+    alert = method.alert_high
+    if alert is not None:
+        above = value >= alert
+        if above:
+            draft.notes.append(f"at or above alert limit {alert} (not a critical value)")
+        draft.decide("alert", "above" if above else "not above", value=str(value), alert_high=str(alert))
     low, high = method.critical_low, method.critical_high
     if low is None and high is None:
         return
