@@ -20,9 +20,9 @@ from decimal import Decimal
 
 from labmw.model import Evaluation, Flag, Method, PreviousResult, RangeRule, RelatedResult, Result
 from labmw.rules.draft import Draft
+from labmw.rules.followup import check_followups
 from labmw.rules.gates import FINAL_STATUSES, INTAKE, RANGE, VALUE, GateContext, GatePolicy, run_stage
 from labmw.rules.grading import grade
-from labmw.rules.followup import check_followups
 from labmw.rules.ranges import PENDING_REVIEW, RangeSelection, normalize_sex, select_range
 from labmw.rules.units import Converted, from_method_units, to_method_units, unit_key
 

@@ -27,7 +27,7 @@ COMMANDS = [
 ]
 
 
-def invoke(config: Path, *args: str):  # noqa: ANN201
+def invoke(config: Path, *args: str):
     return runner.invoke(app, ["--config", str(config), *args])
 
 

@@ -28,14 +28,14 @@ def message(specimen: str, *, value: str, sex: str = "M", birth: str = "19800101
 
 # Each result the shipped rules cannot judge, and the gate that must hold it (CLINICAL.md 4.2).
 HELD = [
-    ("H-UNMAPPED", dict(value="30", code="XYZ"), "METHOD_UNKNOWN"),
-    ("H-DASHES", dict(value="-----"), "ABSURD"),
-    ("H-25000", dict(value="25000"), "ABSURD"),
-    ("H-ZERO", dict(value="0"), "ABSURD"),
-    ("H-GT700", dict(value=">700"), "NEEDS_DILUTION"),
-    ("H-NODOB", dict(value="30", birth=""), "DEMOG_INCOMPLETE"),
-    ("H-GAP", dict(value="20", birth="20110601"), "NO_RANGE"),  # a 15-year-old boy, 13-<18 y range removed
-    ("H-SAMPS", dict(value="30", flag="Samp.S", comment="sample short"), "INSTRUMENT_FLAG"),
+    ("H-UNMAPPED", {"value": "30", "code": "XYZ"}, "METHOD_UNKNOWN"),
+    ("H-DASHES", {"value": "-----"}, "ABSURD"),
+    ("H-25000", {"value": "25000"}, "ABSURD"),
+    ("H-ZERO", {"value": "0"}, "ABSURD"),
+    ("H-GT700", {"value": ">700"}, "NEEDS_DILUTION"),
+    ("H-NODOB", {"value": "30", "birth": ""}, "DEMOG_INCOMPLETE"),
+    ("H-GAP", {"value": "20", "birth": "20110601"}, "NO_RANGE"),  # a 15-year-old boy, 13-<18 y range removed
+    ("H-SAMPS", {"value": "30", "flag": "Samp.S", "comment": "sample short"}, "INSTRUMENT_FLAG"),
 ]
 
 
