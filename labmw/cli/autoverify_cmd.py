@@ -17,6 +17,7 @@ from tomlkit.toml_document import TOMLDocument
 
 from labmw import config_edit
 from labmw.cli.common import config_file, open_store, parse_time, print_json, print_table, settings
+from labmw.cli.config_cmd import range_entry
 from labmw.config_edit import os_user
 from labmw.daemon.autoverify import rules_version
 from labmw.errors import UsageError
@@ -40,6 +41,7 @@ def register(app: typer.Typer, *, rules_app: typer.Typer, analyzer_app: typer.Ty
     range_app.command("list")(range_list)
     range_app.command("remove")(range_remove)
     range_app.command("approve")(range_approve)
+    range_app.command("set")(range_set)
     review_app.command("show")(review_show)
 
 
@@ -257,6 +259,27 @@ def range_remove(ctx: typer.Context, method: Annotated[str, typer.Argument(help=
     """Remove one reference range."""
     _range_edit(ctx, method, range_id, "range remove", lambda ranges, i: ranges.__delitem__(i))
     typer.echo(f"range {range_id} removed from {method}")
+
+
+def range_set(
+    ctx: typer.Context,
+    method: Annotated[str, typer.Argument(help="The method.")],
+    range_id: Annotated[int, typer.Option("--id", help="The range's id (range list).")],
+    low: Annotated[str, typer.Option(help="Lower reference limit.")],
+    high: Annotated[str, typer.Option(help="Upper reference limit.")],
+    sex: Annotated[str | None, typer.Option(help="M or F; omit for both.")] = None,
+    age_min: Annotated[str | None, typer.Option(help="From this age: 30d, 6m, 18y.")] = None,
+    age_max: Annotated[str | None, typer.Option(help="Below this age: 30d, 6m, 18y.")] = None,
+    source: Annotated[str | None, typer.Option(help="Where the numbers come from.")] = None,
+) -> None:
+    """Replace one reference range (same checks as range add: ambiguity, age order; numbers kept as typed)."""
+    entry = range_entry(low=low, high=high, sex=sex, age_min=age_min, age_max=age_max, source=source)
+
+    def replace_row(ranges: Any, i: int) -> None:
+        ranges[i] = tomlkit.item(entry)
+
+    _range_edit(ctx, method, range_id, "range set", replace_row)
+    typer.echo(f"range {range_id} of {method} set to {low}-{high}")
 
 
 def range_approve(ctx: typer.Context, method: Annotated[str, typer.Argument(help="The method.")],

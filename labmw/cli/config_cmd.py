@@ -391,21 +391,11 @@ def _require_method(ctx: typer.Context, method: str) -> None:
         raise UsageError(f"unknown method {method!r} (configured: {', '.join(sorted(cfg.methods)) or 'none'})")
 
 
-@range_app.command("add")
-def range_add(
-    ctx: typer.Context,
-    method: Annotated[str, typer.Argument(help="The method the range belongs to.")],
-    low: Annotated[str, typer.Option(help="Lower reference limit.")],
-    high: Annotated[str, typer.Option(help="Upper reference limit.")],
-    sex: Annotated[str | None, typer.Option(help="M or F; omit for both.")] = None,
-    age_min: Annotated[str | None, typer.Option(help="From this age: 30d, 6m, 18y (bare number = years).")] = None,
-    age_max: Annotated[str | None, typer.Option(help="Below this age: 30d, 6m, 18y.")] = None,
-    source: Annotated[str | None, typer.Option(help="Where the numbers come from.")] = None,
-) -> None:
-    """Add a reference range; the most specific matching range applies."""
-    _require_method(ctx, method)
+def range_entry(*, low: str, high: str, sex: str | None, age_min: str | None, age_max: str | None,
+                source: str | None) -> dict[str, Any]:
+    """The TOML row of ``range add`` / ``range set`` (checked; numbers written as typed)."""
     low_d, high_d = _number("--low", low), _number("--high", high)
-    assert low_d is not None and high_d is not None  # noqa: S101 - both options are required
+    assert low_d is not None and high_d is not None
     if low_d >= high_d:
         raise UsageError(f"--low {low_d} must be below --high {high_d}")
     if sex is not None and sex not in ("M", "F"):
@@ -426,6 +416,25 @@ def range_add(
     entry["low"], entry["high"] = _toml_number(low_d), _toml_number(high_d)
     if source:
         entry["source"] = source
+
+    return entry
+
+
+@range_app.command("add")
+def range_add(
+    ctx: typer.Context,
+    method: Annotated[str, typer.Argument(help="The method the range belongs to.")],
+    low: Annotated[str, typer.Option(help="Lower reference limit.")],
+    high: Annotated[str, typer.Option(help="Upper reference limit.")],
+    sex: Annotated[str | None, typer.Option(help="M or F; omit for both.")] = None,
+    age_min: Annotated[str | None, typer.Option(help="From this age: 30d, 6m, 18y (bare number = years).")] = None,
+    age_max: Annotated[str | None, typer.Option(help="Below this age: 30d, 6m, 18y.")] = None,
+    source: Annotated[str | None, typer.Option(help="Where the numbers come from.")] = None,
+) -> None:
+    """Add a reference range; the most specific matching range applies."""
+    _require_method(ctx, method)
+    entry = range_entry(low=low, high=high, sex=sex, age_min=age_min, age_max=age_max, source=source)
+    low_d, high_d = _number("--low", low), _number("--high", high)
 
     def change(doc: TOMLDocument) -> None:
         tbl = config_edit.table_at(doc, "methods", method, create=False)

@@ -22,7 +22,7 @@ runner = CliRunner()
 COMMANDS = [
     ["autoverify"], ["autoverify", "suspend"], ["autoverify", "resume"], ["autoverify", "list"],
     ["analyzer", "flag"], ["analyzer", "flag", "set"], ["analyzer", "flag", "list"], ["rules", "version"],
-    ["range", "list"], ["range", "remove"], ["range", "approve"], ["critical"], ["critical", "list"],
+    ["range", "list"], ["range", "remove"], ["range", "approve"], ["range", "set"], ["critical"], ["critical", "list"],
     ["critical", "notify"], ["report"], ["report", "autoverification"], ["review", "show"],
 ]
 
@@ -214,3 +214,15 @@ def test_review_show_and_report(config: Path) -> None:
     assert "ALT-NOP5P" in table and "25.0%" in table
     empty = json.loads(invoke(config, "report", "autoverification", "--since", "2099-01-01T00:00", "--json").output)
     assert empty == []
+
+
+def test_range_set_replaces_one_row(config: Path) -> None:
+    result = invoke(config, "range", "set", "ALT-P5P", "--id", "0", "--sex", "M", "--age-min", "18y",
+                    "--low", "10.0", "--high", "50.0", "--source", "local verification 2026")
+    assert result.exit_code == 0, result.output
+    row = json.loads(invoke(config, "range", "list", "ALT-P5P", "--json").output)[0]
+    assert (row["low"], row["high"], row["source"], row["status"]) == ("10.0", "50.0", "local verification 2026",
+                                                                         "active")
+    clash = invoke(config, "range", "set", "ALT-P5P", "--id", "0", "--sex", "F", "--age-min", "18y",
+                   "--low", "1", "--high", "2")
+    assert clash.exit_code != 0 and "ambiguous" in clash.output
