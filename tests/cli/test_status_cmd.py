@@ -101,10 +101,21 @@ def test_status_help() -> None:
 
 
 def test_status_json_is_the_daemons_object(config: Path, daemon: _Daemon) -> None:
-    """`status --json` prints exactly the object the daemon answered."""
+    """`status --json` prints the object the daemon answered, plus the kill switches and overdue criticals (#11)."""
     result = invoke(config, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == STATUS
+    assert json.loads(result.stdout) == {**STATUS, "autoverify": {"suspensions": [], "overdue_criticals": []}}
+
+
+def test_status_shows_a_suspension(config: Path, daemon: _Daemon) -> None:
+    """A kill switch in force is the first thing an operator must see (CAP GEN.43893)."""
+    from labmw.cli import app
+
+    assert runner.invoke(app, ["--config", str(config), "autoverify", "suspend", "--reason", "QC failed"]).exit_code == 0
+    out = invoke(config).stdout
+    assert "SUSPENDED autoverification for all analyzers / all methods" in out and "QC failed" in out
+    shown = json.loads(invoke(config, "--json").stdout)
+    assert shown["autoverify"]["suspensions"][0]["reason"] == "QC failed"
 
 
 def test_status_for_people_shows_every_part(config: Path, daemon: _Daemon) -> None:
