@@ -153,6 +153,8 @@ def _analyzer_json(a: AnalyzerSettings) -> dict[str, Any]:
     out["connect"] = str(a.connect) if a.connect else None
     out["map"] = dict(a.map)
     out["allow"] = list(a.allow)
+    out["gates"] = dict(a.gates)
+    out["flags"] = {flag: {"action": r.action, "comment": r.comment} for flag, r in a.flags.items()}
     return out
 
 
@@ -317,6 +319,8 @@ def method_json(m: Method) -> dict[str, Any]:
         "grading": None if m.grading is None else {"scheme": m.grading.scheme, "source": m.grading.source,
                                                    "above_uln": [str(b) for b in m.grading.above_uln]},
         "hys_law": fields(m.hys_law),
+        "absurd_low": text(m.absurd_low), "absurd_high": text(m.absurd_high), "alert_high": text(m.alert_high),
+        "gates": dict(m.gates),
     }
 
 

@@ -111,6 +111,8 @@ def test_flag_table_decides_what_an_instrument_flag_does(config: Path) -> None:
     assert invoke(config, "rules", "version").output.strip() != before, "a flag table is part of the rules"
     shown = json.loads(invoke(config, "analyzer", "flag", "list", "c501", "--json").output)
     assert shown == [{"flag": "Samp.S", "action": "ignore", "comment": "sample short is re-checked by the analyzer"}]
+    shown_analyzer = json.loads(invoke(config, "analyzer", "list", "--json").output)[0]
+    assert shown_analyzer["flags"]["Samp.S"]["action"] == "ignore" and shown_analyzer["unmapped"] == "hold"
     receive(config, astm("F2", "30", flag="Samp.S"))
     assert "F2" not in held(config)
     assert invoke(config, "analyzer", "flag", "set", "c501", "E", "--action", "maybe").exit_code != 0
