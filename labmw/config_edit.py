@@ -127,11 +127,9 @@ def edit(path: Path, command: str, key: str, change: Callable[[TOMLDocument], No
                                data={"file": str(path.resolve()), "command": command, "key": key,
                                      "before": before, "after": after})
             # A change of the rules in force is its own event, with both versions (#11 item 6).
-            old_version, new_version = rules_version(before_settings), rules_version(after_settings)
-            if old_version != new_version:
-                store.append_audit("rules_version_changed", now=datetime.now(UTC), actor=os_user(),
-                                   data={"command": command, "key": key, "before": old_version,
-                                         "after": new_version})
+            with store.transaction(datetime.now(UTC)) as tx:
+                tx.note_rules_version(rules_version(after_settings), actor=os_user(), how=f"{command} {key}",
+                                      before=rules_version(before_settings))
         except LabmwError:
             _write_atomic(path, old_text)
             raise

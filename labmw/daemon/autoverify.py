@@ -44,8 +44,15 @@ def policy_for(settings: Settings, analyzer: AnalyzerSettings | None, tx: Tx | N
 
 
 def evaluate_inputs(settings: Settings, analyzer: AnalyzerSettings, tx: Tx) -> dict[str, Any]:
-    """Keyword arguments of :func:`labmw.rules.engine.evaluate` beyond the result and its method."""
-    return {"policy": policy_for(settings, analyzer, tx), "rules_version": rules_version(settings)}
+    """Keyword arguments of :func:`labmw.rules.engine.evaluate` beyond the result and its method.
+
+    The first judgement under a rule set the store has not recorded yet records it (one indexed
+    read otherwise): a hand edit loaded at start or by SIGHUP is an audited
+    ``rules_version_changed`` too, not only a CLI edit.
+    """
+    version = rules_version(settings)
+    tx.note_rules_version(version, actor="labmw", how="configuration loaded by the daemon")
+    return {"policy": policy_for(settings, analyzer, tx), "rules_version": version}
 
 
 def after_store(tx: Tx, result_id: int, evaluation: Evaluation) -> None:

@@ -189,3 +189,13 @@ def review_detail(conn: sqlite3.Connection, result_id: int) -> dict[str, Any]:
             "rules_version": row["rules_version"], "held_at": row["held_at"],
             "correction_of_delivered": delivered_earlier(conn, result_id),
             "raw": bytes(row["raw_message"]).decode("latin-1"), "decisions": decisions, "previous": previous}
+
+
+def recorded_rules_version(conn: sqlite3.Connection) -> str:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'rules_version'").fetchone()
+    return str(row[0]) if row is not None else ""
+
+
+def record_rules_version(conn: sqlite3.Connection, version: str) -> None:
+    conn.execute("INSERT INTO meta (key, value) VALUES ('rules_version', ?) "
+                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (version,))

@@ -194,6 +194,23 @@ class Tx:
         """The kill switches in force now (read at judgement time: effective at once)."""
         return av.active_suspensions(self._conn)
 
+    def note_rules_version(self, version: str, *, actor: str, how: str, before: str = "") -> bool:
+        """Record the rule-set version in force; a change is a ``rules_version_changed`` event with both.
+
+        ``before`` is used when no version was recorded yet (a database older than the version
+        stamp). Returns True when the version changed.
+        """
+        stored = av.recorded_rules_version(self._conn)
+        if stored == version:
+            return False
+        recorded = stored or before
+        if recorded == version:
+            av.record_rules_version(self._conn, version)
+            return False
+        self.audit("rules_version_changed", actor=actor, data={"before": recorded, "after": version, "how": how})
+        av.record_rules_version(self._conn, version)
+        return True
+
     def add_critical(self, result_id: int, flag: str) -> None:
         """Open a critical-value notification for a result flagged HH or LL."""
         av.add_critical(self._conn, result_id, flag, self.now)

@@ -228,3 +228,17 @@ def test_range_set_replaces_one_row(config: Path) -> None:
     clash = invoke(config, "range", "set", "ALT-P5P", "--id", "0", "--sex", "F", "--age-min", "18y",
                    "--low", "1", "--high", "2")
     assert clash.exit_code != 0 and "ambiguous" in clash.output
+
+
+def test_a_hand_edit_is_an_audited_rules_change_at_the_next_judgement(config: Path) -> None:
+    """The daemon records the rule-set version it judges under; a hand edit shows up with both versions."""
+    receive(config, astm("V1", "30"))
+    first = invoke(config, "rules", "version").output.strip()
+    config.write_text(config.read_text().replace("absurd_high = 20000", "absurd_high = 19000", 1))
+    second = invoke(config, "rules", "version").output.strip()
+    assert second != first
+    receive(config, astm("V2", "30"))
+    receive(config, astm("V3", "30"))
+    events = json.loads(invoke(config, "audit", "list", "--event", "rules_version_changed", "--json").output)
+    assert [(e["data"]["before"], e["data"]["after"]) for e in events][-1] == (first, second)
+    assert sum(1 for e in events if e["data"]["after"] == second) == 1, "recorded once, not per result"
