@@ -688,7 +688,8 @@ class _Validator:
 
 _METHOD_KEYS = frozenset({"analyte", "units", "loinc", "measuring_range", "critical_low", "critical_high",
                           "ranges", "delta", "status", "source", "conversions", "thresholds", "grading",
-                          "alt_delta", "hys_law", "absurd_low", "absurd_high", "gates", "alert_high"})
+                          "alt_delta", "hys_law", "absurd_low", "absurd_high", "gates", "alert_high",
+                          "approved_by", "approved_at"})
 _RANGE_KEYS = frozenset({"sex", "age_min", "age_max", "low", "high", "source", "status", "approved_by",
                          "approved_at", "in_units"})
 _DELTA_KEYS = frozenset({"abs", "pct", "window_days", "action"})

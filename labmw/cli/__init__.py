@@ -78,7 +78,8 @@ def register() -> None:
     from labmw.cli import autoverify_cmd
 
     autoverify_cmd.register(app, rules_app=rules_cmd.rules_app, analyzer_app=config_cmd.analyzer_app,
-                            range_app=config_cmd.range_app, review_app=review_cmd.review_app)
+                            range_app=config_cmd.range_app, review_app=review_cmd.review_app,
+                            method_app=config_cmd.method_app)
 
 
 register()

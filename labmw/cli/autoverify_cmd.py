@@ -32,7 +32,7 @@ Json = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
 
 def register(app: typer.Typer, *, rules_app: typer.Typer, analyzer_app: typer.Typer, range_app: typer.Typer,
-             review_app: typer.Typer) -> None:
+             review_app: typer.Typer, method_app: typer.Typer) -> None:
     app.add_typer(autoverify_app, name="autoverify")
     app.add_typer(critical_app, name="critical")
     app.add_typer(report_app, name="report")
@@ -42,6 +42,7 @@ def register(app: typer.Typer, *, rules_app: typer.Typer, analyzer_app: typer.Ty
     range_app.command("remove")(range_remove)
     range_app.command("approve")(range_approve)
     range_app.command("set")(range_set)
+    method_app.command("approve")(method_approve)
     review_app.command("show")(review_show)
 
 
@@ -297,6 +298,22 @@ def range_approve(ctx: typer.Context, method: Annotated[str, typer.Argument(help
 
     _range_edit(ctx, method, range_id, "range approve", approve)
     typer.echo(f"range {range_id} of {method} approved by {actor}")
+
+
+def method_approve(ctx: typer.Context, method: Annotated[str, typer.Argument(help="The method.")]) -> None:
+    """Sign off a method pending review (its ranges are approved one by one with range approve)."""
+    if _method(ctx, method).status != "pending review":
+        raise UsageError(f"method {method} is not pending review")
+    actor, when = os_user(), _now().isoformat(timespec="seconds")
+
+    def change(doc: TOMLDocument) -> None:
+        table = config_edit.table_at(doc, "methods", method, create=False)
+        table["status"] = "active"
+        table["approved_by"] = actor
+        table["approved_at"] = when
+
+    config_edit.edit(config_file(ctx), "method approve", f"methods.{method}", change)
+    typer.echo(f"method {method} approved by {actor}")
 
 
 # --- review show ---------------------------------------------------------------------------------

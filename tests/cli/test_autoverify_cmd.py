@@ -23,7 +23,7 @@ COMMANDS = [
     ["autoverify"], ["autoverify", "suspend"], ["autoverify", "resume"], ["autoverify", "list"],
     ["analyzer", "flag"], ["analyzer", "flag", "set"], ["analyzer", "flag", "list"], ["rules", "version"],
     ["range", "list"], ["range", "remove"], ["range", "approve"], ["range", "set"], ["critical"], ["critical", "list"],
-    ["critical", "notify"], ["report"], ["report", "autoverification"], ["review", "show"],
+    ["critical", "notify"], ["report"], ["report", "autoverification"], ["review", "show"], ["method", "approve"],
 ]
 
 
@@ -242,3 +242,14 @@ def test_a_hand_edit_is_an_audited_rules_change_at_the_next_judgement(config: Pa
     events = json.loads(invoke(config, "audit", "list", "--event", "rules_version_changed", "--json").output)
     assert [(e["data"]["before"], e["data"]["after"]) for e in events][-1] == (first, second)
     assert sum(1 for e in events if e["data"]["after"] == second) == 1, "recorded once, not per result"
+
+
+def test_method_approve_signs_off_a_pending_method(config: Path) -> None:
+    test = ["rules", "test", "--method", "ALT-VITROS", "--value", "30", "--sex", "M", "--age", "45y"]
+    assert "RANGE_UNAPPROVED" in invoke(config, *test).output
+    assert invoke(config, "method", "approve", "ALT-VITROS").exit_code == 0
+    ranges = json.loads(invoke(config, "range", "list", "ALT-VITROS", "--json").output)
+    (adult_m,) = [r["id"] for r in ranges if r["partition"] == "M 18y+"]
+    assert invoke(config, "range", "approve", "ALT-VITROS", "--id", str(adult_m)).exit_code == 0
+    assert "hold: no" in invoke(config, *test).output
+    assert invoke(config, "method", "approve", "ALT-VITROS").exit_code != 0
