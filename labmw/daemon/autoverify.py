@@ -10,6 +10,7 @@ pipeline stays one call each.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from labmw.config import AnalyzerSettings, Settings
@@ -52,6 +53,9 @@ def evaluate_inputs(settings: Settings, analyzer: AnalyzerSettings, tx: Tx) -> d
     """
     version = rules_version(settings)
     tx.note_rules_version(version, actor="labmw", how="configuration loaded by the daemon")
+    # A critical value nobody logged as notified in time raises its alert while results flow too, not
+    # only when someone runs `labmw status` or `labmw critical list`.
+    tx.alert_overdue_criticals(before=tx.now - timedelta(minutes=settings.autoverify.critical_notify_minutes))
     return {"policy": policy_for(settings, analyzer, tx), "rules_version": version}
 
 

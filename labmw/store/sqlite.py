@@ -215,6 +215,16 @@ class Tx:
         """Open a critical-value notification for a result flagged HH or LL."""
         av.add_critical(self._conn, result_id, flag, self.now)
 
+    def alert_overdue_criticals(self, *, before: datetime) -> int:
+        """Audit ``critical_overdue`` once for each unnotified critical detected before ``before``."""
+        fresh = [c for c in av.overdue_criticals(self._conn, before=before) if c["alerted_at"] is None]
+        av.mark_alerted(self._conn, [c["id"] for c in fresh], self.now)
+        for c in fresh:
+            self.audit("critical_overdue", analyzer=c["analyzer"], specimen=c["specimen"], patient=c["patient"],
+                       ref=str(c["result_id"]),
+                       data={"critical_id": c["id"], "detected_at": c["detected_at"], "flag": c["flag"]})
+        return len(fresh)
+
 
 class Store:
     """The SQLite store. Not thread-safe: the daemon drives it from one dedicated thread."""
@@ -472,14 +482,9 @@ class Store:
     def alert_overdue_criticals(self, *, before: datetime, now: datetime) -> list[dict[str, Any]]:
         """Unnotified criticals detected before ``before``; each not yet alerted raises one audit event."""
         overdue = av.overdue_criticals(self._conn, before=before)
-        fresh = [c for c in overdue if c["alerted_at"] is None]
-        if fresh:
+        if any(c["alerted_at"] is None for c in overdue):
             with self.transaction(now) as tx:
-                av.mark_alerted(self._conn, [c["id"] for c in fresh], now)
-                for c in fresh:
-                    tx.audit("critical_overdue", analyzer=c["analyzer"], specimen=c["specimen"],
-                             patient=c["patient"], ref=str(c["result_id"]),
-                             data={"critical_id": c["id"], "detected_at": c["detected_at"], "flag": c["flag"]})
+                tx.alert_overdue_criticals(before=before)
         return overdue
 
     def held_extras(self, result_id: int) -> dict[str, Any]:

@@ -195,6 +195,22 @@ def test_overdue_critical_raises_one_alert_event(config: Path) -> None:
     assert len(events) == 1
 
 
+def test_the_daemon_raises_the_overdue_alert_while_results_flow(config: Path) -> None:
+    """Results judged after the deadline raise the alert for an earlier unnotified critical, once."""
+    settings = load(config)
+    store = Store.open(settings.db_path)
+    try:
+        pipeline = Pipeline(settings, store, clock=lambda: datetime(2026, 11, 25, 9, 0, tzinfo=UTC))
+        pipeline.handle_astm(settings.analyzers["c501"], astm("D1", "1200"), b"", "p")
+        pipeline.clock = lambda: datetime(2026, 11, 25, 10, 0, tzinfo=UTC)  # an hour later: past 30 min
+        pipeline.handle_astm(settings.analyzers["c501"], astm("D2", "30"), b"", "p")
+        pipeline.handle_astm(settings.analyzers["c501"], astm("D3", "30"), b"", "p")
+    finally:
+        store.close()
+    events = json.loads(invoke(config, "audit", "list", "--event", "critical_overdue", "--json").output)
+    assert [e["specimen"] for e in events] == ["D1"]
+
+
 def test_review_show_and_report(config: Path) -> None:
     receive(config, astm("R1", "30"), astm("R2", "-----"), astm("R3", "25000"), astm("R4", "30", birth=""))
     rows = held(config)
