@@ -321,3 +321,30 @@ class Evaluation:
     review_notes: tuple[str, ...] = ()
     #: Content hash of the rule set in force when the result was judged (labmw rules version).
     rules_version: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Suspension:
+    """An active ``labmw autoverify suspend``: empty analyzer/method means every one."""
+
+    id: int = 0
+    analyzer: str = ""
+    method: str = ""
+    reason: str = ""
+    actor: str = ""
+    since: str = ""
+
+    def covers(self, analyzer: str, method: str | None) -> bool:
+        """Whether this suspension applies to a result of ``analyzer`` and ``method``."""
+        return (not self.analyzer or self.analyzer == analyzer) and (
+            not self.method or self.method == (method or "")
+        )
+
+    def describe(self) -> str:
+        scope = " ".join(
+            part for part in (
+                f"analyzer {self.analyzer}" if self.analyzer else "",
+                f"method {self.method}" if self.method else "",
+            ) if part
+        ) or "all analyzers and methods"
+        return f"autoverification suspended for {scope}: {self.reason}"

@@ -10,7 +10,7 @@ pipeline stays one call each.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from labmw.config import AnalyzerSettings, Settings
@@ -44,6 +44,13 @@ def policy_for(settings: Settings, analyzer: AnalyzerSettings | None, tx: Tx | N
                       suspensions=suspensions, texts=settings.autoverify.texts)
 
 
+#: How often judging results also looks for overdue critical values (seconds).
+OVERDUE_CHECK_SECONDS = 5.0
+# What this process last recorded: the configuration whose version it noted, when it last looked
+# for overdue criticals. The suspensions are read for every result: the kill switch must not wait.
+_NOTED: dict[str, object] = {}
+
+
 def evaluate_inputs(settings: Settings, analyzer: AnalyzerSettings, tx: Tx) -> dict[str, Any]:
     """Keyword arguments of :func:`labmw.rules.engine.evaluate` beyond the result and its method.
 
@@ -52,10 +59,16 @@ def evaluate_inputs(settings: Settings, analyzer: AnalyzerSettings, tx: Tx) -> d
     ``rules_version_changed`` too, not only a CLI edit.
     """
     version = rules_version(settings)
-    tx.note_rules_version(version, actor="labmw", how="configuration loaded by the daemon")
+    if _NOTED.get("settings") is not settings:
+        # Once per loaded configuration (the store keeps the version it last recorded).
+        tx.note_rules_version(version, actor="labmw", how="configuration loaded by the daemon")
+        _NOTED["settings"] = settings
     # A critical value nobody logged as notified in time raises its alert while results flow too, not
-    # only when someone runs `labmw status` or `labmw critical list`.
-    tx.alert_overdue_criticals(before=tx.now - timedelta(minutes=settings.autoverify.critical_notify_minutes))
+    # only when someone runs `labmw status` or `labmw critical list`; looked at most every few seconds.
+    last = _NOTED.get("overdue_at")
+    if not isinstance(last, datetime) or abs((tx.now - last).total_seconds()) >= OVERDUE_CHECK_SECONDS:
+        tx.alert_overdue_criticals(before=tx.now - timedelta(minutes=settings.autoverify.critical_notify_minutes))
+        _NOTED["overdue_at"] = tx.now
     return {"policy": policy_for(settings, analyzer, tx), "rules_version": version}
 
 

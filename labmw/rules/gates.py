@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from labmw.model import Method, Result
+from labmw.model import Method, Result, Suspension
 from labmw.rules.draft import Draft
 from labmw.rules.ranges import PENDING_REVIEW, RangeSelection
 from labmw.rules.units import Converted
@@ -64,33 +64,6 @@ class FlagRule:
 
     action: str  # hold, flag or ignore
     comment: str = ""  # why the lab chose this (shown in review and audit, never sent)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Suspension:
-    """An active ``labmw autoverify suspend``: empty analyzer/method means every one."""
-
-    id: int = 0
-    analyzer: str = ""
-    method: str = ""
-    reason: str = ""
-    actor: str = ""
-    since: str = ""
-
-    def covers(self, analyzer: str, method: str | None) -> bool:
-        """Whether this suspension applies to a result of ``analyzer`` and ``method``."""
-        return (not self.analyzer or self.analyzer == analyzer) and (
-            not self.method or self.method == (method or "")
-        )
-
-    def describe(self) -> str:
-        scope = " ".join(
-            part for part in (
-                f"analyzer {self.analyzer}" if self.analyzer else "",
-                f"method {self.method}" if self.method else "",
-            ) if part
-        ) or "all analyzers and methods"
-        return f"autoverification suspended for {scope}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,8 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from labmw.errors import StoreError
-from labmw.model import Evaluation
-from labmw.rules.gates import Suspension
+from labmw.model import Evaluation, Suspension
 
 
 def record_gates(conn: sqlite3.Connection, result_id: int, evaluation: Evaluation, now: datetime) -> None:

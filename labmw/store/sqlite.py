@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from labmw.errors import StoreError
-from labmw.model import Evaluation, PreviousResult, Result
-from labmw.rules.gates import Suspension
+from labmw.model import Evaluation, PreviousResult, Result, Suspension
 from labmw.store import audit as audit_log
 from labmw.store import autoverify as av
 from labmw.store.audit import AuditEvent, Verification
