@@ -220,16 +220,17 @@ def analyzer_add(
             raise UsageError(f"--map {item}: unknown method {method!r} (configured: {', '.join(sorted(cfg.methods))})")
         mapping[code] = method
     table: dict[str, Any] = {"protocol": protocol, "transport": transport}
-    for key, value in (("listen", _endpoint("--listen", listen)), ("connect", _endpoint("--connect", connect)),
-                       ("device", device), ("baud", baud), ("encoding", encoding),
-                       ("test_code_component", test_code_component), ("specimen_component", specimen_component),
-                       ("checksum_policy", checksum_policy), ("parity", parity), ("bytesize", bytesize),
-                       ("stopbits", stopbits), ("specimen_field", specimen_field),
-                       ("max_frame_text", max_frame_text), ("query_mode", query_mode),
-                       ("frame_timeout", frame_timeout), ("max_connections", max_connections),
-                       ("unmapped", unmapped)):
-        if value is not None:
-            table[key] = value
+    options: tuple[tuple[str, object], ...] = (
+        ("listen", _endpoint("--listen", listen)), ("connect", _endpoint("--connect", connect)),
+        ("device", device), ("baud", baud), ("encoding", encoding),
+        ("test_code_component", test_code_component), ("specimen_component", specimen_component),
+        ("checksum_policy", checksum_policy), ("parity", parity), ("bytesize", bytesize),
+        ("stopbits", stopbits), ("specimen_field", specimen_field),
+        ("max_frame_text", max_frame_text), ("query_mode", query_mode),
+        ("frame_timeout", frame_timeout), ("max_connections", max_connections), ("unmapped", unmapped))
+    for key, setting in options:
+        if setting is not None:
+            table[key] = setting
     if allow:
         table["allow"] = list(allow)
     if lf_segments:

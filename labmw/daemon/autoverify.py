@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from labmw.config import AnalyzerSettings, Settings
-from labmw.model import Evaluation, Flag
+from labmw.model import Evaluation, Flag, Method, Result
 from labmw.rules.gates import GatePolicy
 from labmw.rules.version import rule_set_version
 from labmw.store import Tx
@@ -70,6 +70,21 @@ def evaluate_inputs(settings: Settings, analyzer: AnalyzerSettings, tx: Tx) -> d
         tx.alert_overdue_criticals(before=tx.now - timedelta(minutes=settings.autoverify.critical_notify_minutes))
         _NOTED["overdue_at"] = tx.now
     return {"policy": policy_for(settings, analyzer, tx), "rules_version": version}
+
+
+def static_inputs(settings: Settings, analyzer: AnalyzerSettings) -> dict[str, Any]:
+    """The inputs for judging off the store thread: the analyzer's policy without the store's state.
+
+    The caller re-judges on the store thread when a suspension turns out to cover the result.
+    """
+    return {"policy": policy_for(settings, analyzer, None), "rules_version": rules_version(settings)}
+
+
+def suspended(inputs: dict[str, Any], result: Result, method: Method | None) -> bool:
+    """Whether a kill switch in ``inputs`` (from :func:`evaluate_inputs`) covers this result."""
+    policy: GatePolicy = inputs["policy"]
+    name = method.name if method is not None else None
+    return any(s.covers(result.analyzer, name) for s in policy.suspensions)
 
 
 def after_store(tx: Tx, result_id: int, evaluation: Evaluation) -> None:

@@ -169,10 +169,12 @@ def review_detail(conn: sqlite3.Connection, result_id: int) -> dict[str, Any]:
     if row is None:
         raise StoreError(f"no result with id {result_id}")
     decisions: list[dict[str, Any]] = []
-    event = conn.execute("SELECT data FROM audit WHERE event = 'result_evaluated' AND ref = ? ORDER BY seq DESC "
-                         "LIMIT 1", (str(result_id),)).fetchone()
+    # The evaluation is kept in the result's audit event (result_received; result_evaluated before).
+    event = conn.execute("SELECT data FROM audit WHERE event IN ('result_received', 'result_evaluated') AND ref = ? "
+                         "ORDER BY seq DESC LIMIT 1", (str(result_id),)).fetchone()
     if event is not None:
-        decisions = json.loads(event["data"]).get("decisions", [])
+        data = json.loads(event["data"])
+        decisions = data.get("decisions") or (data.get("evaluation") or {}).get("decisions", [])
     previous = [
         {"id": p["id"], "collected_at": p["collected_at"] or "", "value": p["raw_value"], "units": p["units"],
          "flags": json.loads(p["flags"]), "state": p["state"]}
