@@ -46,6 +46,7 @@ from labmw.model import (
 from labmw.rules.age import parse_age
 from labmw.rules.gates import DEFAULT_TEXTS, FLAG_ACTIONS, GATE_ACTIONS, GATE_NAMES, UNMAPPED_ACTIONS, FlagRule
 from labmw.rules.range_checks import age_order_problem, ambiguous_pairs, describe_pair
+from labmw.rules.version import rule_set_version
 
 DEFAULT_CONFIG = Path("/etc/labmw/labmw.toml")
 PROTOCOLS = ("astm", "hl7")
@@ -263,6 +264,13 @@ def config_digest(doc: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def rules_version(settings: Settings) -> str:
+    """The content hash of the rules in ``settings`` (``labmw rules version``; labmw.rules.version)."""
+    analyzers = {name: {"map": dict(a.map), "gates": dict(a.gates), "unmapped": a.unmapped, "flags": dict(a.flags)}
+                 for name, a in settings.analyzers.items()}
+    return rule_set_version(settings.methods, analyzers, settings.autoverify.texts)
+
+
 def parse_endpoint(text: str) -> Endpoint:
     """``HOST:PORT`` → Endpoint; raises ValueError with what is expected."""
     host, sep, port_text = str(text).rpartition(":")
@@ -421,7 +429,7 @@ class _Validator:
         """``gates = { NEEDS_DILUTION = "flag" }``: gate name -> hold|flag."""
         raw = self.table(tbl, key)
         actions: dict[str, str] = {}
-        for gate, action in raw.items():
+        for gate in raw:
             if gate not in GATE_NAMES:
                 raise self.fail(f"{key}.{gate}", f"unknown gate (expected one of {', '.join(GATE_NAMES)})")
             actions[gate] = self.choice(raw, f"{key}.{gate}", GATE_ACTIONS)

@@ -23,8 +23,7 @@ import tomlkit
 from tomlkit.items import Table
 from tomlkit.toml_document import TOMLDocument
 
-from labmw.config import Settings, parse, read_toml
-from labmw.daemon.autoverify import rules_version
+from labmw.config import Settings, parse, read_toml, rules_version
 from labmw.errors import ConfigError, LabmwError, UsageError
 from labmw.store import Store
 

@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from labmw.config import AnalyzerSettings, Settings
+from labmw.config import rules_version as settings_rules_version
 from labmw.model import Evaluation, Flag, Method, Result
 from labmw.rules.gates import GatePolicy
-from labmw.rules.version import rule_set_version
 from labmw.store import Tx
 
 _VERSIONS: dict[int, tuple[Settings, str]] = {}
@@ -27,9 +27,7 @@ def rules_version(settings: Settings) -> str:
     cached = _VERSIONS.get(id(settings))
     if cached is not None and cached[0] is settings:
         return cached[1]
-    analyzers = {name: {"map": dict(a.map), "gates": dict(a.gates), "unmapped": a.unmapped, "flags": dict(a.flags)}
-                 for name, a in settings.analyzers.items()}
-    version = rule_set_version(settings.methods, analyzers, settings.autoverify.texts)
+    version = settings_rules_version(settings)
     _VERSIONS.clear()  # one configuration is in force at a time
     _VERSIONS[id(settings)] = (settings, version)
     return version
