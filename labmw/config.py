@@ -44,6 +44,9 @@ from labmw.model import (
     UnitConversion,
 )
 from labmw.rules.age import parse_age
+from labmw.rules.gates import DEFAULT_TEXTS, FLAG_ACTIONS, GATE_ACTIONS, GATE_NAMES, UNMAPPED_ACTIONS, FlagRule
+from labmw.rules.range_checks import age_order_problem, ambiguous_pairs, describe_pair
+from labmw.rules.version import rule_set_version
 
 DEFAULT_CONFIG = Path("/etc/labmw/labmw.toml")
 PROTOCOLS = ("astm", "hl7")
@@ -99,6 +102,11 @@ class AnalyzerSettings:
     # A tcp-server listener's simultaneous connections (analyzers reconnect before a dead socket is
     # noticed, so more than one is normal; thousands are an attack or a bug, and cost file descriptors).
     max_connections: int = 64
+    # Autoverification (labmw.rules.gates): test codes with no method are held or forwarded; gate
+    # actions of this analyzer (gate -> hold|flag); its instrument-flag table (flag -> FlagRule).
+    unmapped: str = "hold"
+    gates: Mapping[str, str] = field(default_factory=dict)
+    flags: Mapping[str, FlagRule] = field(default_factory=dict)
     # HL7 analyzers: seconds without a byte before labmw closes the connection (an MLLP sender
     # reconnects when it has a message; a silent socket may be half-open or a slot squatter).
     idle_timeout: float = 900.0
@@ -152,6 +160,14 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AutoverifySettings:
+    """``[autoverify]``: the reviewed clinician NTE texts per gate, and the critical-call deadline."""
+
+    texts: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TEXTS))
+    critical_notify_minutes: int = 30
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     path: Path
     data_dir: Path
@@ -159,6 +175,7 @@ class Settings:
     lis: LisSettings | None = None
     analyzers: Mapping[str, AnalyzerSettings] = field(default_factory=dict)
     methods: Mapping[str, Method] = field(default_factory=dict)
+    autoverify: AutoverifySettings = field(default_factory=AutoverifySettings)
     # Operations: the daemon's log level (LABMW_DEBUG=1 still forces debug), and the optional
     # Prometheus endpoint (loopback only unless a site decides otherwise).
     log_level: str = "info"
@@ -188,7 +205,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     """Parse the file; a missing or unparseable file raises ConfigError naming it."""
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            # Decimal, not float: a limit typed 0.50 stays 0.50 in OBX-7.
+            return tomllib.load(fh, parse_float=Decimal)
     except FileNotFoundError:
         raise ConfigError(path, None, "file not found (create it with `labmw init`)") from None
     except IsADirectoryError:
@@ -230,11 +248,13 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
     analyzers = {name: v.analyzer(name, tbl, methods) for name, tbl in v.table(doc, "analyzers").items()}
     lis_tbl = doc.get("lis")
     lis = v.lis(lis_tbl) if lis_tbl else None
+    autoverify = v.autoverify(v.table(doc, "autoverify"))
     for key in doc:
-        if key not in ("service", "lis", "analyzers", "methods", "alerts"):
-            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers, methods or alerts)")
+        if key not in ("service", "lis", "analyzers", "methods", "alerts", "autoverify"):
+            raise ConfigError(path, key,
+                              "unknown section (expected service, lis, analyzers, methods, alerts or autoverify)")
     return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
-                    analyzers=analyzers, methods=methods,
+                    analyzers=analyzers, methods=methods, autoverify=autoverify,
                     log_level=v.choice(service, "service.log_level", LOG_LEVELS, default="info"),
                     metrics_listen=v.endpoint(service, "service.metrics_listen"), digest=config_digest(doc),
                     alerts=v.alerts(doc["alerts"]) if "alerts" in doc else None)
@@ -244,6 +264,13 @@ def config_digest(doc: Mapping[str, Any]) -> str:
     """SHA-256 of the document's content (not its text: a changed comment needs no reload)."""
     canonical = json.dumps(doc, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def rules_version(settings: Settings) -> str:
+    """The content hash of the rules in ``settings`` (``labmw rules version``; labmw.rules.version)."""
+    analyzers = {name: {"map": dict(a.map), "gates": dict(a.gates), "unmapped": a.unmapped, "flags": dict(a.flags)}
+                 for name, a in settings.analyzers.items()}
+    return rule_set_version(settings.methods, analyzers, settings.autoverify.texts)
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -323,7 +350,7 @@ class _Validator:
 
     def number(self, tbl: Mapping[str, Any], key: str, *, default: float) -> float:
         value = tbl.get(key.rsplit(".", 1)[-1], default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal) or value <= 0:
             raise self.fail(key, f"expected a positive number of seconds, got {value!r}")
         return float(value)
 
@@ -375,7 +402,11 @@ class _Validator:
                             for i, c in enumerate(self.array(tbl, f"{key}.conversions")))
         thresholds = tuple(self.threshold(f"{key}.thresholds[{i}]", t)
                            for i, t in enumerate(self.array(tbl, f"{key}.thresholds")))
-        return Method(
+        absurd_low = self.decimal(tbl, f"{key}.absurd_low")
+        absurd_high = self.decimal(tbl, f"{key}.absurd_high")
+        if absurd_low is not None and absurd_high is not None and absurd_low >= absurd_high:
+            raise self.fail(f"{key}.absurd_low", f"expected below absurd_high {absurd_high}, got {absurd_low}")
+        method = Method(
             name=name,
             analyte=self.string(tbl, f"{key}.analyte"),
             units=self.string(tbl, f"{key}.units"),
@@ -389,7 +420,46 @@ class _Validator:
             grading=self.grading(f"{key}.grading", tbl["grading"]) if "grading" in tbl else None,
             alt_delta=self.alt_delta(f"{key}.alt_delta", tbl["alt_delta"]) if "alt_delta" in tbl else None,
             hys_law=self.hys_law(f"{key}.hys_law", tbl["hys_law"]) if "hys_law" in tbl else None,
+            absurd_low=absurd_low, absurd_high=absurd_high, alert_high=self.decimal(tbl, f"{key}.alert_high"),
+            gates=tuple(self.gate_actions(tbl, f"{key}.gates").items()),
         )
+        for i, j in ambiguous_pairs(method):
+            raise self.fail(f"{key}.ranges[{j}]", f"ambiguous: {describe_pair(method, i, j)}")
+        return method
+
+    def gate_actions(self, tbl: Mapping[str, Any], key: str) -> dict[str, str]:
+        """``gates = { NEEDS_DILUTION = "flag" }``: gate name -> hold|flag."""
+        raw = self.table(tbl, key)
+        actions: dict[str, str] = {}
+        for gate in raw:
+            if gate not in GATE_NAMES:
+                raise self.fail(f"{key}.{gate}", f"unknown gate (expected one of {', '.join(GATE_NAMES)})")
+            actions[gate] = self.choice(raw, f"{key}.{gate}", GATE_ACTIONS)
+        return actions
+
+    def flag_table(self, tbl: Mapping[str, Any], key: str) -> dict[str, FlagRule]:
+        """``[analyzers.NAME.flags]`` ``"Samp.S" = { action = "hold", comment = "..." }``."""
+        raw = self.table(tbl, key)
+        rules: dict[str, FlagRule] = {}
+        for flag, row in raw.items():
+            row_key = f"{key}.{flag}"
+            row = self.mapping(row_key, row, frozenset({"action", "comment"}))
+            rules[flag] = FlagRule(action=self.choice(row, f"{row_key}.action", FLAG_ACTIONS),
+                                   comment=self.string(row, f"{row_key}.comment", default=""))
+        return rules
+
+    def autoverify(self, tbl: Mapping[str, Any]) -> AutoverifySettings:
+        self.known_keys(tbl, "autoverify", frozenset({"texts", "critical_notify_minutes"}))
+        texts = dict(DEFAULT_TEXTS)
+        raw = self.table(tbl, "autoverify.texts")
+        for gate in raw:
+            if gate not in GATE_NAMES:
+                raise self.fail(f"autoverify.texts.{gate}", f"unknown gate (expected one of {', '.join(GATE_NAMES)})")
+            texts[gate] = self.string(raw, f"autoverify.texts.{gate}")
+        return AutoverifySettings(
+            texts=texts,
+            critical_notify_minutes=self.integer(tbl, "autoverify.critical_notify_minutes", default=30, low=1,
+                                                 high=24 * 60))
 
     def range_rule(self, key: str, tbl: Any) -> RangeRule:
         if not isinstance(tbl, Mapping):
@@ -403,8 +473,18 @@ class _Validator:
         if sex not in (None, "M", "F"):
             raise self.fail(f"{key}.sex", f"expected M or F (or no key for both), got {sex!r}")
         age_min, age_max = self.age(tbl, f"{key}.age_min"), self.age(tbl, f"{key}.age_max")
+        problem = age_order_problem(age_min, age_max)
+        if problem:
+            raise self.fail(f"{key}.age_min", problem)
         self.known_keys(tbl, key, _RANGE_KEYS)
-        return RangeRule(low=low, high=high, sex=sex, age_min=age_min, age_max=age_max,
+        in_units = []
+        for units, text in self.table(tbl, f"{key}.in_units").items():
+            try:
+                u_low, u_high = parse_interval(text)
+            except ValueError as exc:
+                raise self.fail(f"{key}.in_units.{units}", str(exc)) from None
+            in_units.append((units, u_low, u_high))
+        return RangeRule(low=low, high=high, sex=sex, age_min=age_min, age_max=age_max, in_units=tuple(in_units),
                          source=self.string(tbl, f"{key}.source", default=""),
                          status=self.choice(tbl, f"{key}.status", RANGE_STATUSES, default="active"))
 
@@ -607,6 +687,9 @@ class _Validator:
             frame_timeout=self.number(tbl, f"{key}.frame_timeout", default=30.0),
             tls=self.tls(tbl, f"{key}.tls", server=True) if transport == "tcp-server" else None,
             max_connections=self.integer(tbl, f"{key}.max_connections", default=64, low=1, high=1024),
+            unmapped=self.choice(tbl, f"{key}.unmapped", UNMAPPED_ACTIONS, default="hold"),
+            gates=self.gate_actions(tbl, f"{key}.gates"),
+            flags=self.flag_table(tbl, f"{key}.flags"),
             idle_timeout=self.number(tbl, f"{key}.idle_timeout", default=900.0),
             silent_after_minutes=(self.number(tbl, f"{key}.silent_after_minutes", default=1.0)
                                   if "silent_after_minutes" in tbl else None),
@@ -626,7 +709,7 @@ class _Validator:
             if f.name in ("command", "webhook_url"):
                 continue
             value = tbl.get(f.name, f.default)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int | float | Decimal) or value <= 0:
                 unit = f.name.rsplit("_", 1)[-1].replace("mb", "MB")
                 raise self.fail(f"alerts.{f.name}", f"expected a positive number ({unit}), got {value!r}")
             numbers[f.name] = float(value)
@@ -696,8 +779,10 @@ class _Validator:
 
 _METHOD_KEYS = frozenset({"analyte", "units", "loinc", "measuring_range", "critical_low", "critical_high",
                           "ranges", "delta", "status", "source", "conversions", "thresholds", "grading",
-                          "alt_delta", "hys_law"})
-_RANGE_KEYS = frozenset({"sex", "age_min", "age_max", "low", "high", "source", "status"})
+                          "alt_delta", "hys_law", "absurd_low", "absurd_high", "gates", "alert_high",
+                          "approved_by", "approved_at"})
+_RANGE_KEYS = frozenset({"sex", "age_min", "age_max", "low", "high", "source", "status", "approved_by",
+                         "approved_at", "in_units"})
 _DELTA_KEYS = frozenset({"abs", "pct", "window_days", "action"})
 _CONVERSION_KEYS = frozenset({"units", "factor", "decimals", "source"})
 _THRESHOLD_KEYS = frozenset({"name", "value", "sex", "age_min", "age_max", "enabled", "source"})

@@ -44,7 +44,15 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
         "idle_timeout",
         # alerts (F): how long the analyzer may stay silent before an alert (minutes)
         "silent_after_minutes",
+        # autoverification (C): unmapped codes hold|forward, gate actions, instrument-flag table
+        "unmapped", "gates", "flags",
     }),
+    "analyzers.*.gates": ANY_KEY,  # gate names, checked by the parser
+    "analyzers.*.flags": ANY_KEY,  # instrument flags as the analyzer sends them
+    "analyzers.*.flags.*": frozenset({"action", "comment"}),
+    # autoverification (C): the critical-call deadline and the reviewed clinician texts per gate
+    "autoverify": frozenset({"critical_notify_minutes", "texts"}),
+    "autoverify.texts": ANY_KEY,
     "analyzers.*.tls": frozenset({"ca_file", "cert_file", "key_file", "server_name"}),
     "analyzers.*.map": ANY_KEY,
     "alerts": frozenset({

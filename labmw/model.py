@@ -51,6 +51,7 @@ class Result:
     birth_date: date | None = None  # PHI
     sex: str = ""  # "M", "F", "U" or "" when not sent
     sequence: int = 0  # position of the result in its message, 1-based
+    comments: tuple[str, ...] = ()  # ASTM C records after the R record (instrument comments)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +81,9 @@ class RangeRule:
     # "active"; "pending review" (applied, and every result it judges says so: CLINICAL.md item 25);
     # "disabled" (kept in the file for the record, never applied).
     status: str = "active"
+    #: The same interval as published in other units, as (units, low, high): a result reported in those
+    #: units is judged against them and OBX-7 shows them (Ceriotti's 0.15-0.99 ukat/L, not 59/60 = 0.98).
+    in_units: tuple[tuple[str, Decimal, Decimal], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,6 +257,15 @@ class Method:
     grading: Grading | None = None
     alt_delta: AltDeltaTiers | None = None
     hys_law: HysLawRule | None = None
+    #: Autoverification plausibility limits (gate ABSURD): at or below ``absurd_low`` or above
+    #: ``absurd_high`` a value is held as implausible (CLINICAL.md §4.2 step 6, item 14).
+    absurd_low: Decimal | None = None
+    absurd_high: Decimal | None = None
+    #: A non-critical "alert" threshold (CLINICAL.md 2.4): at or above it the result keeps H and gets
+    #: a note, never HH (HH/LL are only for limits configured as critical).
+    alert_high: Decimal | None = None
+    #: Gate actions of this method as (gate name, "hold" | "flag") pairs; they override the analyzer's.
+    gates: tuple[tuple[str, str], ...] = ()
 
     @property
     def delta_window_days(self) -> Decimal | None:
@@ -300,6 +313,41 @@ class Evaluation:
     notes: tuple[str, ...] = ()
     hold: bool = False
     decisions: tuple[Decision, ...] = ()
+    #: Autoverification gates that held the result (labmw.rules.gates), in rule order.
+    gates: tuple[str, ...] = ()
+    #: Gates that fired but were set to "flag": released with a clinician NTE.
+    flagged_gates: tuple[str, ...] = ()
+    #: Notes for the reviewer only (why a gate held, who released): never sent to the LIS.
+    review_notes: tuple[str, ...] = ()
+    #: Content hash of the rule set in force when the result was judged (labmw rules version).
+    rules_version: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Suspension:
+    """An active ``labmw autoverify suspend``: empty analyzer/method means every one."""
+
+    id: int = 0
+    analyzer: str = ""
+    method: str = ""
+    reason: str = ""
+    actor: str = ""
+    since: str = ""
+
+    def covers(self, analyzer: str, method: str | None) -> bool:
+        """Whether this suspension applies to a result of ``analyzer`` and ``method``."""
+        return (not self.analyzer or self.analyzer == analyzer) and (
+            not self.method or self.method == (method or "")
+        )
+
+    def describe(self) -> str:
+        scope = " ".join(
+            part for part in (
+                f"analyzer {self.analyzer}" if self.analyzer else "",
+                f"method {self.method}" if self.method else "",
+            ) if part
+        ) or "all analyzers and methods"
+        return f"autoverification suspended for {scope}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,8 +21,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "rules": (*_BASE, "labmw.rules"),
     "mapping": (*_BASE, "labmw.wire", "labmw.mapping"),
     "store": (*_BASE, "labmw.store"),
-    "config": (*_BASE, "labmw.config", "labmw.rules"),
+    "config": (*_BASE, "labmw.config", "labmw.config_schema", "labmw.rules"),
     "config_edit": (*_BASE, "labmw.config", "labmw.store", "tomlkit"),
+    "config_schema": (*_BASE,),
     # Transports move bytes: they know the wire engines and the settings, never the daemon, the
     # store, the rules or the mapping (the intake hands them an Outcome from the model).
     "transports": (*_BASE, "labmw.config", "labmw.wire", "labmw.transports", "structlog", "serial"),

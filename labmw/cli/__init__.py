@@ -133,6 +133,11 @@ def register() -> None:
     retention_cmd.register(app)
     demo_cmd.register(app)
     simulate_cmd.register(app)
+    from labmw.cli import autoverify_cmd
+
+    autoverify_cmd.register(app, rules_app=rules_cmd.rules_app, analyzer_app=config_cmd.analyzer_app,
+                            range_app=config_cmd.range_app, review_app=review_cmd.review_app,
+                            method_app=config_cmd.method_app)
 
 
 register()

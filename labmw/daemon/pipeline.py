@@ -24,6 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 from labmw.config import AnalyzerSettings, Settings
+from labmw.daemon import autoverify
 from labmw.errors import LabmwError, StoreError
 from labmw.mapping.hl7_oru import build_oru
 from labmw.model import Decision, Evaluation, Method, Outcome, PreviousResult, RelatedResult, Result
@@ -158,6 +159,7 @@ class Pipeline:
         transaction. Pure CPU apart from that read; raises nothing.
         """
         prejudged: list[Judged | None] = []
+        inputs = autoverify.static_inputs(self.settings, analyzer)
         for result in decoded.results:
             method = self._method(analyzer, result)
             try:
@@ -167,8 +169,9 @@ class Pipeline:
                         prejudged.append(None)
                         continue
                     snapshot = self._history(history, result, method)
-                evaluation = self._finish(result, judge(result, method, previous=snapshot[0], related=snapshot[1])
-                                          if snapshot is not None else judge(result, method))
+                evaluation = self._finish(result, judge(result, method, previous=snapshot[0], related=snapshot[1],
+                                                        **inputs)
+                                          if snapshot is not None else judge(result, method, **inputs))
                 payload = None
                 if not evaluation.hold:
                     payload = oru_for(self.settings, result, evaluation, method, CID_PLACEHOLDER, now)
@@ -297,6 +300,9 @@ class Pipeline:
                      if result.status == "C" and result.specimen_id else None)
         previous: PreviousResult | None = None
         evaluation: Evaluation | None = None
+        related: tuple[RelatedResult, ...] | list[RelatedResult] = ()
+        # The gate policy with the kill switches in force now (read here, in the judging transaction).
+        inputs = autoverify.evaluate_inputs(self.settings, analyzer, tx)
         try:
             if judged is not None and judged.history is not None:
                 # The snapshot the judgement used must still be the history now, in this transaction.
@@ -304,6 +310,10 @@ class Pipeline:
                     judged = None
             if judged is not None:
                 evaluation, previous = judged.evaluation, judged.history[0] if judged.history else None
+                if autoverify.suspended(inputs, result, method):
+                    # Judged off the thread before a suspension: judged again under the switches in force.
+                    related = judged.history[1] if judged.history else ()
+                    evaluation, judged = None, None
             else:
                 previous = self._previous(tx, result, method)
                 related = self._related(tx, result, method)
@@ -314,9 +324,10 @@ class Pipeline:
                 method, f"history could not be read: {type(exc).__name__}: {exc}"))
             judged = None
         if evaluation is None:
-            evaluation = self._finish(result, judge(result, method, previous=previous, related=related))
+            evaluation = self._finish(result, judge(result, method, previous=previous, related=related, **inputs))
         state = "held" if evaluation.hold else "queued"
         result_id = tx.add_result(message_id=message_id, result=result, evaluation=evaluation, state=state)
+        autoverify.after_store(tx, result_id, evaluation)
         if corrected is not None:
             # The correction replaces the earlier value (kept, marked superseded) instead of
             # standing beside it as a second result of the same specimen and test.
@@ -335,7 +346,9 @@ class Pipeline:
             "completed_at": _iso(result.completed_at), "evaluation": _evaluation_record(evaluation, previous)}
         if evaluation.hold:
             tx.audit("result_received", **who, ref=str(result_id), data={**received, "state": "held"})
-            tx.audit("result_held", **who, ref=str(result_id), data={"notes": list(evaluation.notes)})
+            tx.audit("result_held", **who, ref=str(result_id),
+                     data={"notes": list(evaluation.notes), "gates": list(evaluation.gates),
+                           "review_notes": list(evaluation.review_notes)})
             return True
         cid = control_id(self.store.install_id, result_id)
         try:
@@ -347,7 +360,8 @@ class Pipeline:
         except LabmwError as exc:
             # Not sendable as it stands (e.g. no test code for OBX-3): visibly held, never dropped.
             note = f"cannot build the message for the LIS, held for review: {exc}"
-            tx.hold_result(result_id, notes=(*evaluation.notes, note))
+            tx.hold_result(result_id, notes=evaluation.notes)
+            tx.record_gates(result_id, replace(evaluation, hold=True, review_notes=(*evaluation.review_notes, note)))
             tx.audit("result_received", **who, ref=str(result_id), data={**received, "state": "held"})
             tx.audit("result_held", **who, ref=str(result_id), data={"notes": [note]})
             return True
@@ -475,6 +489,8 @@ def _evaluation_record(evaluation: Evaluation, previous: PreviousResult | None) 
         "hold": evaluation.hold,
         "notes": list(evaluation.notes),
         "decisions": [{"rule": d.rule, "outcome": d.outcome, "inputs": dict(d.inputs)} for d in evaluation.decisions],
+        "gates": list(evaluation.gates), "flagged_gates": list(evaluation.flagged_gates),
+        "review_notes": list(evaluation.review_notes), "rules_version": evaluation.rules_version,
         "previous": None if previous is None else {"value": str(previous.value),
                                                     "collected_at": previous.collected_at.isoformat(),
                                                     "specimen": previous.specimen_id},

@@ -20,7 +20,7 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -166,6 +166,7 @@ def map_message(records: Sequence[Record], *, analyzer: str, profile: AstmProfil
     seen_header = False
     patient, order = PatientContext(), _Order()
     r_count = 0  # running index of R records: Result.sequence
+    after_result = False  # the previous record was an R (or a C after an R)
     for line, record in enumerate(records, start=1):
         kind = record.type
         where = f"{kind} record at line {line}"
@@ -192,8 +193,15 @@ def map_message(records: Sequence[Record], *, analyzer: str, profile: AstmProfil
             queries.append(record)
         elif kind in _NOT_MAPPED:
             problems.append(f"{where} ({_NOT_MAPPED[kind]}) is not mapped")
+        elif kind == "C" and after_result and results:
+            # A comment after an R record belongs to that result (LIS2-A2 §11): kept with it, shown
+            # in review and forwarded as an NTE (#11).
+            text = " ".join(part.strip() for part in record.components(4) if part.strip())
+            if text:
+                results[-1] = replace(results[-1], comments=(*results[-1].comments, text))
         elif kind not in ("C", "L"):
             problems.append(f"{where} has unknown record type {kind!r} and was not mapped")
+        after_result = kind == "R" or (kind == "C" and after_result)
     if not seen_header:
         problems.append("message has no H record")
     return MappedMessage(results=tuple(results), queries=tuple(queries), sender=sender,

@@ -148,6 +148,38 @@ MIGRATIONS: tuple[str, ...] = (
                                            '0000000000000000000000000000000000000000000000000000000000000000')
         BEGIN SELECT RAISE(ABORT, 'audit trail is append-only: an event must extend the chain'); END;
     """,
+    # 7: autoverification (#11): the gates that held a result, notes only the reviewer sees, the
+    # rule-set version it was judged under and since when it is held; the kill switch (read at
+    # judgement time, so a suspension made by the CLI holds the daemon's next result); the
+    # critical-value notification log (CLIA 493.1291(g): who notified whom, when, read back).
+    """
+    ALTER TABLE results ADD COLUMN gates TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE results ADD COLUMN review_notes TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE results ADD COLUMN rules_version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE results ADD COLUMN held_at TEXT;
+    CREATE TABLE autoverify_suspensions (
+        id INTEGER PRIMARY KEY,
+        analyzer TEXT NOT NULL,
+        method TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        suspended_at TEXT NOT NULL,
+        resumed_at TEXT,
+        resumed_by TEXT,
+        resume_reason TEXT
+    );
+    CREATE TABLE critical_notifications (
+        id INTEGER PRIMARY KEY,
+        result_id INTEGER NOT NULL UNIQUE REFERENCES results(id),
+        flag TEXT NOT NULL,
+        detected_at TEXT NOT NULL,
+        notified_at TEXT,
+        notified_by TEXT,
+        notified_to TEXT,
+        readback INTEGER NOT NULL DEFAULT 0,
+        alerted_at TEXT
+    );
+    """,
 )
 
 

@@ -8,6 +8,7 @@ self-contained call with its own transaction and its own audit event.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from labmw.errors import StoreError
-from labmw.model import Evaluation, PreviousResult, Result
+from labmw.model import Evaluation, PreviousResult, Result, Suspension
 from labmw.store import audit as audit_log
+from labmw.store import autoverify as av
 from labmw.store import ops_stats, retention, seals, trail_check
 from labmw.store.audit import AuditEvent, Verification
 from labmw.store.db import connect, transaction
@@ -292,6 +294,47 @@ class Tx(History):
         return [(int(row[0]), str(row[1])) for row in rows]
 
 
+    # --- autoverification (labmw.store.autoverify) ------------------------------------------------
+    def record_gates(self, result_id: int, evaluation: Evaluation) -> None:
+        """Keep the gates, reviewer notes, rule-set version and hold time with a stored result."""
+        av.record_gates(self._conn, result_id, evaluation, self.now)
+
+    def active_suspensions(self) -> tuple[Suspension, ...]:
+        """The kill switches in force now (read at judgement time: effective at once)."""
+        return av.active_suspensions(self._conn)
+
+    def note_rules_version(self, version: str, *, actor: str, how: str, before: str = "") -> bool:
+        """Record the rule-set version in force; a change is a ``rules_version_changed`` event with both.
+
+        ``before`` is used when no version was recorded yet (a database older than the version
+        stamp). Returns True when the version changed.
+        """
+        stored = av.recorded_rules_version(self._conn)
+        if stored == version:
+            return False
+        recorded = stored or before
+        if recorded == version:
+            av.record_rules_version(self._conn, version)
+            return False
+        self.audit("rules_version_changed", actor=actor, data={"before": recorded, "after": version, "how": how})
+        av.record_rules_version(self._conn, version)
+        return True
+
+    def add_critical(self, result_id: int, flag: str) -> None:
+        """Open a critical-value notification for a result flagged HH or LL."""
+        av.add_critical(self._conn, result_id, flag, self.now)
+
+    def alert_overdue_criticals(self, *, before: datetime) -> int:
+        """Audit ``critical_overdue`` once for each unnotified critical detected before ``before``."""
+        fresh = [c for c in av.overdue_criticals(self._conn, before=before) if c["alerted_at"] is None]
+        av.mark_alerted(self._conn, [c["id"] for c in fresh], self.now)
+        for c in fresh:
+            self.audit("critical_overdue", analyzer=c["analyzer"], specimen=c["specimen"], patient=c["patient"],
+                       ref=str(c["result_id"]),
+                       data={"critical_id": c["id"], "detected_at": c["detected_at"], "flag": c["flag"]})
+        return len(fresh)
+
+
 class Store:
     """The SQLite store. Not thread-safe: the daemon drives it from one dedicated thread."""
 
@@ -531,8 +574,11 @@ class Store:
     # --- review holds ----------------------------------------------------------------------------
     def held_results(self) -> list[HeldResult]:
         """Results a rule held back, oldest first."""
-        rows = self._conn.execute("SELECT * FROM results WHERE state = 'held' ORDER BY id")
-        return [_held(row) for row in rows]
+        rows = self._conn.execute("SELECT * FROM results WHERE state = 'held' ORDER BY id").fetchall()
+        held = [_held(row) for row in rows]
+        # A correction (status C) of a result the LIS already has needs more care than a first report.
+        return [dataclasses.replace(h, correction=h.correction and av.delivered_earlier(self._conn, h.id))
+                for h in held]
 
     def load_result(self, result_id: int) -> tuple[Result, Evaluation, str]:
         """A stored result as the pipeline saw it, with its evaluation and state; raises StoreError if absent."""
@@ -574,6 +620,56 @@ class Store:
                 tx.audit("result_queued", actor=actor, ref=control_id, **who,
                          data={"outbox_id": outbox_id, "result_id": result_id})
 
+    # --- autoverification: kill switch, critical calls, report ----------------------------------
+    def active_suspensions(self) -> tuple[Suspension, ...]:
+        return av.active_suspensions(self._conn)
+
+    def suspend_autoverify(self, *, analyzer: str, method: str, reason: str, actor: str, now: datetime) -> int:
+        """Suspend autoverification (empty analyzer/method: all); audited. Returns the suspension's id."""
+        with self.transaction(now) as tx:
+            sid = av.suspend(self._conn, analyzer=analyzer, method=method, reason=reason, actor=actor, now=now)
+            tx.audit("autoverify_suspended", actor=actor, analyzer=analyzer, ref=str(sid),
+                     data={"analyzer": analyzer, "method": method, "reason": reason})
+        return sid
+
+    def resume_autoverify(self, *, analyzer: str, method: str, reason: str, actor: str, now: datetime) -> list[int]:
+        """End the suspensions of exactly this scope; audited. Raises StoreError when there is none."""
+        with self.transaction(now) as tx:
+            ids = av.resume(self._conn, analyzer=analyzer, method=method, reason=reason, actor=actor, now=now)
+            tx.audit("autoverify_resumed", actor=actor, analyzer=analyzer, ref=",".join(map(str, ids)),
+                     data={"analyzer": analyzer, "method": method, "reason": reason, "suspensions": ids})
+        return ids
+
+    def criticals(self, *, only_open: bool = False) -> list[dict[str, Any]]:
+        return av.criticals(self._conn, only_open=only_open)
+
+    def notify_critical(self, critical_id: int, *, to: str, readback: bool, actor: str, now: datetime) -> None:
+        """Record who notified whom of a critical value, when, and whether it was read back; audited."""
+        with self.transaction(now) as tx:
+            row = av.notify_critical(self._conn, critical_id, to=to, readback=readback, actor=actor, now=now)
+            tx.audit("critical_notified", actor=actor, ref=str(row["result_id"]),
+                     data={"critical_id": critical_id, "to": to, "readback": readback})
+
+    def alert_overdue_criticals(self, *, before: datetime, now: datetime) -> list[dict[str, Any]]:
+        """Unnotified criticals detected before ``before``; each not yet alerted raises one audit event."""
+        overdue = av.overdue_criticals(self._conn, before=before)
+        if any(c["alerted_at"] is None for c in overdue):
+            with self.transaction(now) as tx:
+                tx.alert_overdue_criticals(before=before)
+        return overdue
+
+    def held_extras(self, result_id: int) -> dict[str, Any]:
+        """Gates, reviewer notes, rule-set version and hold time of a stored result."""
+        extras = av.held_extras(self._conn, result_id)
+        extras["correction_of_delivered"] = av.delivered_earlier(self._conn, result_id)
+        return extras
+
+    def review_detail(self, result_id: int) -> dict[str, Any]:
+        """A result with its raw message, rule outcomes and the patient's previous results (review show)."""
+        return av.review_detail(self._conn, result_id)
+
+    def autoverification_report(self, *, since: str | None, until: str | None) -> list[dict[str, Any]]:
+        return av.report(self._conn, since=since, until=until)
     def ops_marks(self) -> tuple[int, int]:
         """(last result id, last audit seq): the start of "since the daemon started" for the metrics."""
         return ops_stats.marks(self._conn)
@@ -627,18 +723,24 @@ class HeldResult:
     flags: tuple[str, ...]
     reason: str
     collected_at: str
+    gates: tuple[str, ...] = ()
+    held_at: str = ""
+    correction: bool = False  # a correction (status C) of a result already delivered to the LIS
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "analyzer": self.analyzer, "specimen": self.specimen, "patient": self.patient,
                 "method": self.method, "test_code": self.test_code, "value": self.value, "units": self.units,
-                "flags": list(self.flags), "reason": self.reason, "collected_at": self.collected_at}
+                "flags": list(self.flags), "reason": self.reason, "collected_at": self.collected_at,
+                "gates": list(self.gates), "held_since": self.held_at, "correction": self.correction}
 
 
 def _held(row: sqlite3.Row) -> HeldResult:
     return HeldResult(id=row["id"], analyzer=row["analyzer"], specimen=row["specimen"], patient=row["patient_id"],
                       method=row["method"] or "", test_code=row["test_code"], value=row["raw_value"],
                       units=row["units"], flags=tuple(json.loads(row["flags"])),
-                      reason="; ".join(json.loads(row["notes"])), collected_at=row["collected_at"] or "")
+                      reason="; ".join([*json.loads(row["review_notes"]), *json.loads(row["notes"])]),
+                      collected_at=row["collected_at"] or "", gates=tuple(json.loads(row["gates"])),
+                      held_at=row["held_at"] or "", correction=(row["status"] or "").upper() == "C")
 
 
 def _dt(text: str | None) -> datetime | None:

@@ -413,3 +413,14 @@ def test_mapping_mutated_captures_raises_only_labmw_errors(
         return
     assert all(isinstance(r, Result) and r.test_code and r.sequence >= 1 for r in message.results)
     assert all(isinstance(p, str) and p for p in message.problems)
+
+
+def test_comment_records_after_a_result_stay_with_it() -> None:
+    """#11: C records right after an R belong to that result (shown in review, sent as NTE); others do not."""
+    text = (b"H|\\^&|||c501\rP|1||P1\rO|1|S1||^^^ALTL\rC|1|I|order comment|G\r"
+            b"R|1|^^^ALTL|30|U/L||Samp.S||F\rC|1|I|sample^short|G\rC|2|I|repeat advised|G\r"
+            b"R|2|^^^ASTL|25|U/L||N||F\rL|1|N\r")
+    mapped = map_text(text)
+    alt, ast = by_code(mapped, "ALTL"), by_code(mapped, "ASTL")
+    assert alt.comments == ("sample short", "repeat advised") and alt.instrument_flags == ("Samp.S",)
+    assert ast.comments == ()
