@@ -39,6 +39,7 @@ from labmw.model import (
     SignificantChange,
     UnitConversion,
 )
+from labmw.qc.settings import QcSettings, parse_qc
 from labmw.rules.age import parse_age
 
 DEFAULT_CONFIG = Path("/etc/labmw/labmw.toml")
@@ -133,6 +134,7 @@ class Settings:
     lis: LisSettings | None = None
     analyzers: Mapping[str, AnalyzerSettings] = field(default_factory=dict)
     methods: Mapping[str, Method] = field(default_factory=dict)
+    qc: QcSettings = field(default_factory=QcSettings)  # [qc]: labmw.qc.settings
 
     @property
     def db_path(self) -> Path:
@@ -189,11 +191,12 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
     analyzers = {name: v.analyzer(name, tbl, methods) for name, tbl in v.table(doc, "analyzers").items()}
     lis_tbl = doc.get("lis")
     lis = v.lis(lis_tbl) if lis_tbl else None
+    qc = parse_qc(doc.get("qc"), path, methods, analyzers)
     for key in doc:
-        if key not in ("service", "lis", "analyzers", "methods"):
-            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers or methods)")
+        if key not in ("service", "lis", "analyzers", "methods", "qc"):
+            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers, methods or qc)")
     return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
-                    analyzers=analyzers, methods=methods)
+                    analyzers=analyzers, methods=methods, qc=qc)
 
 
 def parse_endpoint(text: str) -> Endpoint:

@@ -20,6 +20,7 @@ from labmw.mapping.astm_lis2a import AstmProfile, map_message
 from labmw.mapping.astm_query import answer_note, answer_queries, read_query
 from labmw.mapping.hl7_oru import build_oru
 from labmw.model import Decision, Evaluation, Method, PreviousResult, RelatedResult, Result
+from labmw.qc.intake import qc_gate, split_controls, store_controls
 from labmw.rules.engine import evaluate
 from labmw.store import Store, Tx
 from labmw.wire.astm_records import Record, decode_message
@@ -160,8 +161,10 @@ class Pipeline:
                            "patients": sorted({r.patient_id for r in results if r.patient_id})})
             for problem in problems:
                 tx.audit("mapping_problem", analyzer=analyzer.name, ref=str(message_id), data={"problem": problem})
-            queued = held = 0
-            for result in results:
+            # QC (labmw.qc): control results are stored and judged first, never forwarded to the LIS.
+            patients, controls = split_controls(self.settings, analyzer, results)
+            queued, held = 0, store_controls(tx, self.settings, analyzer, message_id, controls)
+            for result in patients:
                 if self._store_result(tx, analyzer, message_id, digest, result):
                     held += 1
                 else:
@@ -190,7 +193,8 @@ class Pipeline:
                      if result.status == "C" and result.specimen_id else None)
         previous = self._previous(tx, result, method)
         try:
-            evaluation = evaluate(result, method, previous=previous, related=self._related(tx, result, method))
+            evaluation = evaluate(result, method, previous=previous, related=self._related(tx, result, method),
+                                  qc=qc_gate(tx, self.settings, analyzer.name, method_name))
         except RuleError as exc:
             # A rule that cannot be applied as configured: hold the result for a person, say why.
             evaluation = Evaluation(method=method.name if method else None, hold=True,

@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
-from labmw.model import Evaluation, Flag, Method, PreviousResult, RelatedResult, Result
+from labmw.model import Evaluation, Flag, Method, PreviousResult, QcGate, RelatedResult, Result
 from labmw.rules.draft import Draft
 from labmw.rules.followup import check_followups
+from labmw.rules.qc_gate import check_qc
 from labmw.rules.ranges import PENDING_REVIEW, RangeSelection, normalize_sex, select_range
 from labmw.rules.units import Converted, from_method_units, to_method_units
 
@@ -34,13 +35,16 @@ def evaluate(
     *,
     previous: PreviousResult | None = None,
     related: Sequence[RelatedResult] = (),
+    qc: QcGate | None = None,
 ) -> Evaluation:
     """Evaluate ``result`` against ``method`` (``previous`` for deltas, ``related`` for Hy's law).
 
     Inputs: the result as the instrument reported it; its mapped method, or ``None`` when the test
     code maps to none; the same patient's previous result of the method (latest earlier collection
     within :attr:`~labmw.model.Method.delta_window_days`), if the caller found one; the patient's
-    recent results of other analytes (only the Hy's-law note reads them).
+    recent results of other analytes (only the Hy's-law note reads them); the QC state of the
+    result's analyzer x method (``None`` when no control material applies), see
+    :mod:`labmw.rules.qc_gate`.
 
     Output: an :class:`~labmw.model.Evaluation`. In order:
 
@@ -78,6 +82,8 @@ def evaluate(
     draft = Draft(method.name)
     if method.status == PENDING_REVIEW:
         draft.notes.append(f"method {method.name} is pending laboratory review")
+    # QC gate (CLINICAL.md §4.2 step 3): holds after a rejected or expired run; the checks go on.
+    check_qc(qc, draft)
     converted = _passes_gates(result, method, draft)
     if converted is None:
         return draft.finish()
