@@ -34,7 +34,7 @@ def draw(runs: Sequence[QcRun], *, analyzer: str, method: str, out: Path, level:
     if not levels:
         what = f"level {level} of " if level is not None else ""
         raise UsageError(f"no QC results of {what}{analyzer} {method} to chart")
-    fig, axes = plt.subplots(len(levels), 1, figsize=(10, 3.6 * len(levels)), squeeze=False)
+    fig, axes = plt.subplots(len(levels), 1, figsize=(11, 4.6 * len(levels)), squeeze=False)
     points = 0
     for ax, lvl in zip(axes[:, 0], levels, strict=True):
         series = [(run, r) for run in runs for r in run.results if r.level == lvl and r.value is not None]
@@ -45,10 +45,15 @@ def draw(runs: Sequence[QcRun], *, analyzer: str, method: str, out: Path, level:
         ys = [float(r.value) for _, r in series if r.value is not None]
         ax.plot(xs, ys, "-o", color="#1f4e79", markersize=5, linewidth=1, label="control value", zorder=3)
         ax.axhline(mean, color="green", linewidth=1.5, label=f"mean {mean:g}")
+        ax.annotate(f"mean {mean:g}", (1.0, mean), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8, color="green")
         for k, style, colour in ((1, ":", "grey"), (2, "--", "orange"), (3, "-", "red")):
             for sign in (1, -1):
-                ax.axhline(mean + sign * k * sd, color=colour, linestyle=style, linewidth=1,
-                           label=f"±{k} SD" if sign == 1 else None)
+                limit = mean + sign * k * sd
+                ax.axhline(limit, color=colour, linestyle=style, linewidth=1, label=f"±{k} SD" if sign == 1 else None)
+                # The limit's name and value at the right edge, so the chart reads without the legend.
+                ax.annotate(f"{'+' if sign > 0 else '-'}{k} SD {limit:g}", (1.0, limit), xycoords=("axes fraction", "data"),
+                            xytext=(4, 0), textcoords="offset points", va="center", fontsize=8, color=colour)
         rejected = [(x, y) for x, y, (run, _) in zip(xs, ys, series, strict=True) if not run.accepted]
         warned = [(x, y) for x, y, (run, _) in zip(xs, ys, series, strict=True) if run.accepted and run.warnings]
         if rejected:
@@ -61,12 +66,14 @@ def draw(runs: Sequence[QcRun], *, analyzer: str, method: str, out: Path, level:
                        linewidths=2, zorder=4, label="1-2s warning")
         material = series[-1][1]
         ax.set_title(f"{analyzer} · {method} · level {lvl} · lot {material.lot} (mean {mean:g}, SD {sd:g})")
-        ax.set_xlabel("run")
+        ax.set_xlabel("QC run (id, received UTC)")
         ax.set_ylabel(material.units or "value")
-        ax.set_ylim(mean - 4 * sd, mean + 4 * sd) if all(abs(y - mean) <= 4 * sd for y in ys) else None
-        ax.set_xticks(xs)
+        if all(abs(y - mean) <= 4 * sd for y in ys):
+            ax.set_ylim(mean - 4 * sd, mean + 4 * sd)
+        ax.set_xticks(xs, [f"#{run.id}\n{run.received_at[5:16].replace('T', ' ')}" for run, _ in series],
+                      fontsize=7)
         ax.grid(True, alpha=0.25)
-        ax.legend(loc="upper left", fontsize=8, ncol=4)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), fontsize=8, ncol=7, frameon=False)
     fig.suptitle(f"Levey-Jennings chart: {analyzer} {method}")
     fig.tight_layout()
     try:

@@ -6,10 +6,11 @@ PixCell HemoScreen with OBR-4 LQC) over real sockets.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from hl7.client import MLLPClient
-from peers import ACK, ENQ, EOT, MllpLis, alt_message, astm_send, configure, daemon, free_port, labmw, wait_until
+from peers import ACK, MllpLis, alt_message, astm_send, configure, daemon, free_port, labmw, wait_until
 
 from labmw.wire.hl7_codec import parse_ack
 
@@ -116,17 +117,22 @@ def test_qc_results_are_judged_never_forwarded_and_gate_patient_results(tmp_path
     assert override[0]["actor"] not in ("", "labmw"), "the override names the OS user"
 
 
-def _frames(path: Path) -> list[bytes]:
-    """The capture's frames as recorded (STX .. checksum), each sent with CR LF as E1381 ends a frame."""
-    data = path.read_bytes()
-    return [b"\x02" + chunk.rstrip(b"\r\n") + b"\r\n" for chunk in data.split(b"\x02")[1:]]
+def _records(path: Path) -> list[bytes]:
+    """The capture's records, one per recorded frame (checksums verified). The capture's frame numbers
+    restart at its M records (1, 1, 1, 4), which E1381 NAKs, so the records are sent renumbered."""
+    texts = []
+    for chunk in path.read_bytes().split(b"\x02")[1:]:
+        match = re.fullmatch(rb"([0-7])(.*)([\x03\x17])([0-9A-F]{2})\r?\n?", chunk, re.DOTALL)
+        assert match is not None
+        fn, text, end, checksum = match.groups()
+        assert sum(fn + text + end) % 256 == int(checksum, 16)
+        texts.append(text.rstrip(b"\r"))
+    return texts
 
 
 def test_real_qc_captures_are_recognised_and_never_forwarded(tmp_path: Path) -> None:
     """Horiba Yumizen H500 QC (H-12 Q, lot PX440N) and PixCell HemoScreen QC (OBR-4 LQC, via an analyzer
     pattern) over real sockets: nothing reaches the LIS; a matching material judges, the rest is held."""
-    import socket
-
     lis_port, astm_port, hl7_port = free_port(), free_port(), free_port()
     config = tmp_path / "lab.toml"
     labmw(config, "init", "--data-dir", str(tmp_path / "data"))
@@ -146,13 +152,8 @@ def test_real_qc_captures_are_recognised_and_never_forwarded(tmp_path: Path) -> 
     lis = MllpLis(lis_port).start()
     try:
         with daemon(config, wait_port=astm_port, log=tmp_path / "daemon.log"):
-            with socket.create_connection(("127.0.0.1", astm_port), timeout=10) as sock:
-                sock.sendall(ENQ)
-                assert sock.recv(1) == ACK
-                for frame in _frames(QC_DATA / "horiba_yumizen_h500_qc_1.astm"):
-                    sock.sendall(frame)
-                    assert sock.recv(1) == ACK
-                sock.sendall(EOT)
+            records = _records(QC_DATA / "horiba_yumizen_h500_qc_1.astm")
+            assert all(r == ACK for r in astm_send(astm_port, [records]))
             payload = (QC_DATA / "pixcell_hemoscreen_qc_1.hl7").read_bytes()
             with MLLPClient("127.0.0.1", hl7_port) as client:
                 client.socket.settimeout(10)
