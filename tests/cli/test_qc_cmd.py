@@ -27,6 +27,16 @@ def invoke(config: Path, *args: str):  # noqa: ANN201
 
 @pytest.fixture(name="config")
 def _config(tmp_path: Path) -> Path:
+    return _make(tmp_path)
+
+
+@pytest.fixture(name="shared_config", scope="module")
+def _shared_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One configuration for the tests that only read it (refused edits change nothing)."""
+    return _make(tmp_path_factory.mktemp("qc-cli"))
+
+
+def _make(tmp_path: Path) -> Path:
     path = tmp_path / "lab.toml"
     for args in (["init", "--data-dir", str(tmp_path / "data")],
                  ["analyzer", "add", "c501", "--protocol", "astm", "--transport", "tcp-server", "--listen",
@@ -78,7 +88,8 @@ def test_material_add_list_remove_is_audited_and_keeps_the_source(config: Path) 
     (["--expires", "31.03.2027"], "YYYY-MM-DD"),
     (["--analyzer", "nope"], "unknown analyzer 'nope'"),
 ])
-def test_material_add_refuses_bad_input_clearly(config: Path, args: list[str], fragment: str) -> None:
+def test_material_add_refuses_bad_input_clearly(shared_config: Path, args: list[str], fragment: str) -> None:
+    config = shared_config
     base = {"--method": "ALT-P5P", "--level": "1", "--lot": "L1", "--mean": "50", "--sd": "2"}
     base.update({args[0]: args[1]} if args[0] in base else {})
     extra = [] if args[0] in base else args
