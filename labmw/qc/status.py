@@ -14,9 +14,9 @@ def qc_states(settings: Settings, store: Store, now: datetime) -> list[dict[str,
     """One entry per analyzer x method that has a control material or has had a QC run."""
     pairs = set(store.qc.pairs())
     for material in settings.qc.materials.values():
-        for analyzer in settings.analyzers.values():
-            if material.applies_to(analyzer.name) and material.method in analyzer.map.values():
-                pairs.add((analyzer.name, material.method))
+        for configured in settings.analyzers.values():
+            if material.applies_to(configured.name) and material.method in configured.map.values():
+                pairs.add((configured.name, material.method))
     out = []
     for analyzer, method in sorted(pairs):
         latest, accepted = store.qc.latest(analyzer, method)

@@ -117,7 +117,7 @@ class QcStore:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._conn: sqlite3.Connection = store._conn  # noqa: SLF001 - same package, same connection
+        self._conn: sqlite3.Connection = store._conn
 
     def runs(self, *, analyzer: str | None = None, method: str | None = None, since: datetime | None = None,
              level: int | None = None) -> list[QcRun]:

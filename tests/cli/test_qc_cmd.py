@@ -21,7 +21,7 @@ QC_COMMANDS = [["qc"], ["qc", "material"], ["qc", "material", "add"], ["qc", "ma
                ["qc", "material", "remove"], ["qc", "list"], ["qc", "accept"], ["qc", "impact"], ["qc", "chart"]]
 
 
-def invoke(config: Path, *args: str):  # noqa: ANN201
+def invoke(config: Path, *args: str):
     return runner.invoke(app, ["--config", str(config), *args])
 
 
@@ -52,7 +52,7 @@ def test_every_qc_command_has_help(command: list[str]) -> None:
     assert result.exit_code == 0 and "Usage" in result.output
 
 
-def add(config: Path, name: str = "ALT-L1", *extra: str):  # noqa: ANN201
+def add(config: Path, name: str = "ALT-L1", *extra: str):
     return invoke(config, "qc", "material", "add", name, "--method", "ALT-P5P", "--level", "1", "--lot", "L4711",
                   "--mean", "50", "--sd", "2.5", "--specimen-id", "QC1", "--analyzer", "c501", *extra)
 

@@ -169,9 +169,9 @@ def test_bad_qc_configuration_names_the_key(tmp_path: Path, qc: dict[str, Any], 
 
 
 def test_hl7_specimen_role_and_analyzer_patterns(tmp_path: Path) -> None:
-    payload = ("MSH|^~\\&|MX|LAB|||20261125090000||ORU^R01^ORU_R01|Q-1|P|2.5.1\r"
-               "PID|||\rOBR|1||F-1|ALT^ALT^L|||20261125080000\r"
-               "OBX|1|NM|ALT||50|U/L|||||F\rSPM|1|CTL-9||SER|||||||Q\r").encode()
+    payload = (b"MSH|^~\\&|MX|LAB|||20261125090000||ORU^R01^ORU_R01|Q-1|P|2.5.1\r"
+               b"PID|||\rOBR|1||F-1|ALT^ALT^L|||20261125080000\r"
+               b"OBX|1|NM|ALT||50|U/L|||||F\rSPM|1|CTL-9||SER|||||||Q\r")
     mapped = map_hl7(payload, analyzer="mx", encoding="utf-8", specimen_field="SPM-2", lf_segments=False)
     assert [(r.specimen_id, r.specimen_role, r.order_code) for r in mapped.results] == [("CTL-9", "Q", "ALT")]
     settings = config(tmp_path, analyzers={"c501": {"patterns": ["order_code=^[LNH]QC$"]}})
