@@ -82,13 +82,14 @@ def qc_gate(tx: Tx, settings: Settings, analyzer: str, method: str | None) -> Qc
 def gate_state(analyzer: str, method: str, *, latest_id: int, latest_accepted: bool, latest_rules: tuple[str, ...],
                accepted_at: str, interval_hours: Decimal, now: datetime) -> QcGate:
     """The gate from the latest run and the latest accepted run (shared with `labmw status`)."""
-    common = {"analyzer": analyzer, "method": method, "run_id": latest_id, "last_accepted_at": accepted_at,
-              "interval_hours": interval_hours}
     if latest_id and not latest_accepted:
-        return QcGate(state=QC_FAILED, rules=latest_rules, **common)  # type: ignore[arg-type]
-    if not accepted_at or datetime.fromisoformat(accepted_at) + timedelta(hours=float(interval_hours)) < now:
-        return QcGate(state=QC_EXPIRED, **common)  # type: ignore[arg-type]
-    return QcGate(state=QC_OK, **common)  # type: ignore[arg-type]
+        state, rules = QC_FAILED, latest_rules
+    elif not accepted_at or datetime.fromisoformat(accepted_at) + timedelta(hours=float(interval_hours)) < now:
+        state, rules = QC_EXPIRED, ()
+    else:
+        state, rules = QC_OK, ()
+    return QcGate(analyzer=analyzer, method=method, state=state, run_id=latest_id, rules=rules,
+                  last_accepted_at=accepted_at, interval_hours=interval_hours)
 
 
 def _judge_run(tx: Tx, settings: Settings, analyzer: AnalyzerSettings, message_id: int, method: str,
