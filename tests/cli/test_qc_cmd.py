@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import tomlkit
+from inline_runner import make_intake, receive
 from typer.testing import CliRunner
 
 from labmw.cli import app
 from labmw.config import load
-from labmw.daemon.pipeline import Pipeline
 from labmw.store import Store
 
 runner = CliRunner()
@@ -112,12 +112,13 @@ def test_runs_list_accept_impact_chart(config: Path, tmp_path: Path) -> None:
     settings = load(config)
     store = Store.open(settings.db_path)
     try:
-        pipeline = Pipeline(settings, store, clock=lambda: datetime(2026, 11, 25, 9, tzinfo=UTC))
+        intake = make_intake(settings, store, settings.analyzers["c501"],
+                             clock=lambda: datetime(2026, 11, 25, 9, tzinfo=UTC))
         for n, (specimen, value) in enumerate((("QC1", "51"), ("S1", "40"), ("QC1", "58"))):
             text = (rf"H|\^&|||c501|||||||P|1|2026112509000{n}" "\r"
                     f"P|1||{'P1' if specimen == 'S1' else ''}\rO|1|{specimen}||^^^ALTL\r"
                     f"R|1|^^^ALTL|{value}|U/L||N||F\rL|1|N\r").encode()
-            pipeline.handle_astm(settings.analyzers["c501"], text, b"", "t")
+            assert receive(intake, text, "t").stored
     finally:
         store.close()
     runs = json.loads(invoke(config, "qc", "list", "--json", "--analyzer", "c501", "--method", "ALT-P5P").output)

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from inline_runner import make_intake, receive
+
 from labmw.config import Settings, parse
-from labmw.daemon.pipeline import Pipeline
 from labmw.errors import ConfigError, StoreError, UsageError
 from labmw.mapping.hl7_inbound import map_hl7
 from labmw.model import Result
@@ -39,7 +40,7 @@ class Rig:
         self.now = START
         self.store = Store.open(tmp_path / "labmw.sqlite3")
         self.settings = settings
-        self.pipeline = Pipeline(settings, self.store, clock=lambda: self.now)
+        self.intake = make_intake(settings, self.store, settings.analyzers["c501"], clock=lambda: self.now)
         self.count = 0
 
     def astm(self, specimen: str, value: str, *, patient: str = "", action: str = "N", processing: str = "P",
@@ -52,8 +53,8 @@ class Rig:
             f"O|1|{specimen}||^^^{code}|R||20261125080000||||{action}||||||||||||||F",
             f"R|1|^^^{code}|{value}|U/L||N||F||||2026112509{self.count:04d}",
             "L|1|N", ""]).encode()
-        outcome = self.pipeline.handle_astm(self.settings.analyzers["c501"], text, b"", "test")
-        assert not outcome.rejected_reason, outcome.rejected_reason
+        outcome = receive(self.intake, text, "test")
+        assert outcome.stored and not outcome.rejected_reason, outcome.rejected_reason
 
     def held_reasons(self) -> dict[str, str]:
         return {h.specimen: h.reason for h in self.store.held_results()}
