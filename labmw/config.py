@@ -43,6 +43,7 @@ from labmw.model import (
     SignificantChange,
     UnitConversion,
 )
+from labmw.qc.settings import QcSettings, parse_qc
 from labmw.rules.age import parse_age
 from labmw.rules.gates import DEFAULT_TEXTS, FLAG_ACTIONS, GATE_ACTIONS, GATE_NAMES, UNMAPPED_ACTIONS, FlagRule
 from labmw.rules.range_checks import age_order_problem, ambiguous_pairs, describe_pair
@@ -183,6 +184,7 @@ class Settings:
     #: :func:`config_digest` of the document these settings were read from (what `status` compares).
     digest: str = ""
     alerts: AlertSettings | None = None
+    qc: QcSettings = field(default_factory=QcSettings)  # [qc]: labmw.qc.settings
 
     @property
     def db_path(self) -> Path:
@@ -249,15 +251,16 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
     lis_tbl = doc.get("lis")
     lis = v.lis(lis_tbl) if lis_tbl else None
     autoverify = v.autoverify(v.table(doc, "autoverify"))
+    qc = parse_qc(doc.get("qc"), path, methods, analyzers)
     for key in doc:
-        if key not in ("service", "lis", "analyzers", "methods", "alerts", "autoverify"):
+        if key not in ("service", "lis", "analyzers", "methods", "alerts", "autoverify", "qc"):
             raise ConfigError(path, key,
-                              "unknown section (expected service, lis, analyzers, methods, alerts or autoverify)")
+                              "unknown section (expected service, lis, analyzers, methods, alerts, autoverify or qc)")
     return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
                     analyzers=analyzers, methods=methods, autoverify=autoverify,
                     log_level=v.choice(service, "service.log_level", LOG_LEVELS, default="info"),
                     metrics_listen=v.endpoint(service, "service.metrics_listen"), digest=config_digest(doc),
-                    alerts=v.alerts(doc["alerts"]) if "alerts" in doc else None)
+                    alerts=v.alerts(doc["alerts"]) if "alerts" in doc else None, qc=qc)
 
 
 def config_digest(doc: Mapping[str, Any]) -> str:

@@ -59,7 +59,12 @@ def initial_text(data_dir: str) -> str:
     service.add("retention_years", 10)
     service["retention_years"].comment("audit retention; CLIA >= 2 y, HIPAA >= 6 y (refuses < 6)")
     header.add("service", service)
-    return tomlkit.dumps(header) + "\n" + shipped_library()
+    return tomlkit.dumps(header) + "\n" + shipped_library() + shipped_qc()
+
+
+def shipped_qc() -> str:
+    """The shipped ``[qc]`` defaults: interval and Westgard rule set, each with its source (labmw.qc)."""
+    return resources.files("labmw").joinpath("data/qc.toml").read_text(encoding="utf-8")
 
 
 def _write_atomic(path: Path, text: str) -> None:

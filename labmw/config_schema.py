@@ -59,6 +59,12 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
         "command", "webhook_url", "timeout_seconds", "check_interval_seconds", "lis_down_minutes",
         "critical_unnotified_minutes", "disk_free_min_mb", "audit_verify_minutes",
     }),
+    # quality control (D, labmw.qc.settings): interval, rule sets, control materials, QC patterns
+    "qc": frozenset({"interval_hours", "rules", "methods", "materials", "analyzers"}),
+    "qc.methods.*": frozenset({"rules", "source"}),
+    "qc.materials.*": frozenset({"method", "level", "lot", "mean", "sd", "expires", "analyzers", "specimen_ids",
+                                 "source"}),
+    "qc.analyzers.*": frozenset({"patterns"}),
 }
 
 

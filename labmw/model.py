@@ -52,6 +52,12 @@ class Result:
     sex: str = ""  # "M", "F", "U" or "" when not sent
     sequence: int = 0  # position of the result in its message, 1-based
     comments: tuple[str, ...] = ()  # ASTM C records after the R record (instrument comments)
+    # "Q" when the instrument marked the specimen as a control (ASTM O-12 or H-12 "Q", HL7 SPM-11
+    # "Q"/"C"); "" for patient specimens and when the instrument says nothing (see labmw.qc).
+    specimen_role: str = ""
+    # The order's universal service / test ID as sent (ASTM O-5, HL7 OBR-4 component 1), for
+    # per-analyzer QC patterns of instruments that mark controls there (HemoScreen "LQC").
+    order_code: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -373,3 +379,21 @@ class Outcome:
     stored: bool = True
     #: The protocol's answer to write back (HL7: the ACK without MLLP framing; b"": send nothing).
     answer: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QcGate:
+    """The QC state of one analyzer x method when a patient result of it is judged (CLINICAL.md item 17).
+
+    ``state``: ``ok`` (the latest run was accepted, within the interval), ``QC_FAILED`` (the latest
+    run was rejected) or ``QC_EXPIRED`` (no accepted run within ``interval_hours``). ``run_id`` is
+    the run the state rests on (0 when there has been none); ``rules`` the rules it violated.
+    """
+
+    analyzer: str
+    method: str
+    state: str
+    run_id: int = 0
+    rules: tuple[str, ...] = ()
+    last_accepted_at: str = ""
+    interval_hours: Decimal = Decimal(24)

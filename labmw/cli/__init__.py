@@ -113,6 +113,7 @@ def register() -> None:
         config_cmd,
         demo_cmd,
         edit_cmd,
+        qc_cmd,
         queue_cmd,
         retention_cmd,
         review_cmd,
@@ -138,6 +139,7 @@ def register() -> None:
     autoverify_cmd.register(app, rules_app=rules_cmd.rules_app, analyzer_app=config_cmd.analyzer_app,
                             range_app=config_cmd.range_app, review_app=review_cmd.review_app,
                             method_app=config_cmd.method_app)
+    qc_cmd.register(app)
 
 
 register()

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from labmw.daemon.autoverify import policy_for, rules_version
 from labmw.cli.common import print_json, settings
+from labmw.daemon.autoverify import policy_for, rules_version
 from labmw.errors import RuleError, UsageError
 from labmw.rules.cases import check_cases, load_cases
 from labmw.rules.scenario import Scenario, as_json, describe, run_scenario

@@ -114,6 +114,17 @@ def render(status: Mapping[str, Any]) -> None:
                 [(a.get("name"), a.get("protocol"), a.get("transport"), a.get("endpoint"), a.get("connections"),
                   ", ".join(a.get("peers") or ()) or "-", a.get("messages"), a.get("results"),
                   a.get("last_message_at") or "never") for a in analyzers])
+    _render_qc(status.get("qc") or [])
+
+
+def _render_qc(states: Any) -> None:
+    """Each analyzer x method's QC state (labmw.qc.status); nothing when no QC is configured."""
+    if not states:
+        return
+    typer.echo("")
+    print_table(("QC ANALYZER", "METHOD", "STATE", "RUN", "RULES", "LAST ACCEPTED"),
+                [(q.get("analyzer"), q.get("method"), q.get("state"), q.get("run_id") or "-",
+                  ",".join(q.get("rules") or ()) or "-", q.get("last_accepted_at") or "never") for q in states])
 
 
 def _text(value: object) -> str:

@@ -383,6 +383,8 @@ class Service:
 
     async def status(self) -> dict[str, Any]:
         """The snapshot `labmw status` prints."""
+        from labmw.qc.status import qc_states
+
         runner = self._runner()
         counts = await runner.call(runner.store.counts)
         lis = self.settings.lis
@@ -395,6 +397,7 @@ class Service:
                     else "not configured", "last_error": forwarder.last_error if forwarder else ""},
             "queue": {"pending": counts["pending"], "dead": counts["dead"]},
             "held": counts["held"],
+            "qc": await runner.call(qc_states, self.settings, runner.store, self.clock()),  # labmw.qc.status
         }
 
 

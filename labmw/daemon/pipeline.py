@@ -28,6 +28,7 @@ from labmw.daemon import autoverify
 from labmw.errors import LabmwError, StoreError
 from labmw.mapping.hl7_oru import build_oru
 from labmw.model import Decision, Evaluation, Method, Outcome, PreviousResult, RelatedResult, Result
+from labmw.qc.intake import qc_gate, split_controls, store_controls
 from labmw.rules.engine import evaluate
 from labmw.store import History, Store, Tx
 
@@ -254,9 +255,14 @@ class Pipeline:
                 tx.audit("control_id_reused", analyzer=analyzer.name, ref=str(message_id),
                          data={"control_id": item.resend.control_id, "sender": item.sender,
                                "earlier_message_id": earlier.reused_by, "level": "warning"})
-            queued = held = 0
             prejudged = item.prejudged or (None,) * len(results)
+            # QC (labmw.qc): control results are stored and judged first, never forwarded to the LIS.
+            _, controls = split_controls(self.settings, analyzer, results)
+            queued, held = 0, store_controls(tx, self.settings, analyzer, message_id, controls)
+            judged = {id(result) for result, _ in controls}
             for result, evaluation in zip(results, prejudged, strict=True):
+                if id(result) in judged:
+                    continue
                 if self._store_result(tx, analyzer, message_id, digest, result, evaluation):
                     held += 1
                 else:
@@ -303,6 +309,9 @@ class Pipeline:
         related: tuple[RelatedResult, ...] | list[RelatedResult] = ()
         # The gate policy with the kill switches in force now (read here, in the judging transaction).
         inputs = autoverify.evaluate_inputs(self.settings, analyzer, tx)
+        # The QC state of this analyzer x method, read here too (labmw.qc): None when no control applies.
+        gate = qc_gate(tx, self.settings, analyzer.name, method.name if method else None)
+        inputs["qc"] = gate
         try:
             if judged is not None and judged.history is not None:
                 # The snapshot the judgement used must still be the history now, in this transaction.
@@ -310,8 +319,8 @@ class Pipeline:
                     judged = None
             if judged is not None:
                 evaluation, previous = judged.evaluation, judged.history[0] if judged.history else None
-                if autoverify.suspended(inputs, result, method):
-                    # Judged off the thread before a suspension: judged again under the switches in force.
+                if gate is not None or autoverify.suspended(inputs, result, method):
+                    # Judged off the thread without the store's state (QC, kill switches): judged again with it.
                     related = judged.history[1] if judged.history else ()
                     evaluation, judged = None, None
             else:

@@ -109,6 +109,8 @@ class _Order:
     # Why specimen_id is empty, for the problem text; the default stands for "no O record yet".
     missing_reason: str = "no O record precedes it"
     collected_at: datetime | None = None
+    action_code: str = ""  # O-12: "Q" marks a quality-control specimen (E1394 §9.4.12)
+    order_code: str = ""  # O-5 as sent (universal test ID), for per-analyzer QC patterns
 
 
 def parse_value(text: str) -> tuple[str | None, Decimal | None]:
@@ -187,6 +189,9 @@ def map_message(records: Sequence[Record], *, analyzer: str, profile: AstmProfil
             if result is not None and not result.specimen_id:
                 problems.append(f"{where} (result {r_count}, test {result.test_code}) has no "
                                 f"specimen ID: {order.missing_reason}")
+            if result is not None and "Q" in (order.action_code, processing_id.upper()):
+                # O-12 action code or H-12 processing ID "Q": a control, never a patient result (labmw.qc).
+                result = replace(result, specimen_role="Q")
             if result is not None:
                 results.append(result)
         elif kind == "Q":
@@ -246,7 +251,8 @@ def _map_order(record: Record, profile: AstmProfile, where: str, problems: list[
     collected_at = parse_astm_datetime(collected_text)
     if collected_text and collected_at is None:
         problems.append(f"{where} has an invalid collection time {collected_text!r} in O-8")
-    return _Order(specimen_id=specimen, missing_reason=why, collected_at=collected_at)
+    return _Order(specimen_id=specimen, missing_reason=why, collected_at=collected_at,
+                  action_code=record.component(12, 1).strip().upper(), order_code=record.text(5).strip())
 
 
 def _map_result(
@@ -293,4 +299,5 @@ def _map_result(
         birth_date=patient.birth_date,
         sex=patient.sex,
         sequence=sequence,
+        order_code=order.order_code,
     )

@@ -407,7 +407,13 @@ def _result(er7: _Er7, obx: list[str], number: int, value_type: str, analyzer: s
         units=er7.comp(obx, 6), instrument_flags=_flags(er7, obx), instrument_range=er7.unescape(er7.raw(obx, 7)),
         status=status, completed_at=completed, specimen_id=specimen, collected_at=collected,
         patient_id=patient.patient_id, patient_name=patient.name, birth_date=patient.birth_date, sex=patient.sex,
-        sequence=number)
+        sequence=number, specimen_role=_specimen_role(er7, order), order_code=er7.comp(order.obr, 4))
+
+
+def _specimen_role(er7: _Er7, order: _Order) -> str:
+    """``Q`` when SPM-11 (specimen role, table 0369) says control: Q (QC) or C (calibrator/control)."""
+    role = er7.comp(order.spm, 11).upper() if order.spm is not None else ""
+    return "Q" if role in ("Q", "C") else ""
 
 
 def _structured_numeric(er7: _Er7, raw_field: str) -> tuple[str | None, Decimal | None]:

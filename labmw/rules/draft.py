@@ -15,8 +15,18 @@ class Draft:
     delta rule that fires sets it). ``notes`` become NTE segments, ``decisions`` audit entries.
     """
 
-    __slots__ = ("decisions", "hold", "method", "notes", "range_flag", "scale_flag", "delta_flag",
-                 "gates", "flagged_gates", "review_notes")
+    __slots__ = (
+        "decisions",
+        "delta_flag",
+        "flagged_gates",
+        "gates",
+        "hold",
+        "method",
+        "notes",
+        "range_flag",
+        "review_notes",
+        "scale_flag",
+    )
 
     def __init__(self, method: str | None) -> None:
         self.method = method

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal
 
-from labmw.model import Evaluation, Flag, Method, PreviousResult, RangeRule, RelatedResult, Result
+from labmw.model import Evaluation, Flag, Method, PreviousResult, QcGate, RangeRule, RelatedResult, Result
 from labmw.rules.draft import Draft
 from labmw.rules.followup import check_followups
 from labmw.rules.gates import FINAL_STATUSES, INTAKE, RANGE, VALUE, GateContext, GatePolicy, run_stage
@@ -39,6 +39,7 @@ def evaluate(
     related: Sequence[RelatedResult] = (),
     policy: GatePolicy | None = None,
     rules_version: str = "",
+    qc: QcGate | None = None,
 ) -> Evaluation:
     """Evaluate ``result`` against ``method`` (``previous`` for deltas, ``related`` for Hy's law).
 
@@ -47,7 +48,9 @@ def evaluate(
     within :attr:`~labmw.model.Method.delta_window_days`), if the caller found one; the patient's
     recent results of other analytes (only the Hy's-law note reads them); the analyzer's gate
     ``policy`` (gate actions, unmapped codes, instrument-flag table, active suspensions; the
-    defaults hold everything); the ``rules_version`` hash stamped on the evaluation.
+    defaults hold everything); the ``rules_version`` hash stamped on the evaluation; the QC state
+    of the result's analyzer x method (``None`` when no control material applies; the gates
+    ``QC_FAILED``/``QC_EXPIRED`` of :mod:`labmw.rules.gates` read it).
 
     Output: an :class:`~labmw.model.Evaluation`. In order (CLINICAL.md §4.2):
 
@@ -76,6 +79,8 @@ def evaluate(
     unknown unit, an invalid delta rule, tier, scale or conversion).
     """
     policy = policy if policy is not None else GatePolicy()
+    if qc is not None:
+        policy = replace(policy, extra={**policy.extra, "qc": qc})
     draft = Draft(method.name if method is not None else None)
     for comment in result.comments:
         draft.notes.append(f"instrument comment: {comment}")

@@ -28,8 +28,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from labmw.model import Method, Result, Suspension
+from labmw.model import Method, QcGate, Result, Suspension
 from labmw.rules.draft import Draft
+from labmw.rules.qc_gate import QC_EXPIRED, QC_FAILED, qc_inputs, qc_reason
 from labmw.rules.ranges import PENDING_REVIEW, RangeSelection
 from labmw.rules.units import Converted
 
@@ -172,6 +173,18 @@ def _status(ctx: GateContext) -> Fired | None:
                  inputs={"status": status}, stops=True)
 
 
+def _qc_check(state: str) -> Check:
+    def check(ctx: GateContext) -> Fired | None:
+        gate = ctx.policy.extra.get("qc")
+        if not isinstance(gate, QcGate):
+            return None  # no control material applies to this analyzer x method
+        reason = qc_reason(gate, state)
+        if reason is None:
+            return PASS
+        return Fired(reason=reason, inputs=qc_inputs(gate), action=HOLD)
+    return check
+
+
 def _unit_unknown(ctx: GateContext) -> Fired | None:
     method, result = ctx.method, ctx.result
     if method is None or result.value is None:
@@ -255,11 +268,14 @@ def _range_unapproved(ctx: GateContext) -> Fired | None:
 
 
 #: The gates in CLINICAL.md §4.2 order (the kill switch first: it stops autoverification of all).
-#: QC gates (§4.2 step 3) go right after INSTRUMENT_FLAG, one entry each.
+#: QC gates (§4.2 step 3) go right after INSTRUMENT_FLAG.
 GATES: tuple[Gate, ...] = (
     Gate(name="AUTOVERIFY_SUSPENDED", stage=INTAKE, check=_suspended, configurable=False),
     Gate(name="METHOD_UNKNOWN", stage=INTAKE, check=_method_unknown),
     Gate(name="INSTRUMENT_FLAG", stage=INTAKE, check=_instrument_flag),
+    # QC (CAP GEN.43878): never "flag" — a failed or expired control run always blocks autoverification.
+    Gate(name=QC_FAILED, stage=INTAKE, check=_qc_check(QC_FAILED), configurable=False),
+    Gate(name=QC_EXPIRED, stage=INTAKE, check=_qc_check(QC_EXPIRED), configurable=False),
     Gate(name="RESULT_STATUS", stage=INTAKE, check=_status),
     Gate(name="UNIT_UNKNOWN", stage=VALUE, check=_unit_unknown),
     Gate(name="NEEDS_DILUTION", stage=VALUE, check=_needs_dilution),

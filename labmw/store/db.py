@@ -180,6 +180,43 @@ MIGRATIONS: tuple[str, ...] = (
         alerted_at TEXT
     );
     """,
+    # 8: quality control (issue 12): control runs and their results, judged by Westgard rules, kept
+    # apart from patient results (never forwarded); a control result that matches no material is
+    # held in results with role 'qc', so review can never release it to the LIS.
+    """
+    CREATE TABLE qc_runs (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id),
+        analyzer TEXT NOT NULL,
+        method TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        status TEXT NOT NULL,
+        violated TEXT NOT NULL,
+        warnings TEXT NOT NULL,
+        override_reason TEXT NOT NULL DEFAULT '',
+        override_actor TEXT NOT NULL DEFAULT '',
+        overridden_at TEXT
+    );
+    CREATE INDEX qc_runs_lookup ON qc_runs (analyzer, method, id);
+    CREATE TABLE qc_results (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES qc_runs(id),
+        material TEXT NOT NULL,
+        level INTEGER NOT NULL,
+        lot TEXT NOT NULL,
+        specimen TEXT NOT NULL,
+        test_code TEXT NOT NULL,
+        raw_value TEXT NOT NULL,
+        value TEXT,
+        units TEXT NOT NULL,
+        mean TEXT NOT NULL,
+        sd TEXT NOT NULL,
+        z TEXT,
+        completed_at TEXT
+    );
+    CREATE INDEX qc_results_run ON qc_results (run_id);
+    ALTER TABLE results ADD COLUMN role TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 

@@ -25,6 +25,7 @@ from labmw.store import autoverify as av
 from labmw.store import ops_stats, retention, seals, trail_check
 from labmw.store.audit import AuditEvent, Verification
 from labmw.store.db import connect, transaction
+from labmw.store.qc import QcStore, QcTx
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,6 +184,11 @@ class Tx(History):
                 # The forwarder finds the seal of an entry by this pointer (the seal itself is in the chain).
                 self._conn.execute("UPDATE outbox SET seal_seq = ? WHERE id = ?", (seq, row_id))
         return out
+
+    @property
+    def qc(self) -> QcTx:
+        """QC runs and control results in this transaction (labmw.store.qc)."""
+        return QcTx(self._conn, self.now)
 
     def flush(self) -> None:
         """Write the buffered audit rows (called by Store.transaction before RELEASE/COMMIT)."""
@@ -345,6 +351,11 @@ class Store:
         self._reader: HistoryReader | None = None
         row = conn.execute("SELECT value FROM meta WHERE key = 'install_id'").fetchone()
         self.install_id: str = row[0]
+
+    @property
+    def qc(self) -> QcStore:
+        """QC runs for the CLI and status, and the documented override (labmw.store.qc)."""
+        return QcStore(self)
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -605,11 +616,15 @@ class Store:
             StoreError: the result does not exist or is not held (someone decided already).
         """
         with self.transaction(now) as tx:
-            row = self._conn.execute("SELECT specimen, patient_id, analyzer, state FROM results WHERE id = ?",
+            row = self._conn.execute("SELECT specimen, patient_id, analyzer, state, role FROM results WHERE id = ?",
                                      (result_id,)).fetchone()
             if row is None or row["state"] != "held":
                 raise StoreError(f"result {result_id} is not held for review"
                                  + (f" (it is {row['state']})" if row is not None else ""))
+            if decision == "release" and row["role"] == "qc":
+                # A control result is never a patient result (issue 12): it can only be rejected.
+                raise StoreError(f"result {result_id} is a QC result: it is never sent to the LIS; add its "
+                                 "material with `labmw qc material add`, or reject it")
             new_state = "queued" if decision == "release" else "rejected"
             self._conn.execute("UPDATE results SET state = ? WHERE id = ?", (new_state, result_id))
             who = {"analyzer": row["analyzer"], "specimen": row["specimen"], "patient": row["patient_id"]}
