@@ -26,6 +26,7 @@ from labmw.daemon.runner import StoreRunner
 from labmw.errors import LabmwError, StoreError
 from labmw.transports.astm_pump import pump_astm
 from labmw.transports.endpoints import Endpoint, make_endpoint
+from labmw.wire.astm_link import REPEATED_FN_CHANGED
 
 log = structlog.get_logger(__name__)
 
@@ -194,7 +195,8 @@ class Service:
             return outcome
 
         async def audit_discard(reason: str, text: bytes) -> None:
-            await self._audit("transfer_incomplete", analyzer=analyzer.name,
+            event = "frame_number_repeated" if reason.startswith(REPEATED_FN_CHANGED) else "transfer_incomplete"
+            await self._audit(event, analyzer=analyzer.name,
                               data={"reason": reason, "bytes": len(text), "peer": peer})
 
         await pump_astm(reader, writer, analyzer=analyzer, handle=handle, audit_discard=audit_discard,
