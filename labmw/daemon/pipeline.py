@@ -16,7 +16,9 @@ from decimal import Decimal
 
 from labmw.config import AnalyzerSettings, Settings
 from labmw.errors import CodecError, LabmwError, MappingError, RuleError, StoreError
-from labmw.mapping.astm_lis2a import AstmProfile, map_message
+from labmw.daemon.fidelity import astm_profile, keep_wire, method_for, record_gates
+from labmw.mapping.astm_lis2a import map_message
+from labmw.mapping.identity import apply_gates
 from labmw.mapping.astm_query import answer_note, answer_queries, read_query
 from labmw.mapping.hl7_oru import build_oru
 from labmw.model import Decision, Evaluation, Method, PreviousResult, RelatedResult, Result
@@ -74,8 +76,7 @@ class Pipeline:
         now = self.clock()
         raw = raw or text  # the frames as received; the text when the caller has no frames (tests, files)
         digest = hashlib.sha256(raw).hexdigest()
-        profile = AstmProfile(test_code_component=analyzer.test_code_component,
-                              specimen_component=analyzer.specimen_component, encoding=analyzer.encoding)
+        profile = astm_profile(analyzer)
         try:
             records = decode_message(text, encoding=analyzer.encoding)
             mapped = map_message(records, analyzer=analyzer.name, profile=profile)
@@ -166,6 +167,7 @@ class Pipeline:
                     held += 1
                 else:
                     queued += 1
+            record_gates(tx, analyzer, message_id, results)
             if before_commit is not None:
                 before_commit(tx, message_id)
         return Outcome(message_id=message_id, results=len(results), queued=queued, held=held,
@@ -183,7 +185,7 @@ class Pipeline:
 
     def _store_result(self, tx: Tx, analyzer: AnalyzerSettings, message_id: int, digest: str, result: Result) -> bool:
         """Evaluate, store, audit and queue (or hold) one result; returns True when held."""
-        method_name = analyzer.map.get(result.test_code)
+        method_name = method_for(analyzer.map, result)
         method = self.settings.methods.get(method_name) if method_name else None
         corrected = (tx.corrected_result(analyzer=analyzer.name, specimen=result.specimen_id,
                                          test_code=result.test_code)
@@ -198,8 +200,10 @@ class Pipeline:
                                     decisions=(Decision(rule="engine", outcome="error", inputs={"error": str(exc)}),))
         if not result.status:
             evaluation = replace(evaluation, notes=(*evaluation.notes, NO_STATUS_NOTE))
+        evaluation = apply_gates(result, evaluation)  # NO_SPECIMEN_ID, TEST_CODE_MISSING, IDENTITY_COLLISION
         state = "held" if evaluation.hold else "queued"
         result_id = tx.add_result(message_id=message_id, result=result, evaluation=evaluation, state=state)
+        keep_wire(tx, result_id, result)
         if corrected is not None:
             # The correction replaces the earlier value (kept, marked superseded) instead of
             # standing beside it as a second result of the same specimen and test.
@@ -211,6 +215,7 @@ class Pipeline:
         who = {"analyzer": analyzer.name, "specimen": result.specimen_id, "patient": result.patient_id}
         tx.audit("result_received", **who, ref=str(result_id),
                  data={"message_id": message_id, "sha256": digest, "test_code": result.test_code,
+                       "test_id": result.identity, "gates": list(result.gates),
                        "raw_value": result.raw_value, "units": result.units,
                        "instrument_flags": list(result.instrument_flags), "status": result.status,
                        "collected_at": _iso(result.collected_at), "completed_at": _iso(result.completed_at)})

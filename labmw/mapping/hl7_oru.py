@@ -119,8 +119,19 @@ def build_oru(
 
 
 def _observation_id(result: Result, method: Method | None) -> str:
-    """OBX-3 / OBR-4 (CE): LOINC first when known, the instrument's local code as alternate."""
-    code = escape(result.test_code)
+    """OBX-3 / OBR-4 (CE): LOINC first when known, the instrument's full test identifier as alternate.
+
+    An HL7 analyzer's OBX-3 is a CE/CWE already: its components are kept as sent. An ASTM
+    identifier with components (GeneXpert ``rpoB1^Ct``) is one code: its ``^`` is escaped
+    (``rpoB1\\S\\Ct``), so the LIS reads back exactly what the instrument sent, and two results
+    the instrument told apart never share an OBX-3.
+    """
+    if result.test_id and result.protocol == "hl7":
+        sent = [escape(part) for part in result.test_id.split(COMPONENT_SEP)]
+        if method is not None and method.loinc:
+            sent = [escape(method.loinc), escape(method.analyte), "LN", *(sent + ["", ""])[:3]]
+        return COMPONENT_SEP.join(sent).rstrip(COMPONENT_SEP)
+    code = escape(result.identity)
     if method is not None and method.loinc:
         parts = (escape(method.loinc), escape(method.analyte), "LN", code, code, "L")
     else:
@@ -159,8 +170,15 @@ def _date(day: date | None) -> str:
 
 
 def _value(result: Result) -> tuple[str, str]:
-    """(OBX-2, OBX-5): the value type and the instrument's reading, never re-formatted."""
-    raw = result.raw_value
+    """(OBX-2, OBX-5): the value type and the instrument's reading, never re-formatted.
+
+    The type chosen at intake wins (an HL7 analyzer's own OBX-2; SN/CWE for an ASTM value with
+    components): OBX-5 is then the sent components, each escaped, so ``^182`` stays SN ``^182``
+    and ``<=1.005`` stays ST. Otherwise NM, SN for a comparator, else ST (README "How values travel").
+    """
+    if result.value_parts and (result.value_type in ("SN", "CWE") or (result.value_type and result.protocol == "hl7")):
+        return result.value_type, COMPONENT_SEP.join(escape(part) for part in result.value_parts)
+    raw = result.value_parts[0] if len(result.value_parts) == 1 else result.raw_value
     if result.comparator is not None:
         match = _SN.fullmatch(raw)
         if match is not None:
@@ -179,14 +197,17 @@ def _repetitions(values: Iterable[str]) -> str:
 def _obx(result: Result, evaluation: Evaluation, method: Method | None, observation_id: str) -> str:
     value_type, value = _value(result)
     units = result.units or (method.units if method is not None else "")
+    # Composite units as sent (BA400 "U/L^U/L^A400"): every component kept, each escaped.
+    units_field = (COMPONENT_SEP.join(escape(part) for part in result.units_parts).rstrip(COMPONENT_SEP)
+                   if result.units_parts else escape(units))
     return join_segment(
         "OBX",
         "1",
         value_type,
         observation_id,
-        "",
+        escape(result.sub_id),  # OBX-4 as the analyzer sent it (part of its result identity)
         value,
-        escape(units),
+        units_field,
         escape(evaluation.applied_range),
         # Table 0078: the instrument's flags first (some receivers read only the first
         # repetition), then labmw's (HL7.md 2.7 item 2).

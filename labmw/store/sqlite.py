@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from labmw.errors import StoreError
+from labmw.store.result_wire import with_wire
 from labmw.model import Evaluation, PreviousResult, Result
 from labmw.store import audit as audit_log
 from labmw.store.audit import AuditEvent, Verification
@@ -86,6 +87,15 @@ class Tx:
              _iso(result.completed_at), json.dumps(list(evaluation.flags)), evaluation.applied_range,
              json.dumps(list(evaluation.notes)), state))
         return int(cur.lastrowid or 0)
+
+    def set_result_wire(self, result_id: int, wire: str) -> None:
+        """Keep what the instrument sent beyond the mapped columns (JSON, labmw.mapping.identity.wire_json)."""
+        self._conn.execute("UPDATE results SET wire = ? WHERE id = ?", (wire, result_id))
+
+    def add_outbox_members(self, outbox_id: int, result_ids: Sequence[int]) -> None:
+        """Further results carried by outbox entry ``outbox_id`` (one ORU per specimen); delivered with it."""
+        self._conn.executemany("INSERT INTO outbox_members (outbox_id, result_id) VALUES (?, ?)",
+                               [(outbox_id, rid) for rid in result_ids])
 
     def enqueue(self, *, result_id: int, control_id: str, payload: bytes) -> int:
         cur = self._conn.execute(
@@ -315,6 +325,10 @@ class Store:
                 [(when, entry.id) for entry, _, _ in items])
             self._conn.executemany("UPDATE results SET state='delivered' WHERE id=?",
                                    [(entry.result_id,) for entry, _, _ in items])
+            # The other results of a specimen's ORU (lis.group = "specimen") were delivered with it.
+            self._conn.executemany("UPDATE results SET state='delivered' WHERE id IN"
+                                   " (SELECT result_id FROM outbox_members WHERE outbox_id=?)",
+                                   [(entry.id,) for entry, _, _ in items])
             for entry, ack_code, ack_text in items:
                 tx.audit("result_delivered", analyzer=entry.analyzer, specimen=entry.specimen, patient=entry.patient,
                          ref=entry.control_id, data={"outbox_id": entry.id, "ack_code": ack_code,
@@ -334,6 +348,8 @@ class Store:
             self._conn.execute("UPDATE outbox SET state='dead', attempts=attempts+1, updated_at=?, last_error=?"
                                " WHERE id=?", (now.isoformat(), reason, entry.id))
             self._conn.execute("UPDATE results SET state='dead' WHERE id=?", (entry.result_id,))
+            self._conn.execute("UPDATE results SET state='dead' WHERE id IN"
+                               " (SELECT result_id FROM outbox_members WHERE outbox_id=?)", (entry.id,))
             tx.audit("delivery_dead_lettered", analyzer=entry.analyzer, specimen=entry.specimen,
                      patient=entry.patient, ref=entry.control_id,
                      data={"outbox_id": entry.id, "reason": reason, "attempt": entry.attempts + 1})
@@ -374,6 +390,7 @@ class Store:
             completed_at=_dt(row["completed_at"]), specimen_id=row["specimen"], collected_at=_dt(row["collected_at"]),
             patient_id=row["patient_id"], patient_name=row["patient_name"],
             birth_date=date.fromisoformat(row["birth_date"]) if row["birth_date"] else None, sex=row["sex"])
+        result = with_wire(result, row["wire"] if "wire" in row.keys() else "")
         evaluation = Evaluation(method=row["method"], flags=tuple(json.loads(row["flags"])),
                                 applied_range=row["applied_range"], notes=tuple(json.loads(row["notes"])),
                                 hold=row["state"] == "held")
