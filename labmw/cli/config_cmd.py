@@ -14,9 +14,9 @@ from tomlkit.toml_document import TOMLDocument
 from labmw import config_edit
 from labmw.cli.common import config_file, print_json, print_table, settings
 from labmw.config import (
-    LIS_GROUPS,
     CHECKSUM_POLICIES,
     DELTA_ACTIONS,
+    LIS_GROUPS,
     PROTOCOLS,
     TRANSPORTS,
     AnalyzerSettings,

@@ -17,6 +17,7 @@ from decimal import Decimal
 from labmw.config import AnalyzerSettings, Settings
 from labmw.errors import CodecError, LabmwError, MappingError, RuleError, StoreError
 from labmw.daemon.fidelity import astm_profile, keep_wire, method_for, record_gates
+from labmw.daemon.grouping import Ready, queue_by_specimen
 from labmw.mapping.astm_lis2a import map_message
 from labmw.mapping.identity import apply_gates
 from labmw.mapping.astm_query import answer_note, answer_queries, read_query
@@ -162,11 +163,17 @@ class Pipeline:
             for problem in problems:
                 tx.audit("mapping_problem", analyzer=analyzer.name, ref=str(message_id), data={"problem": problem})
             queued = held = 0
+            # lis.group "specimen": results are collected here and queued one ORU per specimen.
+            ready: list[Ready] | None = [] if self.settings.lis is None or self.settings.lis.group == "specimen" \
+                else None
             for result in results:
-                if self._store_result(tx, analyzer, message_id, digest, result):
+                if self._store_result(tx, analyzer, message_id, digest, result, ready=ready):
                     held += 1
                 else:
                     queued += 1
+            if ready:
+                late = queue_by_specimen(tx, self.settings, ready, lambda rid: control_id(self.store.install_id, rid))
+                held, queued = held + late, queued - late
             record_gates(tx, analyzer, message_id, results)
             if before_commit is not None:
                 before_commit(tx, message_id)
@@ -183,7 +190,8 @@ class Pipeline:
                      data={"sha256": digest, "bytes": len(raw), "peer": peer, "protocol": protocol, "reason": reason})
         return Outcome(message_id=message_id, results=0, queued=0, held=0, problems=1, rejected_reason=reason)
 
-    def _store_result(self, tx: Tx, analyzer: AnalyzerSettings, message_id: int, digest: str, result: Result) -> bool:
+    def _store_result(self, tx: Tx, analyzer: AnalyzerSettings, message_id: int, digest: str, result: Result,
+                      ready: list[Ready] | None = None) -> bool:
         """Evaluate, store, audit and queue (or hold) one result; returns True when held."""
         method_name = method_for(analyzer.map, result)
         method = self.settings.methods.get(method_name) if method_name else None
@@ -223,6 +231,9 @@ class Pipeline:
         if evaluation.hold:
             tx.audit("result_held", **who, ref=str(result_id), data={"notes": list(evaluation.notes)})
             return True
+        if ready is not None:  # queued with the rest of its specimen (labmw.daemon.grouping)
+            ready.append(Ready(result_id=result_id, result=result, evaluation=evaluation, method=method))
+            return False
         cid = control_id(self.store.install_id, result_id)
         try:
             payload = oru_for(self.settings, result, evaluation, method, cid, tx.now)

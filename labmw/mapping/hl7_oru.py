@@ -14,7 +14,7 @@ labmw's conclusions are added, never substituted: its flags as further OBX-8 rep
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 
 from labmw.errors import LocalProtocolError, MappingError
@@ -68,13 +68,47 @@ def build_oru(
     (OBX-3 and OBX-11 are required); :class:`~labmw.errors.LocalProtocolError` for a naive
     ``now``.
     """
-    if not result.test_code:
-        raise MappingError("result has no test code; OBX-3 is required")
-    if not result.status:
-        raise MappingError("result has no status; OBX-11 is required")
+    return build_oru_group(((result, evaluation, method),), control_id=control_id, now=now,
+                           sending_application=sending_application, sending_facility=sending_facility,
+                           receiving_application=receiving_application, receiving_facility=receiving_facility)
+
+
+def build_oru_group(
+    items: Sequence[tuple[Result, Evaluation, Method | None]],
+    *,
+    control_id: str,
+    now: datetime,
+    sending_application: str = "LABMW",
+    sending_facility: str = "",
+    receiving_application: str = "LIS",
+    receiving_facility: str = "",
+) -> bytes:
+    """One ORU^R01 for the results of one specimen: one OBR, one OBX (and its NTEs) per result.
+
+    ``items`` are ``(result, evaluation, method)`` in OBX order, all of one specimen and patient
+    (the first one's PID, specimen and collection time are used). With one item this is exactly
+    :func:`build_oru`. OBR-4 is the result's identifier for one result, else the analyzer's name as
+    a local code (a panel labmw did not order). Raises as :func:`build_oru` for any item, and
+    :class:`~labmw.errors.MappingError` for no items.
+    """
+    if not items:
+        raise MappingError("no results to send")
+    for result, _evaluation, _method in items:
+        if not result.test_code:
+            raise MappingError("result has no test code; OBX-3 is required")
+        if not result.status:
+            raise MappingError("result has no status; OBX-11 is required")
     if now.utcoffset() is None:
         raise LocalProtocolError("build_oru needs an aware 'now' (MSH-7 carries the offset)")
-    observation_id = _observation_id(result, method)
+    first = items[0][0]
+    ids = [_observation_id(result, method) for result, _evaluation, method in items]
+    statuses = {result.status for result, _evaluation, _method in items}
+    observations: list[str] = []
+    for number, ((result, evaluation, method), observation_id) in enumerate(zip(items, ids, strict=True), start=1):
+        observations.append(_obx(result, evaluation, method, observation_id, set_id=number))
+        observations.extend(join_segment("NTE", str(n), "O", escape(NOTE_PREFIX + note))
+                            for n, note in enumerate(evaluation.notes, start=1))
+    panel = ids[0] if len(items) == 1 else COMPONENT_SEP.join((escape(first.analyzer), escape(first.analyzer), "L"))
     segments = [
         join_segment(
             "MSH",
@@ -90,30 +124,26 @@ def build_oru(
             PROCESSING_ID,
             VERSION,
         ),
-        *_pid(result),
+        *_pid(first),
         join_segment(
             "OBR",
             "1",
             "",
-            escape(result.specimen_id),
-            observation_id,
+            escape(first.specimen_id),
+            panel,
             "",
             "",
-            format_ts(result.collected_at),
+            format_ts(first.collected_at),
             *[""] * 14,  # OBR-8 .. OBR-21
             format_ts(now),  # OBR-22: when this result report was produced
             "",
             "",
-            escape(result.status),  # OBR-25
+            escape(first.status if len(statuses) == 1 else ("C" if "C" in statuses else "F")),  # OBR-25
         ),
-        _obx(result, evaluation, method, observation_id),
-        *(
-            join_segment("NTE", str(number), "O", escape(NOTE_PREFIX + note))
-            for number, note in enumerate(evaluation.notes, start=1)
-        ),
+        *observations,
         # v2.5.1 allows SPM only as the SPECIMEN group closing ORDER_OBSERVATION, i.e. after
         # the OBSERVATION groups (OBX + their NTEs), not between OBR and OBX.
-        join_segment("SPM", "1", escape(result.specimen_id), "", _SPECIMEN_TYPE_UNKNOWN),
+        join_segment("SPM", "1", escape(first.specimen_id), "", _SPECIMEN_TYPE_UNKNOWN),
     ]
     return "".join(segment + SEGMENT_SEP for segment in segments).encode("utf-8")
 
@@ -194,7 +224,8 @@ def _repetitions(values: Iterable[str]) -> str:
     return REPETITION_SEP.join(escape(value) for value in values if value)
 
 
-def _obx(result: Result, evaluation: Evaluation, method: Method | None, observation_id: str) -> str:
+def _obx(result: Result, evaluation: Evaluation, method: Method | None, observation_id: str, *,
+         set_id: int = 1) -> str:
     value_type, value = _value(result)
     units = result.units or (method.units if method is not None else "")
     # Composite units as sent (BA400 "U/L^U/L^A400"): every component kept, each escaped.
@@ -202,7 +233,7 @@ def _obx(result: Result, evaluation: Evaluation, method: Method | None, observat
                    if result.units_parts else escape(units))
     return join_segment(
         "OBX",
-        "1",
+        str(set_id),
         value_type,
         observation_id,
         escape(result.sub_id),  # OBX-4 as the analyzer sent it (part of its result identity)
