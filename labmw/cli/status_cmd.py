@@ -40,7 +40,10 @@ def render(status: Mapping[str, Any]) -> None:
     typer.echo(line)
     queue = status.get("queue") or {}
     typer.echo(f"queue    {_text(queue.get('pending'))} pending, {_text(queue.get('dead'))} dead")
-    typer.echo(f"held     {_text(status.get('held'))} result(s)")
+    line = f"held     {_text(status.get('held'))} result(s)"
+    if status.get("held_test_code_missing"):
+        line += f", {status['held_test_code_missing']} without a test code (check test_code_component)"
+    typer.echo(line)
     analyzers = status.get("analyzers") or []
     typer.echo("")
     if not analyzers:
@@ -51,6 +54,9 @@ def render(status: Mapping[str, Any]) -> None:
                 [(a.get("name"), a.get("protocol"), a.get("transport"), a.get("endpoint"), a.get("connections"),
                   ", ".join(a.get("peers") or ()) or "-", a.get("messages"), a.get("results"),
                   a.get("last_message_at") or "never") for a in analyzers])
+    for a in analyzers:
+        if a.get("error"):
+            typer.echo(f"FAILED   {a.get('name')}: {a['error']}")
 
 
 def _text(value: object) -> str:

@@ -46,12 +46,13 @@ class AnalyzerState:
     def as_dict(self) -> dict[str, Any]:
         a = self.analyzer
         peers = self.endpoint.peers if self.endpoint else []
-        return {"name": a.name, "protocol": a.protocol, "transport": a.transport,
+        error = self.error or (self.endpoint.error if self.endpoint else "")
+        return {"state": "failed" if error else "running","name": a.name, "protocol": a.protocol, "transport": a.transport,
                 "endpoint": str(a.listen or a.connect or a.device), "peers": peers,
                 "connections": len(peers), "messages": int(self.counts["messages"]),
                 "results": int(self.counts["results"]),
                 "last_message_at": self.last_message_at.isoformat() if self.last_message_at else None,
-                "error": self.error}
+                "error": error}
 
 
 class Service:
@@ -80,8 +81,18 @@ class Service:
         for analyzer in self.settings.analyzers.values():
             await self._start_analyzer(analyzer)
         self._start_forwarder()
-        log.info("service_ready", analyzers=len(self.analyzers),
+        log.info("service_ready", analyzers=len(self.analyzers), failed=sorted(self.failed_analyzers()),
                  lis=str(self.settings.lis.connect) if self.settings.lis else None)
+
+    def failed_analyzers(self) -> dict[str, str]:
+        """Analyzers that are configured but not working (port taken, device not openable): name -> why."""
+        return {name: d["error"] for name, d in ((n, s.as_dict()) for n, s in self.analyzers.items()) if d["error"]}
+
+    def ready_text(self) -> str:
+        """The sd_notify STATUS= line: how many analyzers run, and which failed and why."""
+        failed = self.failed_analyzers()
+        text = f"{len(self.analyzers) - len(failed)} of {len(self.analyzers)} analyzers running"
+        return text + ("; FAILED: " + "; ".join(f"{n} ({why})" for n, why in sorted(failed.items())) if failed else "")
 
     def stop(self) -> None:
         self._stopped.set()
@@ -218,6 +229,7 @@ class Service:
             await self._storage_ok()
             state.last_message_at = self.clock()
             state.counts["messages"] += 1
+            state.counts["results"] += intake.last_results
             self._wake.set()
             return ack
 
@@ -314,6 +326,7 @@ class Service:
                     else "not configured", "last_error": forwarder.last_error if forwarder else ""},
             "queue": {"pending": counts["pending"], "dead": counts["dead"]},
             "held": counts["held"],
+            "held_test_code_missing": counts.get("held_test_code_missing", 0),
         }
 
 
@@ -353,7 +366,8 @@ async def serve(settings: Settings) -> int:
     watchdog = asyncio.ensure_future(notifier.run_watchdog())
     try:
         await service.start()
-        notifier.ready(f"{len(service.analyzers)} analyzers")
+        await asyncio.sleep(0.05)  # let serial endpoints try their device once, so STATUS= can say it failed
+        notifier.ready(service.ready_text())
         await service.wait_stopped()
         notifier.stopping()
     finally:

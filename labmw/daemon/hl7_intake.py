@@ -88,6 +88,7 @@ class Hl7Intake:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
+        self.last_results = 0  # results stored by the last handle() (for `labmw status`)
 
     def handle(self, analyzer: AnalyzerSettings, payload: bytes, peer: str) -> bytes:
         """Store one message (no MLLP framing) and return the ACK to send (``b""``: send nothing).
@@ -96,6 +97,7 @@ class Hl7Intake:
         store becomes an AE with ERR-3 207 and nothing committed.
         """
         now = self.pipeline.clock()
+        self.last_results = 0
         digest = hashlib.sha256(payload).hexdigest()
         context = {"analyzer": analyzer.name, "peer": peer}
         try:
@@ -142,6 +144,7 @@ class Hl7Intake:
             return self._store_failed(analyzer, payload, header, now, exc)
         except LabmwError as exc:  # rules or ORU encoding refused it: rolled back, keep it as rejected
             return self._reject(analyzer, payload, digest, peer, now, header, "E", "207", str(exc))
+        self.last_results = outcome.results
         if seen.reused_by is not None:
             log.warning("hl7_control_id_reused", control_id=header.control_id, message_id=outcome.message_id,
                         **context)

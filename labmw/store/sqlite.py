@@ -422,7 +422,10 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Queue depth and held results, for `labmw status`."""
         return {"pending": self.count_outbox("pending"), "dead": self.count_outbox("dead"),
-                "held": int(self._conn.execute("SELECT count(*) FROM results WHERE state='held'").fetchone()[0])}
+                "held": int(self._conn.execute("SELECT count(*) FROM results WHERE state='held'").fetchone()[0]),
+                # Results that came without a test code (a misconfigured R-3 component): loud in status.
+                "held_test_code_missing": int(self._conn.execute(
+                    "SELECT count(*) FROM results WHERE state='held' AND test_code=''").fetchone()[0])}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
