@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from labmw.config import AnalyzerSettings
+from labmw.daemon.hl7_query import answer_hl7_query, is_order_query
 from labmw.daemon.pipeline import Pipeline
 from labmw.errors import CodecError, LabmwError, MappingError, StoreError
 from labmw.mapping.hl7_inbound import (
@@ -107,6 +108,13 @@ class Hl7Intake:
         if header.message_type == "ACK":
             log.warning("hl7_ack_dropped", control_id=header.control_id, **context)
             return b""
+        if is_order_query(header.message_type, header.trigger):  # IHE LAW LAB-27: "no order" at once
+            try:
+                answer = answer_hl7_query(self.pipeline, analyzer, payload, peer, now)
+            except StoreError as exc:
+                return self._store_failed(analyzer, payload, header, now, exc)
+            if answer is not None:
+                return answer
         try:
             mapped = map_hl7(payload, analyzer=analyzer.name, encoding=analyzer.encoding,
                              specimen_field=analyzer.specimen_field, lf_segments=analyzer.lf_segments)
