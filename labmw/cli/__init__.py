@@ -58,6 +58,7 @@ def register() -> None:
         audit_cmd,
         config_cmd,
         demo_cmd,
+        message_cmd,
         queue_cmd,
         review_cmd,
         rules_cmd,
@@ -75,6 +76,7 @@ def register() -> None:
     queue_cmd.register(app)
     demo_cmd.register(app)
     simulate_cmd.register(app)
+    message_cmd.register(app)
 
 
 register()

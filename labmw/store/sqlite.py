@@ -21,6 +21,7 @@ from labmw.errors import StoreError
 from labmw.store.result_wire import with_wire
 from labmw.model import Evaluation, PreviousResult, Result
 from labmw.store import audit as audit_log
+from labmw.store import browser
 from labmw.store.audit import AuditEvent, Verification
 from labmw.store.db import connect, transaction
 
@@ -91,6 +92,19 @@ class Tx:
     def set_result_wire(self, result_id: int, wire: str) -> None:
         """Keep what the instrument sent beyond the mapped columns (JSON, labmw.mapping.identity.wire_json)."""
         self._conn.execute("UPDATE results SET wire = ? WHERE id = ?", (wire, result_id))
+
+    def standing_results(self, message_id: int) -> list[dict[str, Any]]:
+        """The results of a message that still stand (not superseded, not replaced by a reprocess), by id."""
+        rows = self._conn.execute("SELECT * FROM results WHERE message_id = ? AND superseded_by IS NULL"
+                                  " AND state != 'reprocessed' ORDER BY id", (message_id,))
+        return [dict(r) for r in rows]
+
+    def latest_result_id(self, message_id: int) -> int:
+        row = self._conn.execute("SELECT max(id) FROM results WHERE message_id = ?", (message_id,)).fetchone()
+        return int(row[0] or 0)
+
+    def set_result_state(self, result_id: int, state: str) -> None:
+        self._conn.execute("UPDATE results SET state = ? WHERE id = ?", (state, result_id))
 
     def add_outbox_members(self, outbox_id: int, result_ids: Sequence[int]) -> None:
         """Further results carried by outbox entry ``outbox_id`` (one ORU per specimen); delivered with it."""
@@ -418,6 +432,19 @@ class Store:
                 outbox_id = tx.enqueue(result_id=result_id, control_id=control_id, payload=payload)
                 tx.audit("result_queued", actor=actor, ref=control_id, **who,
                          data={"outbox_id": outbox_id, "result_id": result_id})
+
+    # --- message browser (labmw message list|show; labmw.store.browser) -------------------------------
+    def browse_messages(self, **filters: Any) -> list[dict[str, Any]]:
+        try:
+            return browser.list_messages(self._conn, **filters)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read messages: {exc}") from exc
+
+    def message_detail(self, message_id: int) -> dict[str, Any]:
+        try:
+            return browser.message_detail(self._conn, message_id)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read message {message_id}: {exc}") from exc
 
     def counts(self) -> dict[str, int]:
         """Queue depth and held results, for `labmw status`."""
