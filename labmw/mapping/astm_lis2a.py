@@ -198,8 +198,8 @@ def map_message(records: Sequence[Record], *, analyzer: str, profile: AstmProfil
             problems.append(f"{where} has unknown record type {kind!r} and was not mapped")
     if not seen_header:
         problems.append("message has no H record")
-    return MappedMessage(results=mark_gates(results), queries=tuple(queries), sender=sender,
-                         processing_id=processing_id, problems=tuple(problems))
+    return MappedMessage(results=mark_gates(results, processing_id=processing_id), queries=tuple(queries),
+                         sender=sender, processing_id=processing_id, problems=tuple(problems))
 
 
 def _map_patient(record: Record, where: str, problems: list[str]) -> PatientContext:

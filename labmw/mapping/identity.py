@@ -8,7 +8,9 @@ Three things are decided here, for ASTM and HL7 alike, and nowhere else:
 * which HL7 data type carries a value so that its text and component boundaries survive
   (``^24.7`` is SN, ``NOT DETECTED^`` is ST ``NOT DETECTED``, ``POS^12.5`` is CWE);
 * the named holds a message can force on its own results, before any rule runs:
-  ``NO_SPECIMEN_ID``, ``TEST_CODE_MISSING`` and ``IDENTITY_COLLISION``. A result labmw cannot
+  ``NO_SPECIMEN_ID``, ``TEST_CODE_MISSING``, ``IDENTITY_COLLISION`` and ``NOT_PRODUCTION`` (an
+  ASTM message whose H-12 says quality control, training or debugging: QC results never reach
+  the LIS as patient results). A result labmw cannot
   identify is held for a person, never acknowledged and dropped (fail closed).
 """
 
@@ -25,6 +27,7 @@ from labmw.model import Decision, Evaluation, Result
 __all__ = [
     "GATES",
     "IDENTITY_COLLISION",
+    "NOT_PRODUCTION",
     "NO_SPECIMEN_ID",
     "TEST_CODE_MISSING",
     "apply_gates",
@@ -36,7 +39,10 @@ __all__ = [
 NO_SPECIMEN_ID = "NO_SPECIMEN_ID"
 TEST_CODE_MISSING = "TEST_CODE_MISSING"
 IDENTITY_COLLISION = "IDENTITY_COLLISION"
+NOT_PRODUCTION = "NOT_PRODUCTION"
 GATES = {
+    NOT_PRODUCTION: "the message's processing ID (ASTM H-12) is Q (quality control), T (training) or D "
+                    "(debugging): not a patient result, never forwarded as one",
     NO_SPECIMEN_ID: "no specimen ID where this analyzer's profile says it is; the LIS could not file it",
     TEST_CODE_MISSING: "no test code in the configured R-3 component (check test_code_component)",
     IDENTITY_COLLISION: "another result of this message has the same specimen and test identity; "
@@ -74,8 +80,10 @@ def astm_value(parts: Sequence[str]) -> tuple[str, tuple[str, ...], str | None, 
     return "CWE", tuple(items), None, None
 
 
-def mark_gates(results: Sequence[Result]) -> tuple[Result, ...]:
+def mark_gates(results: Sequence[Result], *, processing_id: str = "P") -> tuple[Result, ...]:
     """Each result with the named holds its message forces on it (``Result.gates``).
+
+    ``processing_id``: the message's (ASTM H-12 component 1); Q, T and D hold every result.
 
     An identity is specimen + full test identifier + HL7 sub-ID; every result sharing one with
     another result of the same message is held (which one is the right one is for a person to say).
@@ -84,6 +92,8 @@ def mark_gates(results: Sequence[Result]) -> tuple[Result, ...]:
     marked = []
     for result in results:
         gates = list(result.gates)
+        if processing_id[:1].upper() in ("Q", "T", "D") and NOT_PRODUCTION not in gates:
+            gates.append(NOT_PRODUCTION)
         if not result.specimen_id and NO_SPECIMEN_ID not in gates:
             gates.append(NO_SPECIMEN_ID)
         if not result.test_code and TEST_CODE_MISSING not in gates:

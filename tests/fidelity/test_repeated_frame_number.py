@@ -63,3 +63,17 @@ def test_true_retransmission_is_still_acked_and_dropped() -> None:
     # ... but other text under that FN after the message is still refused.
     reply, events = _talk(link, astm_frame(2, H + L))
     assert reply == NAK and isinstance(events[0], FrameRejected)
+
+
+def test_yumizen_capture_after_naked_frames_refuses_the_repeated_number() -> None:
+    """The Horiba capture: after frames the receiver NAKs (out of sequence), a frame under the last accepted
+    FN with other text (R|1) is refused and named, where it used to be ACKed as a duplicate and lost."""
+    from samples import ASTM_SAMPLES
+
+    link = AstmLink()
+    data = (ASTM_SAMPLES / "horiba_yumizen_h500_1.astm").read_bytes()
+    _reply, events = _talk(link, ENQ + data)
+    rejected = [e for e in events if isinstance(e, FrameRejected)]
+    assert [e.fn for e in rejected] == [1, 1, 1, 4, 5]
+    assert rejected[-1].reason.startswith(REPEATED_FN_CHANGED), "R|1 under FN 5 is not a retransmission"
+    assert not [e for e in events if isinstance(e, DuplicateFrame)], "nothing is ACKed and dropped"
