@@ -88,7 +88,8 @@ def message_show(ctx: typer.Context, message_id: Annotated[int, typer.Argument(h
     for r in detail["results"]:
         typer.echo(f"result {r['id']}  specimen {r['specimen'] or '-'}  test {r['test_id'] or r['test_code'] or '-'}"
                    f"  value {r['raw_value']!r} {r['units']}  status {r['status'] or '-'}  -> {r['state']}"
-                   f"  method {r['method'] or '-'}  flags {','.join(r['flags']) or '-'}  range {r['applied_range'] or '-'}"
+                   f"  method {r['method'] or '-'}  flags {','.join(r['flags']) or '-'}"
+                   f"  range {r['applied_range'] or '-'}"
                    + (f"  sent in {', '.join(r['sent_in'])}" if r["sent_in"] else ""))
         for d in r["decisions"]:
             typer.echo(f"       rule {d.get('rule')}: {d.get('outcome')}")

@@ -162,6 +162,7 @@ def _observation_id(result: Result, method: Method | None) -> str:
             sent = [escape(method.loinc), escape(method.analyte), "LN", *(sent + ["", ""])[:3]]
         return COMPONENT_SEP.join(sent).rstrip(COMPONENT_SEP)
     code = escape(result.identity)
+    parts: tuple[str, ...]
     if method is not None and method.loinc:
         parts = (escape(method.loinc), escape(method.analyte), "LN", code, code, "L")
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 from labmw.model import Result
 
@@ -32,5 +33,5 @@ def with_wire(result: Result, text: str | None) -> Result:
         data = json.loads(text)
     except ValueError:
         return result
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in _KEYS}
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in _KEYS}
     return replace(result, **fields)

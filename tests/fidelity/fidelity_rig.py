@@ -62,7 +62,8 @@ class Rig:
 
     def sent(self) -> list[hl7.Message]:
         """Every queued ORU, parsed by python-hl7, in queue order."""
-        return [hl7.parse(bytes(r["payload"]).decode("utf-8")) for r in self.query("SELECT payload FROM outbox ORDER BY id")]
+        rows = self.query("SELECT payload FROM outbox ORDER BY id")
+        return [hl7.parse(bytes(r["payload"]).decode("utf-8")) for r in rows]
 
     def obx(self) -> list[hl7.Segment]:
         return [seg for message in self.sent() for seg in message.segments("OBX")]
@@ -71,7 +72,8 @@ class Rig:
         return self.query("SELECT * FROM results WHERE state='held' ORDER BY id")
 
     def events(self, event: str) -> list[dict[str, object]]:
-        return [{**dict(r), "data": json.loads(r["data"])} for r in self.query("SELECT * FROM audit WHERE event=?", event)]
+        rows = self.query("SELECT * FROM audit WHERE event=?", event)
+        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
 
 
 def text(segment: hl7.Segment, number: int) -> str:

@@ -44,7 +44,8 @@ def _receive(config: Path, text: bytes) -> int:
     store = Store.open(cfg.db_path)
     try:
         frames = astm_frame(1, text)
-        return Pipeline(cfg, store, clock=lambda: NOW).handle_astm(cfg.analyzers["xp"], text, frames, "10.0.0.9:4000").message_id
+        pipeline = Pipeline(cfg, store, clock=lambda: NOW)
+        return pipeline.handle_astm(cfg.analyzers["xp"], text, frames, "10.0.0.9:4000").message_id
     finally:
         store.close()
 

@@ -13,7 +13,7 @@ from labmw.wire.astm_link import REPEATED_FN_CHANGED, AstmLink
 
 H = b"H|\\^&|||XN-350^00-22^11001^^^^^AB123||||||||E1394-97\r"
 P = b"P|1\r"
-O = b"O|1||^^QC-1^B|^^^^WBC\\^^^^RBC|||||||Q\r"
+ORDER = b"O|1||^^QC-1^B|^^^^WBC\\^^^^RBC|||||||Q\r"
 R1 = b"R|1|^^^^WBC^1|6.93|10*3/uL||N||||||20261125090000\r"
 R2 = b"R|2|^^^^RBC^1|4.48|10*6/uL||N||||||20261125090000\r"
 L = b"L|1|N\r"
@@ -32,7 +32,7 @@ def _talk(link: AstmLink, data: bytes, now: float = 0.0) -> tuple[bytes, list[ob
 def test_same_frame_number_with_other_text_is_naked_and_named() -> None:
     link = AstmLink()
     assert _talk(link, ENQ)[0] == ACK
-    assert _talk(link, astm_frame(1, H + P + O, final=False))[0] == ACK
+    assert _talk(link, astm_frame(1, H + P + ORDER, final=False))[0] == ACK
     assert _talk(link, astm_frame(2, R1, final=False))[0] == ACK
     reply, events = _talk(link, astm_frame(2, R2, final=False))  # the XN capture's second "frame 2"
     assert reply == NAK, "a new frame under a repeated FN is not a retransmission: ACKing it loses R2"
@@ -44,19 +44,19 @@ def test_same_frame_number_with_other_text_is_naked_and_named() -> None:
     reply, events = _talk(link, astm_frame(4, L))
     assert reply == ACK
     (message,) = [e for e in events if isinstance(e, MessageReceived)]
-    assert message.text == H + P + O + R1 + R2 + L
+    assert message.text == H + P + ORDER + R1 + R2 + L
     assert _talk(link, EOT)[0] == b""
 
 
 def test_true_retransmission_is_still_acked_and_dropped() -> None:
     link = AstmLink()
     _talk(link, ENQ)
-    _talk(link, astm_frame(1, H + P + O + R1, final=False))
-    reply, events = _talk(link, astm_frame(1, H + P + O + R1, final=False))  # our ACK was lost
+    _talk(link, astm_frame(1, H + P + ORDER + R1, final=False))
+    reply, events = _talk(link, astm_frame(1, H + P + ORDER + R1, final=False))  # our ACK was lost
     assert reply == ACK and events == [DuplicateFrame(1)]
     reply, events = _talk(link, astm_frame(2, L))
     (message,) = [e for e in events if isinstance(e, MessageReceived)]
-    assert reply == ACK and message.text == H + P + O + R1 + L
+    assert reply == ACK and message.text == H + P + ORDER + R1 + L
     # The final frame repeated after the message was stored: a retransmission too, not a new frame.
     reply, events = _talk(link, astm_frame(2, L))
     assert reply == ACK and events == [DuplicateFrame(2)]
