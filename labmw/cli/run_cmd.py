@@ -19,5 +19,5 @@ def run(ctx: typer.Context) -> None:
     from labmw.daemon.app import serve
 
     cfg = settings(ctx)
-    log.configure()
+    log.configure(level=log.level_named(cfg.log_level))
     raise typer.Exit(asyncio.run(serve(cfg)))

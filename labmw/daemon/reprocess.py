@@ -73,7 +73,7 @@ def reprocess(settings: Settings, store: Store, message_id: int, *, reason: str,
             try:
                 with store.transaction(now) as tx:
                     sent = replace(result, status="C") if delivered else result
-                    held = pipeline._store_result(tx, analyzer, message_id, detail["sha256"], sent)
+                    held = pipeline._store_result(tx, analyzer, message_id, detail["sha256"], sent, None)
                     new_id = tx.latest_result_id(message_id)
                     new = next(r for r in tx.standing_results(message_id) if r["id"] == new_id)
                     if delivered and old is not None and all(old[k] == new[k] for k in _CONTENT) and not held:

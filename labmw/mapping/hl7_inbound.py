@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from labmw.errors import CodecError, MappingError
@@ -426,7 +426,7 @@ def _result(er7: _Er7, obx: list[str], number: int, value_type: str, analyzer: s
 
 def _structured_numeric(er7: _Er7, raw_field: str) -> tuple[str | None, Decimal | None]:
     """SN (2.A.72) ``comparator^num1^separator^num2``: only a single number gets a value."""
-    parts = er7.components(raw_field.split(er7.repetition, 1)[0]) + ["", "", "", ""]
+    parts = [*er7.components(raw_field.split(er7.repetition, 1)[0]), "", "", "", ""]
     comparator, number, separator, second = (p.strip() for p in parts[:4])
     if separator or second:
         return None, None  # a range (10^-^20) or ratio (1^:^128) is no single reading

@@ -18,7 +18,12 @@ from datetime import datetime
 from labmw.errors import CodecError
 from labmw.wire.hl7_codec import ENCODING_CHARS, SEGMENT_SEP, escape, format_ts, join_segment
 
-__all__ = ["OrderQuery", "answer_order_query", "read_order_query"]
+__all__ = ["OrderQuery", "answer_order_query", "is_order_query", "read_order_query"]
+
+
+def is_order_query(message_type: str, trigger: str) -> bool:
+    """QBP^Q11: an IHE LAW analyzer asking for the work order of a specimen (LAB-27)."""
+    return (message_type, trigger) == ("QBP", "Q11")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -72,7 +72,10 @@ def message_detail(conn: sqlite3.Connection, message_id: int) -> dict[str, Any]:
     out_results = []
     for r in results:
         rid = str(r["id"])
-        evaluated: dict[str, Any] = next((e["data"] for e in events if e["event"] == "result_evaluated" and e["ref"] == rid), {})
+        evaluated: dict[str, Any] = next(
+            (e["data"].get("evaluation", e["data"]) for e in events
+             if e["event"] in ("result_received", "result_evaluated") and e["ref"] == rid
+             and ("evaluation" in e["data"] or e["event"] == "result_evaluated")), {})
         out_results.append({
             "id": r["id"], "specimen": r["specimen"], "test_code": r["test_code"],
             "test_id": _json(r["wire"]).get("test_id", "") if r.get("wire") else "",

@@ -13,8 +13,10 @@ from pathlib import Path
 import hl7
 
 from labmw.config import AnalyzerSettings, LisSettings, Settings, parse_endpoint
-from labmw.daemon.hl7_intake import Hl7Intake
-from labmw.daemon.pipeline import Outcome, Pipeline
+from inline_runner import make_intake, receive
+
+from labmw.daemon.pipeline import Pipeline
+from labmw.model import Outcome
 from labmw.model import Method, RangeRule
 from labmw.store import Store
 
@@ -44,16 +46,18 @@ class Rig:
                                  methods=methods if methods is not None else {"ALT-T": ALT},
                                  analyzers={a.name: a for a in analyzers})
         self.pipeline = Pipeline(self.settings, self.store, clock=lambda: T0)
-        self.intake = Hl7Intake(self.pipeline)
+        self.intakes = {a.name: make_intake(self.settings, self.store, a, clock=lambda: T0) for a in analyzers}
 
     def close(self) -> None:
         self.store.close()
 
     def astm(self, name: str, text: bytes) -> Outcome:
-        return self.pipeline.handle_astm(self.settings.analyzers[name], text, b"", "127.0.0.1:1")
+        """One ASTM message text through the analyzer's real intake (as the link engine hands it over)."""
+        return receive(self.intakes[name], text, "127.0.0.1:1", text=text)
 
     def hl7(self, name: str, payload: bytes) -> bytes:
-        return self.intake.handle(self.settings.analyzers[name], payload, "127.0.0.1:1")
+        """The answer (ACK, RSP) the intake gives for one HL7 payload."""
+        return receive(self.intakes[name], payload, "127.0.0.1:1").answer
 
     def query(self, sql: str, *args: object) -> list[sqlite3.Row]:
         with sqlite3.connect(self.path) as db:

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import tomlkit
+from inline_runner import make_intake, receive
 from peers import astm_frame
 from typer.testing import CliRunner
 
 from labmw.cli import app
 from labmw.config import load
-from labmw.daemon.pipeline import Pipeline
 from labmw.store import Store
 
 runner = CliRunner()
@@ -44,8 +44,8 @@ def _receive(config: Path, text: bytes) -> int:
     store = Store.open(cfg.db_path)
     try:
         frames = astm_frame(1, text)
-        pipeline = Pipeline(cfg, store, clock=lambda: NOW)
-        return pipeline.handle_astm(cfg.analyzers["xp"], text, frames, "10.0.0.9:4000").message_id
+        intake = make_intake(cfg, store, cfg.analyzers["xp"], clock=lambda: NOW)
+        return receive(intake, frames, "10.0.0.9:4000", text=text).message_id
     finally:
         store.close()
 
