@@ -57,6 +57,7 @@ DELTA_ACTIONS = ("flag", "hold")
 METHOD_STATUSES = ("active", "pending review")
 RANGE_STATUSES = ("active", "pending review", "disabled")
 SPECIMEN_FIELDS = ("SPM-2", "OBR-3", "OBR-2")
+LIS_GROUPS = ("specimen", "result")
 MIN_RETENTION_YEARS = 6
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -143,6 +144,8 @@ class LisSettings:
     receiving_application: str = "LIS"
     receiving_facility: str = ""
     tls: TlsSettings | None = None
+    # One ORU^R01 per specimen (its results as OBX of one OBR) or one per result (issue 13).
+    group: str = "specimen"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -248,6 +251,7 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
                           f"expected at least {MIN_RETENTION_YEARS} years (HIPAA 164.316), got {retention}")
     methods = {name: v.method(name, tbl) for name, tbl in v.table(doc, "methods").items()}
     analyzers = {name: v.analyzer(name, tbl, methods) for name, tbl in v.table(doc, "analyzers").items()}
+    _refuse_shared_endpoints(path, analyzers)
     lis_tbl = doc.get("lis")
     lis = v.lis(lis_tbl) if lis_tbl else None
     autoverify = v.autoverify(v.table(doc, "autoverify"))
@@ -288,6 +292,31 @@ def parse_endpoint(text: str) -> Endpoint:
     if not 1 <= port <= 65535:
         raise ValueError(f"expected a port number 1-65535, got {port}")
     return Endpoint(host=host.strip("[]"), port=port)
+
+
+def _refuse_shared_endpoints(path: Path, analyzers: Mapping[str, AnalyzerSettings]) -> None:
+    """Two analyzers on one listening port or one serial device cannot both run: refuse the file."""
+    seen: dict[tuple[str, object], str] = {}
+    for name, a in analyzers.items():
+        keys: list[tuple[str, object]] = []
+        if a.transport == "tcp-server" and a.listen is not None:
+            keys.append(("port", a.listen.port))  # 0.0.0.0 and 127.0.0.1 on one port collide too
+        if a.transport == "serial" and a.device:
+            keys.append(("device", a.device))
+        for key in keys:
+            if key in seen and not (key[0] == "port" and _distinct_hosts(analyzers[seen[key]], a)):
+                what = f"port {key[1]}" if key[0] == "port" else f"device {key[1]}"
+                field_name = "listen" if key[0] == "port" else "device"
+                raise ConfigError(path, f"analyzers.{name}.{field_name}",
+                                  f"{what} is already used by analyzer {seen[key]!r}; expected one analyzer per "
+                                  f"{'port' if key[0] == 'port' else 'device'}")
+            seen[key] = name
+
+
+def _distinct_hosts(a: AnalyzerSettings, b: AnalyzerSettings) -> bool:
+    """Two listeners on one port but distinct specific addresses (127.0.0.1 and 10.0.0.5) can coexist."""
+    hosts = {a.listen.host if a.listen else "", b.listen.host if b.listen else ""}
+    return len(hosts) == 2 and not hosts & {"0.0.0.0", "::", "", "*"}
 
 
 def parse_decimal(value: object) -> Decimal:
@@ -682,7 +711,7 @@ class _Validator:
             checksum_policy=self.choice(tbl, f"{key}.checksum_policy", CHECKSUM_POLICIES, default="strict"),
             max_frame_text=self.integer(tbl, f"{key}.max_frame_text", default=240, low=16, high=63_993),
             allow=tuple(allow),
-            specimen_field=self.choice(tbl, f"{key}.specimen_field", SPECIMEN_FIELDS, default="SPM-2"),
+            specimen_field=self.specimen_field(tbl, f"{key}.specimen_field"),
             lf_segments=self.flag(tbl, f"{key}.lf_segments", default=False),
             max_message_bytes=self.integer(tbl, f"{key}.max_message_bytes", default=4 * 1024 * 1024, low=1024,
                                            high=64 * 1024 * 1024),
@@ -698,6 +727,15 @@ class _Validator:
                                   if "silent_after_minutes" in tbl else None),
         )
 
+    def specimen_field(self, tbl: Mapping[str, Any], key: str) -> str:
+        """HL7: SPM-2, OBR-3 or OBR-2. ASTM: any O record field ``O-2`` .. ``O-31`` (default ``O-3``)."""
+        if tbl.get("protocol") != "astm":
+            return self.choice(tbl, key, SPECIMEN_FIELDS, default="SPM-2")
+        value = self.string(tbl, key, default="O-3")
+        number = value[2:] if value.startswith("O-") else ""
+        if not number.isdigit() or not 2 <= int(number) <= 31:
+            raise self.fail(key, f"expected an O record field such as O-3 or O-4 for an ASTM analyzer, got {value!r}")
+        return value
     def alerts(self, tbl: Any) -> AlertSettings:
         if not isinstance(tbl, Mapping):
             raise self.fail("alerts", "expected a table")
@@ -752,6 +790,7 @@ class _Validator:
             receiving_application=self.string(tbl, "lis.receiving_application", default="LIS"),
             receiving_facility=self.string(tbl, "lis.receiving_facility", default=""),
             tls=self.tls(tbl, "lis.tls", server=False),
+            group=self.choice(tbl, "lis.group", LIS_GROUPS, default="specimen"),
         )
 
     def tls(self, tbl: Mapping[str, Any], key: str, *, server: bool) -> TlsSettings | None:

@@ -33,6 +33,8 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
         "connect", "ack_timeout", "connect_timeout", "retry_initial", "retry_max", "head_alert_attempts",
         "sending_application",
         "sending_facility", "receiving_application", "receiving_facility", "tls",
+        # fidelity (E): one ORU per specimen or per result
+        "group",
     }),
     "lis.tls": frozenset({"ca_file", "cert_file", "key_file", "server_name"}),
     "analyzers.*": frozenset({

@@ -58,6 +58,25 @@ class Result:
     # The order's universal service / test ID as sent (ASTM O-5, HL7 OBR-4 component 1), for
     # per-analyzer QC patterns of instruments that mark controls there (HemoScreen "LQC").
     order_code: str = ""
+    # Fidelity (issue 13): what the instrument sent beyond the mapped test code and text value.
+    # ``test_id``: its full test identifier ("MTB-RIF^^^rpoB1^Ct", components joined by "^";
+    # "" = the same as ``test_code``); ``sub_id``: HL7 OBX-4. ``value_type``/``value_parts``: the
+    # HL7 data type chosen at intake and the value's components as sent (unescaped), so OBX-5 is
+    # the instrument's text with its component boundaries; ``units_parts``: composite units as sent
+    # (``U/L^U/L^A400``). ``gates``: named holds decided from the message itself
+    # (NO_SPECIMEN_ID, TEST_CODE_MISSING, IDENTITY_COLLISION; labmw.mapping.identity).
+    test_id: str = ""
+    sub_id: str = ""
+    value_type: str = ""
+    value_parts: tuple[str, ...] = ()
+    units_parts: tuple[str, ...] = ()
+    gates: tuple[str, ...] = ()
+    protocol: str = ""  # "astm" or "hl7": how test_id's components map onto OBX-3
+
+    @property
+    def identity(self) -> str:
+        """The test as the instrument identified it: ``test_id``, else ``test_code``."""
+        return self.test_id or self.test_code
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -113,6 +113,7 @@ def register() -> None:
         config_cmd,
         demo_cmd,
         edit_cmd,
+        message_cmd,
         qc_cmd,
         queue_cmd,
         retention_cmd,
@@ -140,6 +141,7 @@ def register() -> None:
                             range_app=config_cmd.range_app, review_app=review_cmd.review_app,
                             method_app=config_cmd.method_app)
     qc_cmd.register(app)
+    message_cmd.register(app)
 
 
 register()

@@ -16,6 +16,7 @@ from labmw.cli.common import config_file, print_json, print_table, settings
 from labmw.config import (
     CHECKSUM_POLICIES,
     DELTA_ACTIONS,
+    LIS_GROUPS,
     PROTOCOLS,
     TRANSPORTS,
     AnalyzerSettings,
@@ -127,8 +128,12 @@ def lis_set(
     tls_cert_file: Annotated[str | None, typer.Option(help="TLS: client certificate, if the LIS asks.")] = None,
     tls_key_file: Annotated[str | None, typer.Option(help="TLS: the client certificate's key.")] = None,
     tls_server_name: Annotated[str | None, typer.Option(help="TLS: name to verify (default: the host).")] = None,
+    group: Annotated[str | None, typer.Option(
+        help="specimen (one ORU^R01 per specimen, the default) or result (one per result).")] = None,
 ) -> None:
-    """Set where results are delivered (optionally over TLS)."""
+    """Set where results are delivered (optionally over TLS) and how they are grouped."""
+    if group is not None and group not in LIS_GROUPS:
+        raise UsageError(f"--group: expected one of {', '.join(LIS_GROUPS)}, got {group!r}")
     endpoint = _endpoint("--connect", connect)
     tls = {k: v for k, v in (("ca_file", tls_ca_file), ("cert_file", tls_cert_file), ("key_file", tls_key_file),
                              ("server_name", tls_server_name)) if v is not None}
@@ -138,6 +143,8 @@ def lis_set(
         lis["connect"] = endpoint
         if ack_timeout is not None:
             lis["ack_timeout"] = ack_timeout
+        if group is not None:
+            lis["group"] = group
         if tls:
             lis["tls"] = tomlkit.item({k: str(Path(v).resolve()) if k != "server_name" else v
                                        for k, v in tls.items()})
@@ -168,17 +175,21 @@ def analyzer_add(
     connect: Annotated[str | None, typer.Option(help="HOST:PORT to connect to (tcp-client).")] = None,
     device: Annotated[str | None, typer.Option(help="Serial device path (serial).")] = None,
     baud: Annotated[int | None, typer.Option(help="Serial speed.")] = None,
-    map_: Annotated[list[str] | None, typer.Option("--map", help="CODE=METHOD, repeatable.")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help=(
+        "CODE=METHOD, repeatable; CODE may be the full multi-component identifier, e.g. 'rpoB1^Ct'."))] = None,
     encoding: Annotated[str | None, typer.Option(help="Character encoding (default latin-1).")] = None,
     test_code_component: Annotated[int | None, typer.Option(help="R-3 component holding the test code.")] = None,
-    specimen_component: Annotated[int | None, typer.Option(help="O-3 component holding the specimen ID.")] = None,
+    specimen_component: Annotated[int | None, typer.Option(
+        help="Component of the specimen field holding the specimen ID (ASTM).")] = None,
     checksum_policy: Annotated[str | None, typer.Option(help="strict, warn or ignore.")] = None,
     parity: Annotated[str | None, typer.Option(help="Serial parity: N, E, O, M or S.")] = None,
     bytesize: Annotated[int | None, typer.Option(help="Serial data bits (5-8).")] = None,
     stopbits: Annotated[int | None, typer.Option(help="Serial stop bits (1 or 2).")] = None,
     allow: Annotated[list[str] | None, typer.Option(help="Only accept this peer address; repeatable.")] = None,
     max_connections: Annotated[int | None, typer.Option(help="tcp-server: simultaneous connections (64).")] = None,
-    specimen_field: Annotated[str | None, typer.Option(help="HL7: SPM-2, OBR-3 or OBR-2.")] = None,
+    specimen_field: Annotated[str | None, typer.Option(
+        help="Where the specimen ID is: ASTM an O field (O-3 default, O-4 on Sysmex); HL7 SPM-2, OBR-3 or OBR-2.")]
+    = None,
     lf_segments: Annotated[bool, typer.Option(help="HL7: accept LF-separated segments (only when no CR).")] = False,
     tls_cert_file: Annotated[str | None, typer.Option(help="TLS listener: certificate (with --tls-key-file).")]
     = None,

@@ -96,7 +96,10 @@ def render(status: Mapping[str, Any]) -> None:
     typer.echo(line)
     queue = status.get("queue") or {}
     typer.echo(f"queue    {_text(queue.get('pending'))} pending, {_text(queue.get('dead'))} dead")
-    typer.echo(f"held     {_text(status.get('held'))} result(s)")
+    line = f"held     {_text(status.get('held'))} result(s)"
+    if status.get("held_test_code_missing"):
+        line += f", {status['held_test_code_missing']} without a test code (check test_code_component)"
+    typer.echo(line)
     av = status.get("autoverify") or {}
     for s in av.get("suspensions") or ():
         typer.echo(f"SUSPENDED autoverification for {s['analyzer'] or 'all analyzers'} / {s['method'] or 'all methods'}"
@@ -114,6 +117,9 @@ def render(status: Mapping[str, Any]) -> None:
                 [(a.get("name"), a.get("protocol"), a.get("transport"), a.get("endpoint"), a.get("connections"),
                   ", ".join(a.get("peers") or ()) or "-", a.get("messages"), a.get("results"),
                   a.get("last_message_at") or "never") for a in analyzers])
+    for a in analyzers:
+        if a.get("error"):
+            typer.echo(f"FAILED   {a.get('name')}: {a['error']}")
     _render_qc(status.get("qc") or [])
 
 

@@ -34,6 +34,7 @@ from labmw.transports.astm_pump import pump_astm
 from labmw.transports.connections import REFUSAL_INTERVAL, RefusalLog
 from labmw.transports.endpoints import Endpoint, make_endpoint
 from labmw.transports.hl7_pump import pump_hl7
+from labmw.wire.astm_link import REPEATED_FN_CHANGED
 
 log = structlog.get_logger(__name__)
 
@@ -56,12 +57,13 @@ class AnalyzerState:
     def as_dict(self) -> dict[str, Any]:
         a = self.analyzer
         peers = self.endpoint.peers if self.endpoint else []
-        return {"name": a.name, "protocol": a.protocol, "transport": a.transport,
+        error = self.error or (self.endpoint.error if self.endpoint else "")
+        return {"state": "failed" if error else "running", "name": a.name, "protocol": a.protocol, "transport": a.transport,
                 "endpoint": str(a.listen or a.connect or a.device), "peers": peers,
                 "connections": len(peers), "messages": int(self.counts["messages"]),
                 "results": int(self.counts["results"]),
                 "last_message_at": self.last_message_at.isoformat() if self.last_message_at else None,
-                "error": self.error}
+                "error": error}
 
 
 class Service:
@@ -99,8 +101,18 @@ class Service:
             await self._start_analyzer(analyzer)
         self._start_forwarder()
         self._refusal_flusher = asyncio.ensure_future(self._flush_refusals_periodically())
-        log.info("service_ready", analyzers=len(self.analyzers),
+        log.info("service_ready", analyzers=len(self.analyzers), failed=sorted(self.failed_analyzers()),
                  lis=str(self.settings.lis.connect) if self.settings.lis else None)
+
+    def failed_analyzers(self) -> dict[str, str]:
+        """Analyzers that are configured but not working (port taken, device not openable): name -> why."""
+        return {name: d["error"] for name, d in ((n, s.as_dict()) for n, s in self.analyzers.items()) if d["error"]}
+
+    def ready_text(self) -> str:
+        """The sd_notify STATUS= line: how many analyzers run, and which failed and why."""
+        failed = self.failed_analyzers()
+        text = f"{len(self.analyzers) - len(failed)} of {len(self.analyzers)} analyzers running"
+        return text + ("; FAILED: " + "; ".join(f"{n} ({why})" for n, why in sorted(failed.items())) if failed else "")
 
     def stop(self) -> None:
         self._stopped.set()
@@ -265,7 +277,8 @@ class Service:
             state.confirmed_id = message_id
 
         async def audit_discard(reason: str, text: bytes) -> None:
-            await self._audit("transfer_incomplete", analyzer=analyzer.name,
+            event = "frame_number_repeated" if reason.startswith(REPEATED_FN_CHANGED) else "transfer_incomplete"
+            await self._audit(event, analyzer=analyzer.name,
                               data={"reason": reason, "bytes": len(text), "peer": peer})
 
         return await pump_astm(reader, writer, analyzer=analyzer, handle=handle, audit_discard=audit_discard,
@@ -398,6 +411,7 @@ class Service:
             "queue": {"pending": counts["pending"], "dead": counts["dead"]},
             "held": counts["held"],
             "qc": await runner.call(qc_states, self.settings, runner.store, self.clock()),  # labmw.qc.status
+            "held_test_code_missing": counts.get("held_test_code_missing", 0),
         }
 
 
@@ -445,7 +459,8 @@ async def serve(settings: Settings, *, accept_broken_trail: bool = False) -> int
     try:
         await service.start()
         ops = await operations.start(service)  # metrics, alerts, retention (labmw/daemon/operations.py)
-        notifier.ready(f"{len(service.analyzers)} analyzers")
+        await asyncio.sleep(0.05)  # let serial endpoints try their device once, so STATUS= can say it failed
+        notifier.ready(service.ready_text())
         await service.wait_stopped()
         notifier.stopping()
     finally:

@@ -25,8 +25,11 @@ from typing import Any
 
 from labmw.config import AnalyzerSettings, Settings
 from labmw.daemon import autoverify
+from labmw.daemon.fidelity import keep_wire, method_for, record_gates
+from labmw.daemon.grouping import Ready, queue_by_specimen
 from labmw.errors import LabmwError, StoreError
 from labmw.mapping.hl7_oru import build_oru
+from labmw.mapping.identity import apply_gates
 from labmw.model import Decision, Evaluation, Method, Outcome, PreviousResult, RelatedResult, Result
 from labmw.qc.intake import qc_gate, split_controls, store_controls
 from labmw.rules.engine import evaluate
@@ -260,13 +263,20 @@ class Pipeline:
             _, controls = split_controls(self.settings, analyzer, results)
             queued, held = 0, store_controls(tx, self.settings, analyzer, message_id, controls)
             judged = {id(result) for result, _ in controls}
+            # lis.group "specimen": results are collected here and queued one ORU per specimen.
+            ready: list[Ready] | None = [] if self.settings.lis is None or self.settings.lis.group == "specimen" \
+                else None
             for result, evaluation in zip(results, prejudged, strict=True):
                 if id(result) in judged:
                     continue
-                if self._store_result(tx, analyzer, message_id, digest, result, evaluation):
+                if self._store_result(tx, analyzer, message_id, digest, result, evaluation, ready=ready):
                     held += 1
                 else:
                     queued += 1
+            if ready:
+                late = queue_by_specimen(tx, self.settings, ready, lambda rid: control_id(self.store.install_id, rid))
+                held, queued = held + late, queued - late
+            record_gates(tx, analyzer, message_id, results)
             if item.resend is not None:
                 key = item.resend
                 tx.add_inbound_key(message_id=message_id, analyzer=analyzer.name,
@@ -294,11 +304,11 @@ class Pipeline:
         return _Earlier(duplicate_of=same, reused_by=earlier[0][0] if earlier and same is None else None)
 
     def _method(self, analyzer: AnalyzerSettings, result: Result) -> Method | None:
-        name = analyzer.map.get(result.test_code)
+        name = method_for(analyzer.map, result)  # the full test identifier first, then the code
         return self.settings.methods.get(name) if name else None
 
     def _store_result(self, tx: Tx, analyzer: AnalyzerSettings, message_id: int, digest: str, result: Result,
-                      judged: Judged | None) -> bool:
+                      judged: Judged | None, ready: list[Ready] | None = None) -> bool:
         """Store, audit and queue (or hold) one result, judged here unless done off the thread; True when held."""
         method = self._method(analyzer, result)
         corrected = (tx.corrected_result(analyzer=analyzer.name, specimen=result.specimen_id,
@@ -334,9 +344,11 @@ class Pipeline:
             judged = None
         if evaluation is None:
             evaluation = self._finish(result, judge(result, method, previous=previous, related=related, **inputs))
+        evaluation = apply_gates(result, evaluation)  # NO_SPECIMEN_ID, TEST_CODE_MISSING, IDENTITY_COLLISION
         state = "held" if evaluation.hold else "queued"
         result_id = tx.add_result(message_id=message_id, result=result, evaluation=evaluation, state=state)
         autoverify.after_store(tx, result_id, evaluation)
+        keep_wire(tx, result_id, result)
         if corrected is not None:
             # The correction replaces the earlier value (kept, marked superseded) instead of
             # standing beside it as a second result of the same specimen and test.
@@ -350,6 +362,7 @@ class Pipeline:
         # 6.2 wants the rule inputs and the decision; one row keeps them together and the trail small).
         received: dict[str, Any] = {
             "message_id": message_id, "sha256": digest, "test_code": result.test_code,
+            "test_id": result.identity, "gates": list(result.gates),
             "raw_value": result.raw_value, "units": result.units, "instrument_flags": list(result.instrument_flags),
             "status": result.status, "collected_at": _iso(result.collected_at),
             "completed_at": _iso(result.completed_at), "evaluation": _evaluation_record(evaluation, previous)}
@@ -359,6 +372,10 @@ class Pipeline:
                      data={"notes": list(evaluation.notes), "gates": list(evaluation.gates),
                            "review_notes": list(evaluation.review_notes)})
             return True
+        if ready is not None:  # queued with the rest of its specimen (labmw.daemon.grouping)
+            tx.audit("result_received", **who, ref=str(result_id), data={**received, "state": "queued"})
+            ready.append(Ready(result_id=result_id, result=result, evaluation=evaluation, method=method))
+            return False
         cid = control_id(self.store.install_id, result_id)
         try:
             prebuilt = judged.payload if judged is not None else None

@@ -217,6 +217,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX qc_results_run ON qc_results (run_id);
     ALTER TABLE results ADD COLUMN role TEXT NOT NULL DEFAULT '';
     """,
+    # 9 (issue 13): what the instrument sent beyond the mapped columns (full test identifier, value
+    # and unit components, named gates) as JSON; one ORU may carry several results (grouping by
+    # specimen); and the indexes the message browser searches by (specimen already has one).
+    """
+    ALTER TABLE results ADD COLUMN wire TEXT NOT NULL DEFAULT '';
+    CREATE INDEX results_message ON results (message_id);
+    CREATE INDEX messages_received ON messages (received_at);
+    CREATE INDEX messages_analyzer ON messages (analyzer, received_at);
+    CREATE INDEX outbox_result ON outbox (result_id);
+    CREATE TABLE outbox_members (
+        outbox_id INTEGER NOT NULL REFERENCES outbox(id),
+        result_id INTEGER NOT NULL REFERENCES results(id),
+        PRIMARY KEY (outbox_id, result_id)
+    );
+    CREATE INDEX outbox_members_result ON outbox_members (result_id);
+    """,
 )
 
 

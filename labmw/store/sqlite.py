@@ -22,10 +22,11 @@ from labmw.errors import StoreError
 from labmw.model import Evaluation, PreviousResult, Result, Suspension
 from labmw.store import audit as audit_log
 from labmw.store import autoverify as av
-from labmw.store import ops_stats, retention, seals, trail_check
+from labmw.store import browser, ops_stats, retention, seals, trail_check
 from labmw.store.audit import AuditEvent, Verification
 from labmw.store.db import connect, transaction
 from labmw.store.qc import QcStore, QcTx
+from labmw.store.result_wire import with_wire
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,6 +223,28 @@ class Tx(History):
         result_id = int(cur.lastrowid or 0)
         self._stored("results", result_id, str(result_id))
         return result_id
+
+    def set_result_wire(self, result_id: int, wire: str) -> None:
+        """Keep what the instrument sent beyond the mapped columns (JSON, labmw.mapping.identity.wire_json)."""
+        self._conn.execute("UPDATE results SET wire = ? WHERE id = ?", (wire, result_id))
+
+    def standing_results(self, message_id: int) -> list[dict[str, Any]]:
+        """The results of a message that still stand (not superseded, not replaced by a reprocess), by id."""
+        rows = self._conn.execute("SELECT * FROM results WHERE message_id = ? AND superseded_by IS NULL"
+                                  " AND state != 'reprocessed' ORDER BY id", (message_id,))
+        return [dict(r) for r in rows]
+
+    def latest_result_id(self, message_id: int) -> int:
+        row = self._conn.execute("SELECT max(id) FROM results WHERE message_id = ?", (message_id,)).fetchone()
+        return int(row[0] or 0)
+
+    def set_result_state(self, result_id: int, state: str) -> None:
+        self._conn.execute("UPDATE results SET state = ? WHERE id = ?", (state, result_id))
+
+    def add_outbox_members(self, outbox_id: int, result_ids: Sequence[int]) -> None:
+        """Further results carried by outbox entry ``outbox_id`` (one ORU per specimen); delivered with it."""
+        self._conn.executemany("INSERT INTO outbox_members (outbox_id, result_id) VALUES (?, ?)",
+                               [(outbox_id, rid) for rid in result_ids])
 
     def enqueue(self, *, result_id: int, control_id: str, payload: bytes) -> int:
         cur = self._conn.execute(
@@ -541,6 +564,10 @@ class Store:
                 [(when, entry.id) for entry, _, _ in items])
             self._conn.executemany("UPDATE results SET state='delivered' WHERE id=?",
                                    [(entry.result_id,) for entry, _, _ in items])
+            # The other results of a specimen's ORU (lis.group = "specimen") were delivered with it.
+            self._conn.executemany("UPDATE results SET state='delivered' WHERE id IN"
+                                   " (SELECT result_id FROM outbox_members WHERE outbox_id=?)",
+                                   [(entry.id,) for entry, _, _ in items])
             for entry, ack_code, ack_text in items:
                 tx.audit("result_delivered", analyzer=entry.analyzer, specimen=entry.specimen, patient=entry.patient,
                          ref=entry.control_id, data={"outbox_id": entry.id, "ack_code": ack_code,
@@ -560,6 +587,8 @@ class Store:
             self._conn.execute("UPDATE outbox SET state='dead', attempts=attempts+1, updated_at=?, last_error=?"
                                " WHERE id=?", (now.isoformat(), reason, entry.id))
             self._conn.execute("UPDATE results SET state='dead' WHERE id=?", (entry.result_id,))
+            self._conn.execute("UPDATE results SET state='dead' WHERE id IN"
+                               " (SELECT result_id FROM outbox_members WHERE outbox_id=?)", (entry.id,))
             tx.audit("delivery_dead_lettered", analyzer=entry.analyzer, specimen=entry.specimen,
                      patient=entry.patient, ref=entry.control_id,
                      data={"outbox_id": entry.id, "reason": reason, "attempt": entry.attempts + 1})
@@ -603,6 +632,7 @@ class Store:
             completed_at=_dt(row["completed_at"]), specimen_id=row["specimen"], collected_at=_dt(row["collected_at"]),
             patient_id=row["patient_id"], patient_name=row["patient_name"],
             birth_date=date.fromisoformat(row["birth_date"]) if row["birth_date"] else None, sex=row["sex"])
+        result = with_wire(result, row["wire"] if "wire" in row.keys() else "")  # noqa: SIM118 - sqlite3.Row: "in" looks at values
         evaluation = Evaluation(method=row["method"], flags=tuple(json.loads(row["flags"])),
                                 applied_range=row["applied_range"], notes=tuple(json.loads(row["notes"])),
                                 hold=row["state"] == "held")
@@ -685,6 +715,19 @@ class Store:
 
     def autoverification_report(self, *, since: str | None, until: str | None) -> list[dict[str, Any]]:
         return av.report(self._conn, since=since, until=until)
+
+    # --- message browser (labmw message list|show; labmw.store.browser) -------------------------------
+    def browse_messages(self, **filters: Any) -> list[dict[str, Any]]:
+        try:
+            return browser.list_messages(self._conn, **filters)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read messages: {exc}") from exc
+
+    def message_detail(self, message_id: int) -> dict[str, Any]:
+        try:
+            return browser.message_detail(self._conn, message_id)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read message {message_id}: {exc}") from exc
     def ops_marks(self) -> tuple[int, int]:
         """(last result id, last audit seq): the start of "since the daemon started" for the metrics."""
         return ops_stats.marks(self._conn)
@@ -722,7 +765,10 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Queue depth and held results, for `labmw status`."""
         return {"pending": self.count_outbox("pending"), "dead": self.count_outbox("dead"),
-                "held": int(self._conn.execute("SELECT count(*) FROM results WHERE state='held'").fetchone()[0])}
+                "held": int(self._conn.execute("SELECT count(*) FROM results WHERE state='held'").fetchone()[0]),
+                # Results that came without a test code (a misconfigured R-3 component): loud in status.
+                "held_test_code_missing": int(self._conn.execute(
+                    "SELECT count(*) FROM results WHERE state='held' AND test_code=''").fetchone()[0])}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
