@@ -12,6 +12,7 @@ Layout (all sections optional except what the daemon needs to run)::
                       [[methods.NAME.ranges]], [methods.NAME.delta], [[methods.NAME.conversions]],
                       [[methods.NAME.thresholds]], [methods.NAME.grading], [methods.NAME.alt_delta]
                       (+ .significant_change, .implausible_fall, .abrupt_rise), [methods.NAME.hys_law]
+    [web]          listen, session_minutes, max_login_failures, lockout_minutes, [web.tls] (labmw web)
 """
 
 from __future__ import annotations
@@ -126,6 +127,23 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WebSettings:
+    """The review workstation (``labmw web``; the daemon serves it too when ``[web]`` is present).
+
+    Loopback unless ``listen`` says otherwise; HTTPS when ``tls`` names a certificate and key.
+    ``session_minutes`` is the idle time after which a session ends (automatic logoff, HIPAA
+    164.312(a)(2)(iii)); ``max_login_failures`` failed logins for one name or from one address within
+    ``lockout_minutes`` refuse further attempts until the window has passed.
+    """
+
+    listen: Endpoint = field(default_factory=lambda: Endpoint(host="127.0.0.1", port=8080))
+    tls: TlsSettings | None = None
+    session_minutes: int = 15
+    max_login_failures: int = 5
+    lockout_minutes: int = 15
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     path: Path
     data_dir: Path
@@ -133,6 +151,7 @@ class Settings:
     lis: LisSettings | None = None
     analyzers: Mapping[str, AnalyzerSettings] = field(default_factory=dict)
     methods: Mapping[str, Method] = field(default_factory=dict)
+    web: WebSettings | None = None
 
     @property
     def db_path(self) -> Path:
@@ -189,11 +208,13 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
     analyzers = {name: v.analyzer(name, tbl, methods) for name, tbl in v.table(doc, "analyzers").items()}
     lis_tbl = doc.get("lis")
     lis = v.lis(lis_tbl) if lis_tbl else None
+    web_tbl = doc.get("web")
+    web = v.web(web_tbl) if web_tbl is not None else None
     for key in doc:
-        if key not in ("service", "lis", "analyzers", "methods"):
-            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers or methods)")
+        if key not in ("service", "lis", "analyzers", "methods", "web"):
+            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers, methods or web)")
     return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
-                    analyzers=analyzers, methods=methods)
+                    analyzers=analyzers, methods=methods, web=web)
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -586,6 +607,19 @@ class _Validator:
             tls=self.tls(tbl, "lis.tls", server=False),
         )
 
+    def web(self, tbl: Any) -> WebSettings:
+        if not isinstance(tbl, Mapping):
+            raise self.fail("web", "expected a table")
+        self.known_keys(tbl, "web", _WEB_KEYS)
+        listen = self.endpoint(tbl, "web.listen")
+        return WebSettings(
+            listen=listen or WebSettings().listen,
+            tls=self.tls(tbl, "web.tls", server=True),
+            session_minutes=self.integer(tbl, "web.session_minutes", default=15, low=1, high=24 * 60),
+            max_login_failures=self.integer(tbl, "web.max_login_failures", default=5, low=1, high=100),
+            lockout_minutes=self.integer(tbl, "web.lockout_minutes", default=15, low=1, high=24 * 60),
+        )
+
     def tls(self, tbl: Mapping[str, Any], key: str, *, server: bool) -> TlsSettings | None:
         """An optional ``tls`` sub-table; every named file must exist (checked now, not at 3 a.m.)."""
         sub = tbl.get(key.rsplit(".", 1)[-1])
@@ -615,6 +649,7 @@ class _Validator:
 _METHOD_KEYS = frozenset({"analyte", "units", "loinc", "measuring_range", "critical_low", "critical_high",
                           "ranges", "delta", "status", "source", "conversions", "thresholds", "grading",
                           "alt_delta", "hys_law"})
+_WEB_KEYS = frozenset({"listen", "tls", "session_minutes", "max_login_failures", "lockout_minutes"})
 _RANGE_KEYS = frozenset({"sex", "age_min", "age_max", "low", "high", "source", "status"})
 _DELTA_KEYS = frozenset({"abs", "pct", "window_days", "action"})
 _CONVERSION_KEYS = frozenset({"units", "factor", "decimals", "source"})

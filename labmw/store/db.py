@@ -115,6 +115,36 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX inbound_keys_content ON inbound_keys (analyzer, content_sha256, received_at);
     """,
+    # 5: review-workstation accounts (labmw web). Passwords only as memory-hard hashes; sessions only
+    # as the SHA-256 of their cookie token, so a copy of the database opens no session.
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE sessions (
+        token_sha256 TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users(name),
+        csrf_token TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_seen_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE INDEX sessions_user ON sessions (user_name);
+    CREATE TABLE login_failures (
+        id INTEGER PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX login_failures_user ON login_failures (user_name, at);
+    CREATE INDEX login_failures_peer ON login_failures (peer, at);
+    """,
 )
 
 

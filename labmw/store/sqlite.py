@@ -22,6 +22,8 @@ from labmw.model import Evaluation, PreviousResult, Result
 from labmw.store import audit as audit_log
 from labmw.store.audit import AuditEvent, Verification
 from labmw.store.db import connect, transaction
+from labmw.store.browse import Browse
+from labmw.store.users import Users
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,6 +201,16 @@ class Store:
 
     def close(self) -> None:
         self._conn.close()
+
+    @property
+    def users(self) -> Users:
+        """Review-workstation accounts, sessions and failed logins (see :mod:`labmw.store.users`)."""
+        return Users(self._conn, self.transaction)
+
+    @property
+    def browse(self) -> Browse:
+        """Read-only queries for the review workstation's pages (see :mod:`labmw.store.browse`)."""
+        return Browse(self._conn)
 
     @contextlib.contextmanager
     def transaction(self, now: datetime) -> Iterator[Tx]:
