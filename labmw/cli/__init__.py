@@ -64,6 +64,8 @@ def register() -> None:
         run_cmd,
         simulate_cmd,
         status_cmd,
+        user_cmd,
+        web_cmd,
     )
 
     config_cmd.register(app)
@@ -75,6 +77,8 @@ def register() -> None:
     queue_cmd.register(app)
     demo_cmd.register(app)
     simulate_cmd.register(app)
+    user_cmd.register(app)
+    web_cmd.register(app)
 
 
 register()

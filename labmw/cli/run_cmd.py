@@ -14,10 +14,15 @@ def register(app: typer.Typer) -> None:
 
 
 def run(ctx: typer.Context) -> None:
-    """Run the daemon in the foreground; SIGTERM stops it cleanly."""
+    """Run the daemon in the foreground (and the review workstation when [web] is configured); SIGTERM stops it."""
     from labmw import log
     from labmw.daemon.app import serve
 
     cfg = settings(ctx)
     log.configure()
-    raise typer.Exit(asyncio.run(serve(cfg)))
+    if cfg.web is None:
+        raise typer.Exit(asyncio.run(serve(cfg)))
+    # [web] present: the daemon serves the review workstation too (labmw.web is imported by the CLI only).
+    from labmw.web.server import DaemonWeb
+
+    raise typer.Exit(asyncio.run(serve(cfg, companions=[DaemonWeb])))

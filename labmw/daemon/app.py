@@ -13,9 +13,9 @@ import contextlib
 import itertools
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -315,11 +315,20 @@ class Service:
         }
 
 
-async def serve(settings: Settings) -> int:
+class Companion(Protocol):
+    """Something served beside the service in the same process (the review workstation of ``[web]``)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def serve(settings: Settings, *, companions: Sequence[Callable[[Service], Companion]] = ()) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads); returns the process exit code.
 
     The control socket comes first, so a second daemon for the same data directory stops before
     it binds any analyzer port; READY=1 goes to systemd only once every endpoint is up.
+    ``companions`` are built from the started service, started after it and stopped before it.
     """
     from labmw.daemon.control import ControlServer
     from labmw.daemon.notify import Notifier
@@ -349,13 +358,20 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, service.stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     watchdog = asyncio.ensure_future(notifier.run_watchdog())
+    running: list[Companion] = []
     try:
         await service.start()
+        for make in companions:
+            running.append(make(service))
+            await running[-1].start()
         notifier.ready(f"{len(service.analyzers)} analyzers")
         await service.wait_stopped()
         notifier.stopping()
     finally:
         watchdog.cancel()
+        for companion in reversed(running):
+            with contextlib.suppress(Exception):
+                await companion.stop()
         await service.close()
         await control.close()
         notifier.close()
