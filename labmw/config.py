@@ -12,7 +12,8 @@ Layout (all sections optional except what the daemon needs to run)::
                       [[methods.NAME.ranges]], [methods.NAME.delta], [[methods.NAME.conversions]],
                       [[methods.NAME.thresholds]], [methods.NAME.grading], [methods.NAME.alt_delta]
                       (+ .significant_change, .implausible_fall, .abrupt_rise), [methods.NAME.hys_law]
-    [web]          listen, session_minutes, max_login_failures, lockout_minutes, [web.tls] (labmw web)
+    [web]          listen, session_minutes, max_login_failures, max_address_failures, lockout_minutes,
+                   [web.tls] (labmw web)
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ class WebSettings:
 
     Loopback unless ``listen`` says otherwise; HTTPS when ``tls`` names a certificate and key.
     ``session_minutes`` is the idle time after which a session ends (automatic logoff, HIPAA
-    164.312(a)(2)(iii)); ``max_login_failures`` failed logins for one name or from one address within
+    164.312(a)(2)(iii)); ``max_login_failures`` failed logins for one name (or
+    ``max_address_failures`` from one address, which several people may share) within
     ``lockout_minutes`` refuse further attempts until the window has passed.
     """
 
@@ -140,6 +142,7 @@ class WebSettings:
     tls: TlsSettings | None = None
     session_minutes: int = 15
     max_login_failures: int = 5
+    max_address_failures: int = 20
     lockout_minutes: int = 15
 
 
@@ -617,6 +620,7 @@ class _Validator:
             tls=self.tls(tbl, "web.tls", server=True),
             session_minutes=self.integer(tbl, "web.session_minutes", default=15, low=1, high=24 * 60),
             max_login_failures=self.integer(tbl, "web.max_login_failures", default=5, low=1, high=100),
+            max_address_failures=self.integer(tbl, "web.max_address_failures", default=20, low=1, high=1000),
             lockout_minutes=self.integer(tbl, "web.lockout_minutes", default=15, low=1, high=24 * 60),
         )
 
@@ -649,7 +653,8 @@ class _Validator:
 _METHOD_KEYS = frozenset({"analyte", "units", "loinc", "measuring_range", "critical_low", "critical_high",
                           "ranges", "delta", "status", "source", "conversions", "thresholds", "grading",
                           "alt_delta", "hys_law"})
-_WEB_KEYS = frozenset({"listen", "tls", "session_minutes", "max_login_failures", "lockout_minutes"})
+_WEB_KEYS = frozenset({"listen", "tls", "session_minutes", "max_login_failures", "max_address_failures",
+                       "lockout_minutes"})
 _RANGE_KEYS = frozenset({"sex", "age_min", "age_max", "low", "high", "source", "status"})
 _DELTA_KEYS = frozenset({"abs", "pct", "window_days", "action"})
 _CONVERSION_KEYS = frozenset({"units", "factor", "decimals", "source"})

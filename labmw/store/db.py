@@ -165,9 +165,13 @@ def connect(path: Path) -> sqlite3.Connection:
     """
     ensure_private_dir(path.parent)
     try:
-        # Create the file 0600 ourselves so sqlite never creates it with the umask's bits.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        # Create the file 0600 ourselves so sqlite never creates it with the umask's bits. Only when
+        # it is missing: closing a descriptor of a database this process already has open through
+        # sqlite drops that connection's POSIX locks, and another process could then checkpoint and
+        # delete the WAL under it (sqlite.org/howtocorrupt.html §2.2) — the daemon serving [web] has two.
+        if not path.exists():
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
         os.chmod(path, 0o600)
         # 5 s: long enough for a CLI edit holding the write lock, short of the analyzer's 15 s reply timer.
         conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)

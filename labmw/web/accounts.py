@@ -3,8 +3,9 @@
 Passwords are hashed with Argon2id (argon2-cffi's defaults: 64 MiB, 3 passes, RFC 9106's second
 recommended option), a memory-hard hash, so a stolen database does not give the passwords away.
 Sessions are random 256-bit tokens in an HttpOnly cookie; the store keeps only their SHA-256.
-Failed logins are counted per name and per address and refused past ``max_login_failures`` within
-``lockout_minutes`` (without checking the password, so guessing gains nothing); each is audited.
+Failed logins are counted per name and per address; past ``max_login_failures`` (per name) or
+``max_address_failures`` (per address) within ``lockout_minutes`` a login is refused without checking
+the password, so guessing gains nothing; each failure and each refusal is audited.
 """
 
 from __future__ import annotations
@@ -96,10 +97,11 @@ def log_in(store: Store, web: WebSettings, *, name: str, password: str, peer: st
     """
     by_name, by_peer = store.users.failures_since(name=name, peer=peer,
                                                   since=now - timedelta(minutes=web.lockout_minutes))
-    if max(by_name, by_peer) >= web.max_login_failures:
+    if by_name >= web.max_login_failures or by_peer >= web.max_address_failures:
+        which = (f"{by_name} failed logins for this name" if by_name >= web.max_login_failures
+                 else f"{by_peer} failed logins from this address")
         store.users.record_failure(name=name, peer=peer, now=now, throttled=True,
-                                   reason=f"more than {web.max_login_failures} failed logins in "
-                                          f"{web.lockout_minutes} min")
+                                   reason=f"{which} in {web.lockout_minutes} min")
         raise LoginRefused(f"too many failed logins; try again in {web.lockout_minutes} minutes")
     user = store.users.get(name)
     reason = _password_problem(user, password)
