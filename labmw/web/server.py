@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
@@ -33,7 +34,7 @@ def utcnow() -> datetime:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: inside the daemon, SIGTERM and SIGHUP are the daemon's."""
+    """uvicorn without its own signal handling: the daemon's (or `labmw web`'s) handlers stop it."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -43,7 +44,7 @@ class _Server(uvicorn.Server):
 def _config(app: Any, web: WebSettings) -> uvicorn.Config:
     tls = web.tls
     return uvicorn.Config(app, host=web.listen.host, port=web.listen.port, log_config=None, access_log=False,
-                          server_header=False, proxy_headers=False, lifespan="off",
+                          server_header=False, proxy_headers=False, lifespan="off", timeout_graceful_shutdown=3,
                           ssl_certfile=tls.cert_file if tls else None, ssl_keyfile=tls.key_file if tls else None,
                           ssl_ca_certs=tls.ca_file if tls and tls.ca_file else None,
                           ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.ca_file else ssl.CERT_NONE)
@@ -99,8 +100,12 @@ async def serve_web(settings: Settings, *, listen: Endpoint | None = None,
     try:
         # Each decision reads the file as it is now, as `labmw review release` does.
         app = build_app(_context(settings, web, runner, lambda: load(settings.path), status, clock))
-        server = uvicorn.Server(_config(app, web))
+        server = _Server(_config(app, web))
         sock = bind(web.listen)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # Stop accepting, finish the requests in hand, exit 0 (uvicorn's own handling re-raises the signal).
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
         log.info("web_listening", listen=str(web.listen), tls=web.tls is not None)
         await server.serve(sockets=[sock])
     finally:
