@@ -14,7 +14,14 @@ from starlette.responses import RedirectResponse, Response
 from labmw.errors import StoreError, UsageError
 from labmw.store.users import Session
 from labmw.web.accounts import ROLES, LoginRefused, add_user, log_in
-from labmw.web.context import LOGIN_CSRF_COOKIE, SESSION_COOKIE, ctx_of, guarded, peer_of, session_of
+from labmw.web.context import (
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    ctx_of,
+    guarded,
+    peer_of,
+    session_of,
+)
 
 
 def _safe_next(target: str) -> str:
@@ -23,7 +30,6 @@ def _safe_next(target: str) -> str:
 
 
 async def login_form(request: Request) -> Response:
-    ctx = ctx_of(request)
     if await session_of(request) is not None:
         return RedirectResponse(_safe_next(request.query_params.get("next", "/")), status_code=303)
     return _login_page(request, problem="", status_code=200)

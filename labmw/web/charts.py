@@ -44,8 +44,8 @@ def history_svg(points: Sequence[Point], band: tuple[Decimal, Decimal] | None = 
 
     step = (WIDTH - 2 * PAD) / max(len(points) - 1, 1)
     xs = [round(PAD + i * step if len(points) > 1 else WIDTH / 2, 1) for i in range(len(points))]
-    parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-             f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="previous results">']
+    parts = [(f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+              f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="previous results">')]
     if band:
         top, bottom = y(band[1]), y(band[0])
         parts.append(f'<rect class="band" x="{PAD}" y="{top}" width="{WIDTH - 2 * PAD}" height="{bottom - top}">'

@@ -13,7 +13,7 @@ from labmw.cli import app
 runner = CliRunner()
 
 
-def invoke(config: Path, *args: str, input: str | None = None):  # noqa: A002, ANN201
+def invoke(config: Path, *args: str, input: str | None = None):
     return runner.invoke(app, ["--config", str(config), *args], input=input)
 
 
@@ -87,7 +87,7 @@ def test_run_serves_the_workstation_when_web_is_configured(config: Path, monkeyp
 
     seen: dict[str, object] = {}
 
-    async def fake_serve(settings, companions=()):  # noqa: ANN001, ANN202
+    async def fake_serve(settings, companions=()):
         seen["companions"] = list(companions)
         seen["listen"] = str(settings.web.listen) if settings.web else None
         return 0

@@ -41,9 +41,9 @@ def test_passwords_are_kept_only_as_argon2id_hashes(store: Store) -> None:
 
 def test_bad_accounts_are_refused(store: Store) -> None:
     """Short passwords, unknown roles, odd names and a second account of one name are refused."""
-    for kwargs, text in ((dict(name="x", role="reviewer", password="short"), "at least 10"),
-                         (dict(name="x", role="king", password="long enough pw"), "--role"),
-                         (dict(name="a b", role="auditor", password="long enough pw"), "user name")):
+    for kwargs, text in (({"name": "x", "role": "reviewer", "password": "short"}, "at least 10"),
+                         ({"name": "x", "role": "king", "password": "long enough pw"}, "--role"),
+                         ({"name": "a b", "role": "auditor", "password": "long enough pw"}, "user name")):
         with pytest.raises(UsageError, match=text):
             add_user(store, actor="root", now=T0, **kwargs)
     with pytest.raises(StoreError, match="already exists"):
@@ -121,8 +121,8 @@ def test_a_second_connection_in_one_process_keeps_the_wal_safe(tmp_path: Path) -
     first = Store.open(path)
     second = Store.open(path)
     first.append_audit("probe", now=T0, actor="t")
-    subprocess.run([sys.executable, "-c", f"from labmw.store import Store; from pathlib import Path; "
-                    f"Store.open(Path({str(path)!r})).close()"], check=True, timeout=60)
+    script = f"from labmw.store import Store; from pathlib import Path; Store.open(Path({str(path)!r})).close()"
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     assert path.with_name(path.name + "-wal").exists(), "the WAL of a live connection was deleted"
     first.append_audit("probe", now=T0, actor="t")
     first.close()

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from peers import MllpLis, alt_message, astm_send, configure, daemon, field, free_port, wait_until
+from peers import (
+    MllpLis,
+    alt_message,
+    astm_send,
+    configure,
+    daemon,
+    field,
+    free_port,
+    wait_until,
+)
 from playwright import sync_api as playwright_api
 from typer.testing import CliRunner
 
@@ -82,7 +91,7 @@ def _lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lis.stop()
 
 
-def cli(config: Path, *args: str, input: str | None = None) -> str:  # noqa: A002
+def cli(config: Path, *args: str, input: str | None = None) -> str:
     """One labmw command in this process (Typer's CliRunner): the same CLI, without a Python start-up
     per command on a loaded machine. The daemon itself is a real process."""
     result = CliRunner().invoke(app, ["--config", str(config), *args], input=input)
