@@ -25,8 +25,8 @@ from labmw.web.context import (
 
 
 def _safe_next(target: str) -> str:
-    """Only a local path (no open redirect to another site)."""
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    """Only a local path (no open redirect: browsers read ``//host`` and ``/\\host`` as another site)."""
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
 
 
 async def login_form(request: Request) -> Response:

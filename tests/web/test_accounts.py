@@ -145,3 +145,12 @@ def test_raw_bytes_show_their_control_characters() -> None:
     """Framing bytes are named, text decoded in runs (multi-byte characters survive)."""
     assert show_bytes(b"\x021H|M\xc3\xbcller\r\x0317\r\n\x1f") == "<STX>1H|Müller<CR>\n<ETX>17<CR>\n<LF><0x1F>"
     assert show_bytes(b"M\xfcller", "latin-1") == "Müller"
+
+
+def test_login_redirects_only_to_local_paths() -> None:
+    """`next` after login never leads to another site."""
+    from labmw.web.account_pages import _safe_next
+
+    assert _safe_next("/held?gate=delta") == "/held?gate=delta"
+    for target in ("//evil.example/", "/\\evil.example", "https://evil.example/", "held"):
+        assert _safe_next(target) == "/"
