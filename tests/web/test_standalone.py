@@ -100,3 +100,19 @@ def test_plain_http_is_not_served_when_tls_is_configured(server: tuple[str, ssl.
     base, _ = server
     with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
         urllib.request.urlopen(base.replace("https", "http") + "/login", timeout=5).read()
+
+
+def test_a_taken_port_is_one_clear_error() -> None:
+    """The web binds its own socket, so a port in use is a UsageError naming it (not uvicorn's exit)."""
+    import socket
+
+    from labmw.config import Endpoint
+    from labmw.errors import UsageError
+    from labmw.web.server import bind
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(UsageError, match=f"web: cannot listen on 127.0.0.1:{port}"):
+            bind(Endpoint(host="127.0.0.1", port=port))
