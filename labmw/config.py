@@ -18,14 +18,18 @@ Layout (all sections optional except what the daemon needs to run)::
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from labmw.config_schema import check_known_keys
 from labmw.errors import ConfigError, RuleError
 from labmw.model import (
     AbruptRise,
@@ -52,6 +56,7 @@ METHOD_STATUSES = ("active", "pending review")
 RANGE_STATUSES = ("active", "pending review", "disabled")
 SPECIMEN_FIELDS = ("SPM-2", "OBR-3", "OBR-2")
 MIN_RETENTION_YEARS = 6
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +101,25 @@ class AnalyzerSettings:
     # A tcp-server listener's simultaneous connections (analyzers reconnect before a dead socket is
     # noticed, so more than one is normal; thousands are an attack or a bug, and cost file descriptors).
     max_connections: int = 64
+    # HL7 analyzers: seconds without a byte before labmw closes the connection (an MLLP sender
+    # reconnects when it has a message; a silent socket may be half-open or a slot squatter).
+    idle_timeout: float = 900.0
+    # Alert when no message arrived for this many minutes (None: the analyzer may be quiet for ever).
+    silent_after_minutes: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertSettings:
+    """``[alerts]``: where alerts go and when conditions count as started (see labmw/daemon/alerts.py)."""
+
+    command: str = ""  # run with the alert as JSON on stdin
+    webhook_url: str = ""  # POSTed the alert as JSON
+    timeout_seconds: float = 10.0
+    check_interval_seconds: float = 30.0
+    lis_down_minutes: float = 5.0
+    critical_unnotified_minutes: float = 15.0
+    disk_free_min_mb: float = 500.0
+    audit_verify_minutes: float = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,6 +178,13 @@ class Settings:
     lis: LisSettings | None = None
     analyzers: Mapping[str, AnalyzerSettings] = field(default_factory=dict)
     methods: Mapping[str, Method] = field(default_factory=dict)
+    # Operations: the daemon's log level (LABMW_DEBUG=1 still forces debug), and the optional
+    # Prometheus endpoint (loopback only unless a site decides otherwise).
+    log_level: str = "info"
+    metrics_listen: Endpoint | None = None
+    #: :func:`config_digest` of the document these settings were read from (what `status` compares).
+    digest: str = ""
+    alerts: AlertSettings | None = None
     web: WebSettings | None = None
 
     @property
@@ -180,8 +211,15 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(path, None, "file not found (create it with `labmw init`)") from None
+    except IsADirectoryError:
+        raise ConfigError(path, None, "is a directory, expected the configuration file, e.g. "
+                                      f"{path / 'labmw.toml'}") from None
     except PermissionError:
         raise ConfigError(path, None, "permission denied") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, None, f"not valid TOML: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read it: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML: {exc}") from None
 
@@ -198,6 +236,7 @@ def load(path: Path) -> Settings:
 def parse(doc: Mapping[str, Any], path: Path) -> Settings:
     """Validate an already parsed document (also used to check an edit before it is written)."""
     v = _Validator(path)
+    check_known_keys(doc, path)
     service = v.table(doc, "service")
     data_dir = Path(v.string(service, "service.data_dir", default="data"))
     if not data_dir.is_absolute():
@@ -214,10 +253,19 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
     web_tbl = doc.get("web")
     web = v.web(web_tbl) if web_tbl is not None else None
     for key in doc:
-        if key not in ("service", "lis", "analyzers", "methods", "web"):
-            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers, methods or web)")
+        if key not in ("service", "lis", "analyzers", "methods", "alerts", "web"):
+            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers, methods, alerts or web)")
     return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
-                    analyzers=analyzers, methods=methods, web=web)
+                    analyzers=analyzers, methods=methods,
+                    log_level=v.choice(service, "service.log_level", LOG_LEVELS, default="info"),
+                    metrics_listen=v.endpoint(service, "service.metrics_listen"), digest=config_digest(doc),
+                    alerts=v.alerts(doc["alerts"]) if "alerts" in doc else None, web=web)
+
+
+def config_digest(doc: Mapping[str, Any]) -> str:
+    """SHA-256 of the document's content (not its text: a changed comment needs no reload)."""
+    canonical = json.dumps(doc, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -396,9 +444,17 @@ class _Validator:
             raise self.fail(key, "expected a table")
         window = self.decimal(tbl, f"{key}.window_days")
         self.known_keys(tbl, key, _DELTA_KEYS)
+        # The same limits `labmw delta set` enforces: a rule that could never fire, or a window
+        # reaching into the future, would hold or pass results for no reason anyone could see.
+        thresholds = {name: self.decimal(tbl, f"{key}.{name}") for name in ("abs", "pct")}
+        for name, value in (*thresholds.items(), ("window_days", window)):
+            if value is not None and value <= 0:
+                raise self.fail(f"{key}.{name}", f"expected a number above 0, got {value}")
+        if thresholds["abs"] is None and thresholds["pct"] is None:
+            raise self.fail(key, "expected at least one threshold: abs and/or pct")
         return DeltaRule(
-            abs_change=self.decimal(tbl, f"{key}.abs"),
-            pct_change=self.decimal(tbl, f"{key}.pct"),
+            abs_change=thresholds["abs"],
+            pct_change=thresholds["pct"],
             window_days=window if window is not None else Decimal(7),
             action=self.choice(tbl, f"{key}.action", DELTA_ACTIONS, default="flag"),
         )
@@ -462,7 +518,7 @@ class _Validator:
         if not isinstance(raw, list) or not raw:
             raise self.fail(f"{key}.above_uln", "required, expected a list of multiples of the ULN, e.g. [1, 3, 5, 20]")
         bounds = tuple(self.list_number(f"{key}.above_uln[{i}]", v) for i, v in enumerate(raw))
-        if any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
+        if any(a >= b for a, b in itertools.pairwise(bounds)):
             raise self.fail(f"{key}.above_uln",
                             f"expected strictly increasing multiples, got {[str(b) for b in bounds]}")
         return Grading(scheme=self.string(tbl, f"{key}.scheme"), above_uln=bounds,
@@ -573,7 +629,30 @@ class _Validator:
             frame_timeout=self.number(tbl, f"{key}.frame_timeout", default=30.0),
             tls=self.tls(tbl, f"{key}.tls", server=True) if transport == "tcp-server" else None,
             max_connections=self.integer(tbl, f"{key}.max_connections", default=64, low=1, high=1024),
+            idle_timeout=self.number(tbl, f"{key}.idle_timeout", default=900.0),
+            silent_after_minutes=(self.number(tbl, f"{key}.silent_after_minutes", default=1.0)
+                                  if "silent_after_minutes" in tbl else None),
         )
+
+    def alerts(self, tbl: Any) -> AlertSettings:
+        if not isinstance(tbl, Mapping):
+            raise self.fail("alerts", "expected a table")
+        url = self.string(tbl, "alerts.webhook_url", default="")
+        if url and not url.startswith(("http://", "https://")):
+            raise self.fail("alerts.webhook_url", f"expected an http:// or https:// URL, got {url!r}")
+        command = self.string(tbl, "alerts.command", default="")
+        if not (url or command):
+            raise self.fail("alerts", "expected command and/or webhook_url (where alerts go)")
+        numbers: dict[str, float] = {}
+        for f in fields(AlertSettings):
+            if f.name in ("command", "webhook_url"):
+                continue
+            value = tbl.get(f.name, f.default)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                unit = f.name.rsplit("_", 1)[-1].replace("mb", "MB")
+                raise self.fail(f"alerts.{f.name}", f"expected a positive number ({unit}), got {value!r}")
+            numbers[f.name] = float(value)
+        return AlertSettings(command=command, webhook_url=url, **numbers)
 
     def flag(self, tbl: Mapping[str, Any], key: str, *, default: bool) -> bool:
         value = tbl.get(key.rsplit(".", 1)[-1], default)
@@ -613,7 +692,6 @@ class _Validator:
     def web(self, tbl: Any) -> WebSettings:
         if not isinstance(tbl, Mapping):
             raise self.fail("web", "expected a table")
-        self.known_keys(tbl, "web", _WEB_KEYS)
         listen = self.endpoint(tbl, "web.listen")
         return WebSettings(
             listen=listen or WebSettings().listen,
@@ -653,8 +731,6 @@ class _Validator:
 _METHOD_KEYS = frozenset({"analyte", "units", "loinc", "measuring_range", "critical_low", "critical_high",
                           "ranges", "delta", "status", "source", "conversions", "thresholds", "grading",
                           "alt_delta", "hys_law"})
-_WEB_KEYS = frozenset({"listen", "tls", "session_minutes", "max_login_failures", "max_address_failures",
-                       "lockout_minutes"})
 _RANGE_KEYS = frozenset({"sex", "age_min", "age_max", "low", "high", "source", "status"})
 _DELTA_KEYS = frozenset({"abs", "pct", "window_days", "action"})
 _CONVERSION_KEYS = frozenset({"units", "factor", "decimals", "source"})

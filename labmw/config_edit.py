@@ -39,11 +39,17 @@ def shipped_library() -> str:
     return resources.files("labmw").joinpath("data/methods.toml").read_text(encoding="utf-8")
 
 
+def clinical_reference() -> str:
+    """Where the installed package keeps CLINICAL.md, the document the method library's comments cite."""
+    return str(resources.files("labmw").joinpath("data/CLINICAL.md"))
+
+
 def initial_text(data_dir: str) -> str:
     """The text of a new configuration file: service section plus the shipped method library."""
     header = tomlkit.document()
     header.add(tomlkit.comment("labmw configuration. Edit with the `labmw` CLI (changes are audited);"))
     header.add(tomlkit.comment("`labmw config validate` checks a hand edit. Relative paths are relative to this file."))
+    header.add(tomlkit.comment(f"\"CLINICAL.md\" below is labmw's reference document with the sources: {clinical_reference()}"))
     header.add(tomlkit.nl())
     service = tomlkit.table()
     service.add("data_dir", data_dir)
@@ -61,8 +67,7 @@ def _write_atomic(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
+        _keep_access(tmp, path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -70,8 +75,28 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _keep_access(tmp: str, path: Path) -> None:
+    """Give the replacement the file's owner, group and mode; a new file gets its directory's group, 0640.
+
+    The service reads the file as its own user through the group (``/etc/labmw`` is root:labmw 0750,
+    see systemd/labmw.sysusers): an edit by root must not take that away, and nobody else may read it.
+    """
+    if path.exists():
+        st = path.stat()
+        mode, uid, gid = st.st_mode & 0o777, st.st_uid, st.st_gid
+    else:
+        mode, uid, gid = 0o640, -1, path.parent.stat().st_gid
+    try:
+        os.chown(tmp, uid, gid)
+    except PermissionError:
+        pass  # not root and not a member of that group: the file stays the editor's own
+    os.chmod(tmp, mode)
+
+
 def init_config(path: Path, *, data_dir: str, force: bool) -> Settings:
     """Write a new config at ``path`` and create its data directory and database; audited."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory: --config names the file to write, e.g. {path / 'labmw.toml'}")
     if path.exists() and not force:
         raise UsageError(f"{path} already exists (use --force to overwrite it)")
     old_text = path.read_text(encoding="utf-8") if path.exists() else None
@@ -160,4 +185,6 @@ def table_at(doc: TOMLDocument, *parts: str, create: bool = True) -> Table:
         node = node[part]
         if not isinstance(node, Table):
             raise ConfigError("configuration", ".".join(parts[: i + 1]), "expected a table")
+    if not isinstance(node, Table):  # no parts: the document itself is not a Table
+        raise UsageError("table_at: expected at least one table name")
     return node

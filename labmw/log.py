@@ -8,6 +8,7 @@ the audit trail and the database. :func:`redact_phi` drops such keys if a caller
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -23,6 +24,13 @@ def redact_phi(_logger: Any, _method: str, event_dict: MutableMapping[str, Any])
     for key in PHI_KEYS.intersection(event_dict):
         event_dict[key] = "[redacted]"
     return event_dict
+
+
+def level_named(name: str) -> int:
+    """``service.log_level`` (debug, info, warning, error) as a logging level; LABMW_DEBUG=1 forces debug."""
+    if os.environ.get("LABMW_DEBUG"):
+        return logging.DEBUG
+    return int(logging.getLevelNamesMapping()[name.upper()])
 
 
 def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:

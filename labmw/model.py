@@ -300,3 +300,28 @@ class Evaluation:
     notes: tuple[str, ...] = ()
     hold: bool = False
     decisions: tuple[Decision, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What one inbound message became (for logs, answers and tests: counts only, never patient data).
+
+    Shared by the intake (which makes it) and the transports (which answer by it), so it lives here,
+    below both. ``stored`` False means nothing was committed: the peer must get a negative answer
+    (NAK, AE 207) so that it sends the message again.
+    """
+
+    message_id: int = 0
+    results: int = 0
+    queued: int = 0
+    held: int = 0
+    problems: int = 0
+    rejected_reason: str = ""
+    #: Messages to send back to the analyzer on the same link (answers to host queries, ASTM.md §2.8).
+    replies: tuple[bytes, ...] = ()
+    #: A resend of a message already stored: acknowledged again, nothing new stored or forwarded.
+    duplicate: bool = False
+    #: False: nothing was committed (storage refused it); the answer is negative.
+    stored: bool = True
+    #: The protocol's answer to write back (HL7: the ACK without MLLP framing; b"": send nothing).
+    answer: bytes = b""

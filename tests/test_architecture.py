@@ -9,15 +9,42 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "labmw"
 
-# What each layer may import from outside the standard library (labmw modules and third-party packages).
+# What each package (and each top-level module) may import from outside the standard library:
+# labmw modules and third-party distributions. Every package under labmw/ must have an entry, so a
+# new package states its place in the graph (STYLE.md §6) when it is added.
+_BASE = ("labmw.errors", "labmw.model")
 ALLOWED: dict[str, tuple[str, ...]] = {
+    "errors": (),
+    "model": (),
+    "log": ("structlog",),
     "wire": ("labmw.errors", "labmw.wire", "hl7"),  # hl7 only for hl7_codec (segment parsing, no I/O)
-    "rules": ("labmw.errors", "labmw.model", "labmw.rules"),
-    "mapping": ("labmw.errors", "labmw.model", "labmw.wire", "labmw.mapping"),
-    "store": ("labmw.errors", "labmw.model", "labmw.store"),
+    "rules": (*_BASE, "labmw.rules"),
+    "mapping": (*_BASE, "labmw.wire", "labmw.mapping"),
+    "store": (*_BASE, "labmw.store"),
+    "config": (*_BASE, "labmw.config", "labmw.rules"),
+    "config_edit": (*_BASE, "labmw.config", "labmw.store", "tomlkit"),
+    # Transports move bytes: they know the wire engines and the settings, never the daemon, the
+    # store, the rules or the mapping (the intake hands them an Outcome from the model).
+    "transports": (*_BASE, "labmw.config", "labmw.wire", "labmw.transports", "structlog", "serial"),
+    "daemon": (*_BASE, "labmw", "labmw.config", "labmw.config_edit", "labmw.log", "labmw.wire", "labmw.mapping",
+               "labmw.rules", "labmw.store", "labmw.transports", "labmw.daemon", "structlog", "hl7", "tomlkit"),
+    "cli": (*_BASE, "labmw", "labmw.cli", "labmw.config", "labmw.config_edit", "labmw.log", "labmw.wire",
+            "labmw.mapping", "labmw.rules", "labmw.store", "labmw.transports", "labmw.daemon", "structlog",
+            "typer", "tomlkit", "serial", "hl7"),
+    "__main__": ("labmw.cli",),
+    "__init__": (),
 }
 # No module outside these may use them.
 FORBIDDEN_IN_WIRE_AND_RULES = ("asyncio", "socket", "sqlite3", "logging", "structlog", "serial", "time", "threading")
+
+
+def _units() -> dict[str, list[Path]]:
+    """Every package (its files) and every top-level module under labmw/."""
+    units: dict[str, list[Path]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).parts
+        units.setdefault(parts[0] if len(parts) > 1 else path.stem, []).append(path)
+    return units
 
 
 def _imports(path: Path) -> set[str]:
@@ -37,17 +64,28 @@ def _is_stdlib(name: str) -> bool:
     return name.split(".")[0] in sys.stdlib_module_names or name == "__future__"
 
 
-@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_every_package_has_a_place_in_the_graph() -> None:
+    """A package without an entry in ALLOWED would go unchecked."""
+    assert sorted(set(_units()) - set(ALLOWED)) == []
+
+
+@pytest.mark.parametrize("layer", sorted(_units()))
 def test_layer_imports_only_what_it_may(layer: str) -> None:
-    """wire, rules, mapping and store import only the stdlib and the layers below them."""
-    for path in sorted((PACKAGE / layer).rglob("*.py")):
+    """Each package imports only the stdlib and what its entry in ALLOWED names."""
+    for path in _units()[layer]:
         for name in _imports(path):
             if layer in ("wire", "rules") and name.split(".")[0] in FORBIDDEN_IN_WIRE_AND_RULES:
                 pytest.fail(f"{path.relative_to(PACKAGE)} imports {name}: {layer} must stay free of I/O and clocks")
             if _is_stdlib(name):
                 continue
-            assert any(name == a or name.startswith(a + ".") for a in ALLOWED[layer]), (
+            assert any(name == a or name.startswith(a + ".") for a in ALLOWED.get(layer, ())), (
                 f"{path.relative_to(PACKAGE)} imports {name}")
+
+
+def test_transports_never_import_the_daemon() -> None:
+    """The daemon drives the transports, not the other way round (issue #10 item 1)."""
+    for path in _units()["transports"]:
+        assert not any(n.startswith("labmw.daemon") for n in _imports(path)), path
 
 
 def test_only_the_store_touches_sqlite() -> None:

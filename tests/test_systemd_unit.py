@@ -69,8 +69,12 @@ def test_unit_is_a_notify_service_with_watchdog_reload_and_restart() -> None:
 
 
 def test_unit_has_its_own_user_directories_and_serial_access() -> None:
-    """A dynamic user in dialout, state and config directories, and the serial drivers in the device ACL."""
-    assert _values("DynamicUser") == ["yes"]
+    """The static user of labmw.sysusers in dialout, state and config directories, the serial drivers allowed."""
+    assert _values("DynamicUser") in ([], ["no"])  # a dynamic user cannot read the root-owned config
+    assert _values("User") == ["labmw"] and _values("Group") == ["labmw"]
+    sysusers = (UNIT.parent / "labmw.sysusers").read_text().splitlines()
+    entries = [line.split() for line in sysusers if line.strip() and not line.startswith("#")]
+    assert ["u", "labmw", "-"] == entries[0][:3] and ["m", "labmw", "dialout"] in entries
     assert _values("SupplementaryGroups") == ["dialout"]
     assert _values("StateDirectory") == ["labmw"] and _values("ConfigurationDirectory") == ["labmw"]
     # PrivateDevices=yes would hide /dev/ttyS* and friends from the service.

@@ -40,9 +40,17 @@ def _events(ctx: typer.Context, specimen: str | None, patient: str | None, analy
 @audit_app.command("list")
 def audit_list(ctx: typer.Context, specimen: Specimen = None, patient: Patient = None, analyzer: Analyzer = None,
                event: Event = None, since: Since = None, until: Until = None,
-               json_: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
+               json_: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+               limit: Annotated[int | None, typer.Option(help="Only the first N matching events.")] = None,
+               tail: Annotated[int | None, typer.Option(help="Only the last N matching events.")] = None) -> None:
     """List audit events, oldest first."""
+    for option, value in (("--limit", limit), ("--tail", tail)):
+        if value is not None and value < 1:
+            raise UsageError(f"{option}: expected a number of events, 1 or more, got {value}")
+    if limit is not None and tail is not None:
+        raise UsageError("--limit and --tail: give one of them")
     events = _events(ctx, specimen, patient, analyzer, event, since, until)
+    events = events[:limit] if limit is not None else events[-tail:] if tail is not None else events
     if json_:
         print_json([e.as_dict() for e in events])
         return

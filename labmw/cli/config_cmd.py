@@ -205,15 +205,17 @@ def analyzer_add(
             raise UsageError(f"--map {item}: unknown method {method!r} (configured: {', '.join(sorted(cfg.methods))})")
         mapping[code] = method
     table: dict[str, Any] = {"protocol": protocol, "transport": transport}
-    for key, value in (("listen", _endpoint("--listen", listen)), ("connect", _endpoint("--connect", connect)),
-                       ("device", device), ("baud", baud), ("encoding", encoding),
-                       ("test_code_component", test_code_component), ("specimen_component", specimen_component),
-                       ("checksum_policy", checksum_policy), ("parity", parity), ("bytesize", bytesize),
-                       ("stopbits", stopbits), ("specimen_field", specimen_field),
-                       ("max_frame_text", max_frame_text), ("query_mode", query_mode),
-                       ("frame_timeout", frame_timeout), ("max_connections", max_connections)):
-        if value is not None:
-            table[key] = value
+    options: tuple[tuple[str, object], ...] = (
+        ("listen", _endpoint("--listen", listen)), ("connect", _endpoint("--connect", connect)),
+        ("device", device), ("baud", baud), ("encoding", encoding),
+        ("test_code_component", test_code_component), ("specimen_component", specimen_component),
+        ("checksum_policy", checksum_policy), ("parity", parity), ("bytesize", bytesize),
+        ("stopbits", stopbits), ("specimen_field", specimen_field),
+        ("max_frame_text", max_frame_text), ("query_mode", query_mode),
+        ("frame_timeout", frame_timeout), ("max_connections", max_connections))
+    for key, setting in options:
+        if setting is not None:
+            table[key] = setting
     if allow:
         table["allow"] = list(allow)
     if lf_segments:
@@ -391,7 +393,7 @@ def range_add(
     """Add a reference range; the most specific matching range applies."""
     _require_method(ctx, method)
     low_d, high_d = _number("--low", low), _number("--high", high)
-    assert low_d is not None and high_d is not None  # noqa: S101 - both options are required
+    assert low_d is not None and high_d is not None
     if low_d >= high_d:
         raise UsageError(f"--low {low_d} must be below --high {high_d}")
     if sex is not None and sex not in ("M", "F"):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 import typer
 
@@ -24,14 +24,39 @@ def queue_list(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json",
     store = open_store(ctx)
     try:
         entries = store.outbox()
+        next_at = _next_attempts(store, entries)
     finally:
         store.close()
     if json_:
-        print_json([e.as_dict() for e in entries])
+        print_json([{**e.as_dict(), "queued_at": e.created_at, "next_attempt": next_at[e.id]} for e in entries])
         return
-    print_table(("ID", "STATE", "CONTROL ID", "ANALYZER", "SPECIMEN", "TEST", "ATTEMPTS", "LAST ERROR"),
-                [(e.id, e.state, e.control_id, e.analyzer, e.specimen, e.test_code, e.attempts, e.last_error)
-                 for e in entries])
+    print_table(("ID", "STATE", "CONTROL ID", "ANALYZER", "SPECIMEN", "TEST", "QUEUED AT", "ATTEMPTS", "NEXT ATTEMPT",
+                 "LAST ERROR"),
+                [(e.id, e.state, e.control_id, e.analyzer, e.specimen, e.test_code, e.created_at, e.attempts,
+                  next_at[e.id], e.last_error) for e in entries])
+
+
+def _next_attempts(store: Any, entries: list[Any]) -> dict[int, str]:
+    """When each entry goes next. One message is in flight, in order: the first pending one goes now, or
+    after the backoff its last failure announced (the delivery_failed audit event); the others follow it;
+    a dead letter waits for `labmw queue retry`."""
+    out: dict[int, str] = {}
+    head = None
+    for e in entries:
+        if e.state == "dead":
+            out[e.id] = "after queue retry"
+        elif head is None:
+            head = e
+            out[e.id] = "now"
+        else:
+            out[e.id] = f"after {head.id}"
+    if head is not None and head.attempts:
+        since = datetime.fromisoformat(head.updated_at)
+        failures = [ev for ev in store.audit_events(event="delivery_failed", since=since) if ev.ref == head.control_id]
+        if failures and "retry_in_s" in failures[-1].data:
+            at = datetime.fromisoformat(failures[-1].ts) + timedelta(seconds=float(failures[-1].data["retry_in_s"]))
+            out[head.id] = at.isoformat(timespec="seconds")
+    return out
 
 
 @queue_app.command("retry")
@@ -43,6 +68,12 @@ def queue_retry(ctx: typer.Context,
         raise UsageError("give dead-letter IDs or --all")
     store = open_store(ctx)
     try:
+        if ids:
+            dead = sorted(e.id for e in store.outbox(states=("dead",)))
+            missing = [i for i in ids if i not in dead]
+            if missing:
+                raise UsageError(f"no dead letter with ID {', '.join(map(str, missing))} (dead letters: "
+                                 f"{', '.join(map(str, dead)) or 'none'}; see `labmw queue list`)")
         count = store.retry(None if all_ else list(ids or []), now=datetime.now(UTC), actor=os_user())
     finally:
         store.close()

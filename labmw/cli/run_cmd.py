@@ -19,7 +19,7 @@ def run(ctx: typer.Context) -> None:
     from labmw.daemon.app import serve
 
     cfg = settings(ctx)
-    log.configure()
+    log.configure(level=log.level_named(cfg.log_level))
     if cfg.web is None:
         raise typer.Exit(asyncio.run(serve(cfg)))
     # [web] present: the daemon serves the review workstation too (labmw.web is imported by the CLI only).

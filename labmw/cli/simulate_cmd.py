@@ -112,7 +112,7 @@ def _open_channel(a: AnalyzerSettings, timeout: float, device: str | None) -> It
             raise UsageError(f"--device {device}: {exc}") from None
         channel = _Channel(port=port)
     elif a.transport == "tcp-server":
-        assert a.listen is not None  # noqa: S101 - config validation guarantees it
+        assert a.listen is not None
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(a.listen.host, a.listen.host)
         try:
             channel = _Channel(socket.create_connection((host, a.listen.port), timeout=timeout))
@@ -120,7 +120,7 @@ def _open_channel(a: AnalyzerSettings, timeout: float, device: str | None) -> It
             raise UsageError(f"cannot connect to labmw at {host}:{a.listen.port} ({exc.strerror or exc}); "
                              "is the daemon running?") from None
     else:
-        assert a.connect is not None  # noqa: S101 - config validation guarantees it
+        assert a.connect is not None
         with socket.create_server((a.connect.host, a.connect.port)) as server:
             typer.echo(f"waiting up to {timeout:g} s for labmw to connect to {a.connect}", err=True)
             server.settimeout(timeout)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from labmw.cli.common import print_json, print_table, settings
-from labmw.daemon.control import DaemonNotRunning, query_status
+from labmw.cli.common import config_file, print_json, print_table
+from labmw.cli.reload_hint import drift, file_digest
+from labmw.config import load
+from labmw.daemon.control import ControlError, DaemonNotRunning, query_status
+from labmw.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -17,16 +22,47 @@ def register(app: typer.Typer) -> None:
 
 def status(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
     """Per analyzer its transport, peers, counts and last message; the LIS link; queue depth; held results."""
-    cfg = settings(ctx)
+    path = config_file(ctx)
+    config_error = None
     try:
-        reply = query_status(cfg.control_socket, config=cfg.path)
-    except DaemonNotRunning as exc:
-        typer.echo(str(exc), err=True)
+        sock = load(path).control_socket
+    except ConfigError as exc:
+        # A broken file must not hide what the daemon runs (it keeps its last good settings).
+        config_error, sock = str(exc), _socket_of_broken_file(path)
+    try:
+        reply = query_status(sock, config=path)
+    except ControlError as exc:  # not running, stale socket, no permission, no answer
+        if json_:  # a program asked: it gets JSON whatever happened
+            print_json({"running": False, "error": str(exc), "config_error": config_error})
+            raise typer.Exit(1) from None
+        if not isinstance(exc, DaemonNotRunning):
+            raise
+        for line in (config_error, str(exc)):
+            if line:
+                typer.echo(line, err=True)
         raise typer.Exit(1) from None
+    note = drift(reply, file_digest(path))
     if json_:
-        print_json(reply)
-    else:
-        render(reply)
+        print_json({**reply, "running": True, "config_error": config_error, "config_drift": note})
+        return
+    render(reply)
+    for line in (config_error, note):
+        if line:
+            typer.echo(f"\nnote: {line}")
+
+
+_DATA_DIR = re.compile(r"""^\s*data_dir\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.MULTILINE)
+
+
+def _socket_of_broken_file(path: Path) -> Path:
+    """The control socket when the file does not parse: its data_dir line if there is one, else the default."""
+    try:
+        match = _DATA_DIR.search(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        match = None
+    text = (match.group(1) if match.group(1) is not None else match.group(2)) if match else "data"
+    data_dir = Path(text) if Path(text).is_absolute() else (path.parent / text).resolve()
+    return data_dir / "labmw.sock"
 
 
 def render(status: Mapping[str, Any]) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import os
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -20,15 +21,22 @@ from typing import Any, Protocol
 import structlog
 
 from labmw.config import AnalyzerSettings, Settings, load
+from labmw.daemon.astm_adapter import AstmAdapter
 from labmw.daemon.forwarder import Forwarder
-from labmw.daemon.pipeline import Outcome, Pipeline, utcnow
+from labmw.daemon.hl7_adapter import Hl7Adapter
+from labmw.daemon.intake import Intake
+from labmw.daemon.pipeline import Pipeline, utcnow
 from labmw.daemon.runner import StoreRunner
 from labmw.errors import LabmwError, StoreError
+from labmw.model import Outcome
 from labmw.transports.astm_pump import pump_astm
+from labmw.transports.connections import REFUSAL_INTERVAL, RefusalLog
 from labmw.transports.endpoints import Endpoint, make_endpoint
+from labmw.transports.hl7_pump import pump_hl7
 
 log = structlog.get_logger(__name__)
 
+SWITCH_INTERVAL = 0.0005  # seconds; see serve()
 FORWARDER_STOP_GRACE = 5.0  # seconds the forwarder may take to finish the exchange in hand
 
 
@@ -41,6 +49,8 @@ class AnalyzerState:
         self.counts: dict[str, float] = {"messages": 0, "results": 0}
         self.last_message_at: datetime | None = None
         self.error = ""
+        #: The last message whose final ACK this analyzer provably received (ASTM resend detection).
+        self.confirmed_id: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         a = self.analyzer
@@ -68,6 +78,9 @@ class Service:
         self._conn_ids = itertools.count(1)
         self.started_at = clock()
         self._storage_episode: dict[str, Any] | None = None
+        self._refusals = RefusalLog()
+        self._closures = RefusalLog()
+        self._refusal_flusher: asyncio.Task[None] | None = None
 
     # --- life cycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -79,6 +92,7 @@ class Service:
         for analyzer in self.settings.analyzers.values():
             await self._start_analyzer(analyzer)
         self._start_forwarder()
+        self._refusal_flusher = asyncio.ensure_future(self._flush_refusals_periodically())
         log.info("service_ready", analyzers=len(self.analyzers),
                  lis=str(self.settings.lis.connect) if self.settings.lis else None)
 
@@ -92,7 +106,14 @@ class Service:
         for name in list(self.analyzers):
             await self._stop_analyzer(name)
         await self._stop_forwarder()
+        if self._refusal_flusher is not None:
+            self._refusal_flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._refusal_flusher
         if self.runner is not None:
+            with contextlib.suppress(Exception):
+                await self._audit_refusals(self._refusals.due(_loop_time(), flush=True))
+                await self._audit_aggregated("connection_closed", self._closures.due(_loop_time(), flush=True))
             with contextlib.suppress(Exception):
                 await self._audit("service_stopped")
             self.runner.close()
@@ -109,7 +130,7 @@ class Service:
             return
         old, self.settings = self.settings, new
         self.pipeline.settings = new
-        changed = {"added": [], "removed": [], "restarted": []}
+        changed: dict[str, list[str]] = {"added": [], "removed": [], "restarted": []}
         for name, state in list(self.analyzers.items()):
             if name not in new.analyzers:
                 await self._stop_analyzer(name)
@@ -138,8 +159,12 @@ class Service:
             await self._connection(state, reader, writer, peer)
 
         async def refuse(peer: str, reason: str) -> None:
-            log.warning("analyzer_connection_refused", analyzer=analyzer.name, peer=peer, reason=reason)
-            await self._audit("connection_refused", analyzer=analyzer.name, data={"peer": peer, "reason": reason})
+            # Once per peer host and reason per interval, with a count: a flood of refused
+            # connections must not flood the audit trail (or the disk) as well.
+            records = self._refusals.refused(peer, f"{analyzer.name}: {reason}", _loop_time())
+            if any(r.get("first") for r in records):
+                log.warning("analyzer_connection_refused", analyzer=analyzer.name, peer=peer, reason=reason)
+            await self._audit_refusals(records)
 
         endpoint = make_endpoint(analyzer, handle, refuse)
         try:
@@ -161,65 +186,94 @@ class Service:
             log.info("analyzer_stopped", analyzer=name)
 
     async def _connection(self, state: AnalyzerState, reader: Any, writer: Any, peer: str) -> None:
-        """The per-connection boundary: log context, and no exception escapes."""
+        """The per-connection boundary: log context, no exception escapes, and every end is audited."""
         analyzer = state.analyzer
+        activity = state.endpoint.activity_of(writer) if state.endpoint is not None else None
         with structlog.contextvars.bound_contextvars(analyzer=analyzer.name, peer=peer, conn_id=next(self._conn_ids)):
             log.info("analyzer_connected")
+            ended = "crashed"
             try:
                 if analyzer.protocol == "astm":
-                    await self._astm(state, reader, writer, peer)
+                    ended = await self._astm(state, reader, writer, peer)
                 else:
-                    await self._hl7(state, reader, writer, peer)
-            except Exception:  # one bad connection never takes the service down
+                    ended = await self._hl7(state, reader, writer, peer)
+            except Exception as exc:  # one bad connection never takes the service down
                 log.exception("analyzer_connection_crashed")
+                ended = f"error: {type(exc).__name__}"
             finally:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
-                log.info("analyzer_disconnected")
+                # FIN, RST, timeout, eviction or error: one event, one shape (issue #17 item 3).
+                reason = (activity.ended if activity is not None and activity.ended else ended) or "closed"
+                data = {**(activity.as_dict(_loop_time()) if activity is not None else {"peer": peer}),
+                        "reason": reason}
+                log.info("analyzer_disconnected", reason=reason)
+                with contextlib.suppress(Exception):
+                    await self._connection_closed(analyzer.name, data)
 
-    async def _astm(self, state: AnalyzerState, reader: Any, writer: Any, peer: str) -> None:
-        runner, analyzer = self._runner(), state.analyzer
+    async def _connection_closed(self, analyzer: str, data: dict[str, Any]) -> None:
+        """Audit a connection's end. One that carried messages gets its own row; empty ones (idle
+        squatters, probes) are counted per peer host and reason like refusals, so a flood of them
+        costs a few rows, not one store transaction each ahead of the results."""
+        runner = self._runner()
+        if data.get("messages"):
+            await runner.call_batched(runner.store.append_audit, "connection_closed", now=self.clock(),
+                                      actor="labmw", analyzer=analyzer, data=data)
+            return
+        records = self._closures.refused(str(data["peer"]), f"{analyzer}: {data['reason']}", _loop_time())
+        await self._audit_aggregated("connection_closed", records, first=data)
 
-        async def handle(text: bytes, raw: bytes) -> Outcome:
-            try:
-                outcome = await runner.call_batched(self.pipeline.handle_astm, analyzer, text, raw, peer)
-            except StoreError as exc:
-                self._storage_failed(analyzer.name, exc)
-                raise
-            await self._storage_ok()
+    def _intake(self, state: AnalyzerState, writer: Any) -> Intake:
+        """The analyzer's intake for one connection (its link memory lives with the analyzer)."""
+        analyzer = state.analyzer
+        adapter = (AstmAdapter(analyzer, self.settings) if analyzer.protocol == "astm"
+                   else Hl7Adapter(analyzer, self.clock))
+        intake = Intake(analyzer, adapter, self.pipeline, self._runner(), on_refused=self._storage_failed,
+                        on_stored=self._storage_ok)
+        intake.confirmed_id = state.confirmed_id
+        return intake
+
+    def _counted(self, state: AnalyzerState, writer: Any, outcome: Outcome) -> None:
+        if outcome.stored and outcome.message_id:
             state.last_message_at = self.clock()
+            activity = state.endpoint.activity_of(writer) if state.endpoint is not None else None
+            if activity is not None:
+                activity.messages += 1
             if outcome.queued:
                 self._wake.set()
+
+    async def _astm(self, state: AnalyzerState, reader: Any, writer: Any, peer: str) -> str:
+        analyzer, intake = state.analyzer, self._intake(state, writer)
+
+        async def handle(text: bytes, raw: bytes) -> Outcome:
+            outcome = await intake.receive(raw, peer, text=text)
+            self._counted(state, writer, outcome)
             return outcome
+
+        def confirmed(message_id: int) -> None:
+            intake.confirmed(message_id)
+            state.confirmed_id = message_id
 
         async def audit_discard(reason: str, text: bytes) -> None:
             await self._audit("transfer_incomplete", analyzer=analyzer.name,
                               data={"reason": reason, "bytes": len(text), "peer": peer})
 
-        await pump_astm(reader, writer, analyzer=analyzer, handle=handle, audit_discard=audit_discard,
-                        stats=state.counts)
+        return await pump_astm(reader, writer, analyzer=analyzer, handle=handle, audit_discard=audit_discard,
+                               stats=state.counts, confirmed=confirmed)
 
-    async def _hl7(self, state: AnalyzerState, reader: Any, writer: Any, peer: str) -> None:
-        from labmw.daemon.hl7_intake import Hl7Intake
-        from labmw.transports.hl7_pump import pump_hl7
-
-        runner, analyzer, intake = self._runner(), state.analyzer, Hl7Intake(self.pipeline)
+    async def _hl7(self, state: AnalyzerState, reader: Any, writer: Any, peer: str) -> str:
+        analyzer, intake = state.analyzer, self._intake(state, writer)
 
         async def handle(payload: bytes) -> bytes:
-            try:
-                ack = await runner.call_batched(intake.handle, analyzer, payload, peer)
-            except StoreError as exc:
-                # The shared group commit failed after the intake had said AA: not stored, say AE.
-                self._storage_failed(analyzer.name, exc)
-                return intake.not_stored(analyzer, payload, exc)
-            await self._storage_ok()
-            state.last_message_at = self.clock()
-            state.counts["messages"] += 1
-            self._wake.set()
-            return ack
+            outcome = await intake.receive(payload, peer)
+            self._counted(state, writer, outcome)
+            if outcome.stored and outcome.message_id:
+                state.counts["messages"] += 1
+                state.counts["results"] += outcome.results
+            return outcome.answer
 
-        await pump_hl7(reader, writer, analyzer=analyzer, handle=handle)
+        return await pump_hl7(reader, writer, analyzer=analyzer, handle=handle, idle_timeout=analyzer.idle_timeout)
 
     # --- forwarder ---------------------------------------------------------------------------------
     def _start_forwarder(self) -> None:
@@ -288,6 +342,25 @@ class Service:
                 return
             log.info("storage_recovered", refusals=episode["refusals"])
 
+    async def _audit_refusals(self, records: list[dict[str, Any]]) -> None:
+        await self._audit_aggregated("connection_refused", records)
+
+    async def _audit_aggregated(self, event: str, records: list[dict[str, Any]],
+                                first: dict[str, Any] | None = None) -> None:
+        """Write the rows a :class:`RefusalLog` says are due (``first``: the data of an interval's first)."""
+        for record in records:
+            analyzer, _, reason = str(record.pop("reason")).partition(": ")
+            if record.pop("first", False) and first is not None:
+                record = {**first, "count": 1}
+            with contextlib.suppress(StoreError):
+                await self._audit(event, analyzer=analyzer, data={**record, "reason": reason})
+
+    async def _flush_refusals_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(REFUSAL_INTERVAL / 4)
+            await self._audit_refusals(self._refusals.due(_loop_time()))
+            await self._audit_aggregated("connection_closed", self._closures.due(_loop_time()))
+
     # --- helpers -----------------------------------------------------------------------------------
     def _runner(self) -> StoreRunner:
         if self.runner is None:
@@ -307,6 +380,7 @@ class Service:
         forwarder = self.forwarder
         return {
             "pid": os.getpid(), "started_at": self.started_at.isoformat(), "config": str(self.settings.path),
+            "config_digest": self.settings.digest,
             "analyzers": [state.as_dict() for state in self.analyzers.values()],
             "lis": {"endpoint": str(lis.connect) if lis else "", "state": forwarder.link_state if forwarder
                     else "not configured", "last_error": forwarder.last_error if forwarder else ""},
@@ -330,10 +404,15 @@ async def serve(settings: Settings, *, companions: Sequence[Callable[[Service], 
     it binds any analyzer port; READY=1 goes to systemd only once every endpoint is up.
     ``companions`` are built from the started service, started after it and stopped before it.
     """
+    from labmw.daemon import operations
     from labmw.daemon.control import ControlServer
     from labmw.daemon.notify import Notifier
     from labmw.store.db import ensure_private_dir
 
+    # The store thread and the event loop share the GIL: with the default 5 ms switch interval a
+    # commit that releases it a dozen times (each SQLite call) waits up to 5 ms each time a busy
+    # loop (a flood on some other connection) holds it. 0.5 ms keeps commits, and so ACKs, prompt.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     service = Service(settings)
     notifier = Notifier.from_env()
     loop = asyncio.get_running_loop()
@@ -358,9 +437,11 @@ async def serve(settings: Settings, *, companions: Sequence[Callable[[Service], 
         loop.add_signal_handler(sig, service.stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     watchdog = asyncio.ensure_future(notifier.run_watchdog())
+    ops: operations.Operations | None = None
     running: list[Companion] = []
     try:
         await service.start()
+        ops = await operations.start(service)  # metrics, alerts, retention (labmw/daemon/operations.py)
         for make in companions:
             running.append(make(service))
             await running[-1].start()
@@ -372,7 +453,13 @@ async def serve(settings: Settings, *, companions: Sequence[Callable[[Service], 
         for companion in reversed(running):
             with contextlib.suppress(Exception):
                 await companion.stop()
+        if ops is not None:
+            await ops.close()
         await service.close()
         await control.close()
         notifier.close()
     return 0
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()

@@ -162,7 +162,7 @@ class ControlServer:
             return {"error": f"unknown command {command!r}; known: 'status'"}
         try:
             status = await self._status()
-        except Exception as exc:  # noqa: BLE001 - per-connection boundary: a status bug must not kill the daemon
+        except Exception as exc:
             log.exception("control_status_failed")
             return {"error": f"status unavailable: {type(exc).__name__}"}
         if not isinstance(status, dict):

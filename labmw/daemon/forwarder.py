@@ -20,11 +20,11 @@ from datetime import datetime
 import structlog
 
 from labmw.config import LisSettings
-from labmw.transports.tls import client_context
 from labmw.daemon.pipeline import utcnow
 from labmw.daemon.runner import StoreRunner
 from labmw.errors import CodecError, ForwardError
 from labmw.store import OutboxEntry
+from labmw.transports.tls import client_context
 from labmw.wire.hl7_codec import Ack, parse_ack
 from labmw.wire.mllp import BlockReceived, BlockTooLarge, MllpFramer, frame
 
@@ -166,7 +166,7 @@ class Forwarder:
                     error_delay = ERROR_BACKOFF_INITIAL
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # store full or failing, or a bug: log it, wait, go on
+                except Exception as exc:  # noqa: BLE001 (store full or failing, or a bug: log it, wait, go on)
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.error("forwarder_error", error=self.last_error, retry_in_s=error_delay)
                     await self.connection.close()
@@ -272,7 +272,7 @@ class Forwarder:
             await self.runner.call(self.runner.store.mark_dead, entry, now=self.clock(), reason=reason,
                                    alert=not self._rejecting)
             self._rejecting = True
-            log.error("result_dead_lettered", control_id=entry.control_id, ack=ack.code)
+            log.error("delivery_dead_lettered", control_id=entry.control_id, ack=ack.code)
         return True
 
     async def _attempt(self, entry: OutboxEntry) -> Ack:

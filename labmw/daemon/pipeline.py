@@ -1,48 +1,54 @@
-"""The one orchestration function: decode -> map -> evaluate -> store in one transaction.
+"""The one function behind every inbound protocol: dedupe, rules and persistence, in one transaction.
 
-It runs synchronously in the store's thread (see :class:`labmw.daemon.runner.StoreRunner`) so the
-delta check's "previous result" is read in the same transaction that writes the new one. The
-transport acknowledges the analyzer only after :meth:`Pipeline.handle_astm` returned, i.e. after
-the commit (PRODUCT.md guarantee 1).
+The protocol adapters (:mod:`labmw.daemon.astm_adapter`, :mod:`labmw.daemon.hl7_adapter`) decode
+and map a message into a :class:`Decoded` (or a :class:`Rejected`) off the store thread, and
+:meth:`Pipeline.prepare` judges there every result whose rules need no history. :meth:`Pipeline.commit`
+then runs on the store thread (see :class:`labmw.daemon.runner.StoreRunner`): the resend lookup,
+the history reads of the results that need them (read in the transaction that writes the new
+result, so the delta check is consistent) and the writes. The transport answers only after
+``commit`` returned, i.e. after the commit (PRODUCT.md guarantee 1).
+
+``commit`` is total: anything but a :class:`StoreError` raised while storing a decoded message
+rolls it back and stores the raw bytes as an ``intake_failed`` rejection with the error's type
+and text, so the peer is answered and a person can see what failed.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from labmw.config import AnalyzerSettings, Settings
-from labmw.errors import CodecError, LabmwError, MappingError, RuleError, StoreError
-from labmw.mapping.astm_lis2a import AstmProfile, map_message
-from labmw.mapping.astm_query import answer_note, answer_queries, read_query
+from labmw.errors import LabmwError, StoreError
 from labmw.mapping.hl7_oru import build_oru
-from labmw.model import Decision, Evaluation, Method, PreviousResult, RelatedResult, Result
+from labmw.model import Decision, Evaluation, Method, Outcome, PreviousResult, RelatedResult, Result
 from labmw.rules.engine import evaluate
 from labmw.store import Store, Tx
-from labmw.wire.astm_records import Record, decode_message
 
+__all__ = [
+    "ASTM_RESEND_WINDOW",
+    "DUPLICATE_WINDOW",
+    "AuditNote",
+    "Decoded",
+    "Outcome",
+    "Pipeline",
+    "Rejected",
+    "ResendKey",
+    "control_id",
+    "judge",
+    "oru_for",
+    "utcnow",
+]
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Outcome:
-    """What one inbound message became (for logs and tests: counts only, never patient data)."""
-
-    message_id: int
-    results: int
-    queued: int
-    held: int
-    problems: int
-    rejected_reason: str = ""
-    #: Messages to send back to the analyzer on the same link (answers to host queries, ASTM.md §2.8).
-    replies: tuple[bytes, ...] = ()
-    #: A resend of a message already stored: acknowledged again, nothing new stored or forwarded.
-    duplicate: bool = False
-
-
-# Resends are recognised within this window (HL7.md 1.4 uses 7 days; ASTM resends come within minutes).
+# HL7 resends are recognised within this window (HL7.md 1.4 uses 7 days).
 DUPLICATE_WINDOW = timedelta(days=7)
+# An ASTM resend comes after the sender's 15 s reply timeout and a few re-bids (ASTM.md 5.4): minutes,
+# not days. Past this, an identical message is a new run of the same test.
+ASTM_RESEND_WINDOW = timedelta(minutes=10)
 
 
 def utcnow() -> datetime:
@@ -54,148 +60,204 @@ def control_id(install_id: str, result_id: int) -> str:
     return f"{install_id}-{result_id}"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResendKey:
+    """How to recognise a resend of a message already stored.
+
+    ``scope`` "link": only a resend of the last message stored from this analyzer whose final ACK
+    may have been lost (ASTM: same content key, within :data:`ASTM_RESEND_WINDOW`, and not the
+    message the analyzer is known to have received the ACK of). ``scope`` "record": never a resend,
+    only remembered as the link's last message. ``scope`` "sender": HL7's
+    (MSH-3, MSH-4, MSH-10) plus the content key, within :data:`DUPLICATE_WINDOW`.
+    """
+
+    scope: str
+    content: str
+    sending_application: str = ""
+    sending_facility: str = ""
+    control_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditNote:
+    """An extra audit event a protocol adds to the message's transaction (``ref`` is the message id)."""
+
+    event: str
+    specimen: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decoded:
+    """A message its adapter could read: the mapped results and what the protocol adds."""
+
+    protocol: str
+    sender: str
+    results: tuple[Result, ...]
+    problems: tuple[str, ...] = ()
+    resend: ResendKey | None = None
+    notes: tuple[AuditNote, ...] = ()
+    #: Messages to send back on the same link (ASTM host-query answers).
+    replies: tuple[bytes, ...] = ()
+    #: Per result, its evaluation when the rules needed no history (made off the store thread).
+    prejudged: tuple[Evaluation | None, ...] = ()
+    #: The adapter's own context for its answer (the HL7 header); never read here.
+    context: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejected:
+    """A message that cannot be taken: stored raw with the reason, answered negatively or ACKed."""
+
+    protocol: str
+    reason: str
+    #: "message_rejected" for content the adapter refused; "intake_failed" for an unexpected error.
+    event: str = "message_rejected"
+    #: HL7: "E" (AE) or "R" (AR), and the table 0357 code for ERR-3.
+    kind: str = "E"
+    error_code: str = "207"
+    error_type: str = ""
+    context: Any = None
+
+
 class Pipeline:
-    """Turns a received message into stored, evaluated, queued results."""
+    """Turns a decoded message into stored, evaluated, queued results (one commit)."""
 
     def __init__(self, settings: Settings, store: Store, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
 
-    def handle_astm(self, analyzer: AnalyzerSettings, text: bytes, raw: bytes, peer: str) -> Outcome:
-        """Store one complete ASTM message (H..L) and everything it leads to, in one commit.
+    # --- off the store thread --------------------------------------------------------------------
+    def prepare(self, analyzer: AnalyzerSettings, decoded: Decoded) -> Decoded:
+        """Judge every result whose rules read no history, so the store thread does not.
 
-        An undecodable message is still stored (raw bytes) and audited as rejected: it is durable,
-        so the analyzer may be acknowledged, and a person can see it failed and why.
+        Pure CPU; runs on the caller's thread. Raises nothing (:func:`judge` holds on any error).
+        """
+        prejudged = []
+        for result in decoded.results:
+            method = self._method(analyzer, result)
+            prejudged.append(None if _needs_history(result, method) else judge(result, method))
+        return replace(decoded, prejudged=tuple(prejudged))
+
+    # --- on the store thread ---------------------------------------------------------------------
+    def commit(self, analyzer: AnalyzerSettings, item: Decoded | Rejected, raw: bytes, peer: str, now: datetime,
+               *, confirmed_id: int | None = None) -> Outcome:
+        """Store one message and everything it leads to, in one transaction; never raises but StoreError.
+
+        ``confirmed_id``: the id of the last message on this link whose final ACK the analyzer is
+        known to have received (it is then not taken for a resend).
 
         Raises:
-            StoreError: nothing was committed; the analyzer must not be acknowledged.
+            StoreError: nothing was committed; the peer must get a negative answer.
         """
-        now = self.clock()
-        raw = raw or text  # the frames as received; the text when the caller has no frames (tests, files)
         digest = hashlib.sha256(raw).hexdigest()
-        profile = AstmProfile(test_code_component=analyzer.test_code_component,
-                              specimen_component=analyzer.specimen_component, encoding=analyzer.encoding)
+        if isinstance(item, Rejected):
+            return self.store_rejected(analyzer, item, raw=raw, digest=digest, peer=peer, now=now)
         try:
-            records = decode_message(text, encoding=analyzer.encoding)
-            mapped = map_message(records, analyzer=analyzer.name, profile=profile)
-        except (CodecError, MappingError) as exc:
-            return self.store_rejected(analyzer, protocol="astm", raw=raw, digest=digest, peer=peer,
-                                       reason=str(exc), now=now)
-        # Host queries are answered at once, never forwarded: the analyzer must not wait on us.
-        replies, reply_error = self._answer_queries(analyzer, mapped.queries)
-
-        def audit_queries(tx: Tx, message_id: int) -> None:
-            for query in mapped.queries:
-                key = read_query(query)
-                # The specimen only: Q-3 component 1 is a patient ID and stays out of the audit.
-                tx.audit("host_query_received", analyzer=analyzer.name, specimen=key.specimen_id, ref=str(message_id),
-                         data={"sequence": query.text(2), "request_status": query.component(13, 1),
-                               "tests": query.text(5), "mode": analyzer.query_mode,
-                               "answer": answer_note(key, mode=analyzer.query_mode, error=reply_error)})
-
-        content = astm_content_key(text)
-        if mapped.results and not mapped.queries:
-            duplicate = self._astm_duplicate(analyzer, content, digest, peer, now)
-            if duplicate is not None:
-                return duplicate
-
-        def before_commit(tx: Tx, message_id: int) -> None:
-            tx.add_inbound_key(message_id=message_id, analyzer=analyzer.name, sending_application=mapped.sender,
-                               sending_facility="", control_id="", content_sha256=content)
-            if mapped.queries:
-                audit_queries(tx, message_id)
-
-        try:
-            outcome = self.store_mapped(analyzer, protocol="astm", raw=raw, digest=digest, peer=peer,
-                                        sender=mapped.sender, results=mapped.results, problems=mapped.problems,
-                                        now=now, before_commit=before_commit)
+            return self._store_decoded(analyzer, item, raw=raw, digest=digest, peer=peer, now=now,
+                                       confirmed_id=confirmed_id)
         except StoreError:
             raise
-        except LabmwError as exc:  # rolled back; keep the bytes and the reason, visibly rejected
-            return self.store_rejected(analyzer, protocol="astm", raw=raw, digest=digest, peer=peer,
-                                       reason=f"{type(exc).__name__}: {exc}", now=now)
-        return replace(outcome, replies=tuple(replies))
+        except Exception as exc:  # noqa: BLE001 - the intake boundary: rolled back, kept as rejected
+            failed = Rejected(protocol=item.protocol, event="intake_failed", reason=f"{type(exc).__name__}: {exc}",
+                              error_type=type(exc).__name__, kind="E", error_code="207", context=item.context)
+            return self.store_rejected(analyzer, failed, raw=raw, digest=digest, peer=peer, now=now)
 
-    def _astm_duplicate(self, analyzer: AnalyzerSettings, content: str, digest: str, peer: str,
-                        now: datetime) -> Outcome | None:
-        """A resend of a message already stored (its final ACK was lost): audited, ACKed, not stored again."""
+    def store_rejected(self, analyzer: AnalyzerSettings, item: Rejected, *, raw: bytes, digest: str, peer: str,
+                       now: datetime) -> Outcome:
+        """Keep a message's raw bytes and audit why it was not taken (one commit)."""
         with self.store.transaction(now) as tx:
-            original = tx.message_with_content(analyzer=analyzer.name, content_sha256=content,
-                                               since=now - DUPLICATE_WINDOW)
-            if original is None:
-                return None
-            tx.audit("duplicate_message", analyzer=analyzer.name, ref=str(original),
-                     data={"protocol": "astm", "sha256": digest, "peer": peer, "original_message_id": original})
-        return Outcome(message_id=original, results=0, queued=0, held=0, problems=0, duplicate=True)
+            message_id = tx.add_message(analyzer=analyzer.name, protocol=item.protocol, peer=peer, raw=raw,
+                                        sha256=digest, outcome="rejected")
+            data: dict[str, Any] = {"sha256": digest, "bytes": len(raw), "peer": peer, "protocol": item.protocol,
+                                    "reason": item.reason}
+            if item.error_type:
+                data["error_type"] = item.error_type
+            tx.audit(item.event, analyzer=analyzer.name, ref=str(message_id), data=data)
+        return Outcome(message_id=message_id, problems=1, rejected_reason=item.reason)
 
-    def _answer_queries(self, analyzer: AnalyzerSettings, queries: Sequence[Record]) -> tuple[list[bytes], str]:
-        """The reply messages for ``queries`` per the analyzer's query mode, and why none could be built."""
-        if not queries:
-            return [], ""
-        name = self.settings.lis.sending_application if self.settings.lis else "LABMW"
-        try:
-            return answer_queries(queries, sender_name=name, mode=analyzer.query_mode, encoding=analyzer.encoding), ""
-        except CodecError as exc:
-            return [], str(exc)
-
-    def store_mapped(self, analyzer: AnalyzerSettings, *, protocol: str, raw: bytes, digest: str, peer: str,
-                     sender: str, results: Sequence[Result], problems: Sequence[str], now: datetime,
-                     before_commit: Callable[[Tx, int], None] | None = None) -> Outcome:
-        """Store a decoded message's results with their evaluations, queue entries and audit events.
-
-        Shared by every inbound protocol. ``before_commit(tx, message_id)`` lets a protocol add its
-        own rows (e.g. HL7 duplicate keys) to the same transaction.
-
-        Raises:
-            StoreError: nothing was committed.
-        """
+    def _store_decoded(self, analyzer: AnalyzerSettings, item: Decoded, *, raw: bytes, digest: str, peer: str,
+                       now: datetime, confirmed_id: int | None) -> Outcome:
         with self.store.transaction(now) as tx:
-            message_id = tx.add_message(analyzer=analyzer.name, protocol=protocol, peer=peer, raw=raw,
+            earlier = self._resend_of(tx, analyzer, item.resend, now, confirmed_id)
+            if earlier.duplicate_of is not None:
+                tx.audit("duplicate_message", analyzer=analyzer.name, ref=str(earlier.duplicate_of),
+                         data={"protocol": item.protocol, "sha256": digest, "bytes": len(raw), "peer": peer,
+                               "control_id": item.resend.control_id if item.resend else "",
+                               "original_message_id": earlier.duplicate_of})
+                return Outcome(message_id=earlier.duplicate_of, duplicate=True)
+            message_id = tx.add_message(analyzer=analyzer.name, protocol=item.protocol, peer=peer, raw=raw,
                                         sha256=digest, outcome="accepted")
+            results = item.results
             tx.audit("message_received", analyzer=analyzer.name, ref=str(message_id),
-                     data={"sha256": digest, "bytes": len(raw), "peer": peer, "protocol": protocol,
-                           "sender": sender, "results": len(results),
+                     data={"sha256": digest, "bytes": len(raw), "peer": peer, "protocol": item.protocol,
+                           "sender": item.sender, "results": len(results),
                            "specimens": sorted({r.specimen_id for r in results if r.specimen_id}),
-                           "patients": sorted({r.patient_id for r in results if r.patient_id})})
-            for problem in problems:
-                tx.audit("mapping_problem", analyzer=analyzer.name, ref=str(message_id), data={"problem": problem})
+                           "patients": sorted({r.patient_id for r in results if r.patient_id}),
+                           **({"problems": list(item.problems)} if item.problems else {})})
+            for note in item.notes:
+                tx.audit(note.event, analyzer=analyzer.name, specimen=note.specimen, ref=str(message_id),
+                         data=note.data)
+            if earlier.reused_by is not None and item.resend is not None:
+                tx.audit("control_id_reused", analyzer=analyzer.name, ref=str(message_id),
+                         data={"control_id": item.resend.control_id, "sender": item.sender,
+                               "earlier_message_id": earlier.reused_by, "level": "warning"})
             queued = held = 0
-            for result in results:
-                if self._store_result(tx, analyzer, message_id, digest, result):
+            prejudged = item.prejudged or (None,) * len(results)
+            for result, evaluation in zip(results, prejudged, strict=True):
+                if self._store_result(tx, analyzer, message_id, digest, result, evaluation):
                     held += 1
                 else:
                     queued += 1
-            if before_commit is not None:
-                before_commit(tx, message_id)
+            if item.resend is not None:
+                key = item.resend
+                tx.add_inbound_key(message_id=message_id, analyzer=analyzer.name,
+                                   sending_application=key.sending_application or item.sender,
+                                   sending_facility=key.sending_facility, control_id=key.control_id,
+                                   content_sha256=key.content)
         return Outcome(message_id=message_id, results=len(results), queued=queued, held=held,
-                       problems=len(problems))
+                       problems=len(item.problems), replies=item.replies)
 
-    def store_rejected(self, analyzer: AnalyzerSettings, *, protocol: str, raw: bytes, digest: str, peer: str,
-                       reason: str, now: datetime) -> Outcome:
-        """Keep an undecodable message's raw bytes and audit why it was rejected (one commit)."""
-        with self.store.transaction(now) as tx:
-            message_id = tx.add_message(analyzer=analyzer.name, protocol=protocol, peer=peer, raw=raw, sha256=digest,
-                                        outcome="rejected")
-            tx.audit("message_rejected", analyzer=analyzer.name, ref=str(message_id),
-                     data={"sha256": digest, "bytes": len(raw), "peer": peer, "protocol": protocol, "reason": reason})
-        return Outcome(message_id=message_id, results=0, queued=0, held=0, problems=1, rejected_reason=reason)
+    def _resend_of(self, tx: Tx, analyzer: AnalyzerSettings, key: ResendKey | None, now: datetime,
+                   confirmed_id: int | None) -> _Earlier:
+        if key is None or key.scope == "record":
+            return _Earlier()
+        if key.scope == "link":
+            last = tx.last_inbound_key(analyzer=analyzer.name)
+            if last is None:
+                return _Earlier()
+            message_id, content, received_at = last
+            resend = content == key.content and received_at >= now - ASTM_RESEND_WINDOW and message_id != confirmed_id
+            return _Earlier(duplicate_of=message_id if resend else None)
+        earlier = tx.inbound_keys(analyzer=analyzer.name, sending_application=key.sending_application,
+                                  sending_facility=key.sending_facility, control_id=key.control_id,
+                                  since=now - DUPLICATE_WINDOW)
+        same = next((message_id for message_id, h in earlier if h == key.content), None)
+        return _Earlier(duplicate_of=same, reused_by=earlier[0][0] if earlier and same is None else None)
 
-    def _store_result(self, tx: Tx, analyzer: AnalyzerSettings, message_id: int, digest: str, result: Result) -> bool:
-        """Evaluate, store, audit and queue (or hold) one result; returns True when held."""
-        method_name = analyzer.map.get(result.test_code)
-        method = self.settings.methods.get(method_name) if method_name else None
+    def _method(self, analyzer: AnalyzerSettings, result: Result) -> Method | None:
+        name = analyzer.map.get(result.test_code)
+        return self.settings.methods.get(name) if name else None
+
+    def _store_result(self, tx: Tx, analyzer: AnalyzerSettings, message_id: int, digest: str, result: Result,
+                      evaluation: Evaluation | None) -> bool:
+        """Evaluate (unless done off the thread), store, audit and queue (or hold) one result; True when held."""
+        method = self._method(analyzer, result)
         corrected = (tx.corrected_result(analyzer=analyzer.name, specimen=result.specimen_id,
                                          test_code=result.test_code)
                      if result.status == "C" and result.specimen_id else None)
-        previous = self._previous(tx, result, method)
-        try:
-            evaluation = evaluate(result, method, previous=previous, related=self._related(tx, result, method))
-        except RuleError as exc:
-            # A rule that cannot be applied as configured: hold the result for a person, say why.
-            evaluation = Evaluation(method=method.name if method else None, hold=True,
-                                    notes=(f"rules could not be applied, held for review: {exc}",),
-                                    decisions=(Decision(rule="engine", outcome="error", inputs={"error": str(exc)}),))
+        previous: PreviousResult | None = None
+        if evaluation is None:
+            try:
+                previous = self._previous(tx, result, method)
+                related = self._related(tx, result, method)
+            except (ArithmeticError, ValueError) as exc:
+                # A time no window can be computed from (year 1, say): the history cannot be read,
+                # so the result cannot be judged: held for a person with the reason.
+                evaluation = _held_evaluation(method, f"history could not be read: {type(exc).__name__}: {exc}")
+            else:
+                evaluation = judge(result, method, previous=previous, related=related)
         if not result.status:
             evaluation = replace(evaluation, notes=(*evaluation.notes, NO_STATUS_NOTE))
         state = "held" if evaluation.hold else "queued"
@@ -209,13 +271,15 @@ class Pipeline:
                      data={"replaces_result_id": corrected[0], "earlier_value": corrected[1],
                            "value": result.raw_value, "test_code": result.test_code})
         who = {"analyzer": analyzer.name, "specimen": result.specimen_id, "patient": result.patient_id}
-        tx.audit("result_received", **who, ref=str(result_id),
-                 data={"message_id": message_id, "sha256": digest, "test_code": result.test_code,
-                       "raw_value": result.raw_value, "units": result.units,
-                       "instrument_flags": list(result.instrument_flags), "status": result.status,
-                       "collected_at": _iso(result.collected_at), "completed_at": _iso(result.completed_at)})
-        tx.audit("result_evaluated", **who, ref=str(result_id), data=_evaluation_record(evaluation, previous))
+        # One event per result: what arrived, how the rules judged it and where it went (CLINICAL.md
+        # 6.2 wants the rule inputs and the decision; one row keeps them together and the trail small).
+        received: dict[str, Any] = {
+            "message_id": message_id, "sha256": digest, "test_code": result.test_code,
+            "raw_value": result.raw_value, "units": result.units, "instrument_flags": list(result.instrument_flags),
+            "status": result.status, "collected_at": _iso(result.collected_at),
+            "completed_at": _iso(result.completed_at), "evaluation": _evaluation_record(evaluation, previous)}
         if evaluation.hold:
+            tx.audit("result_received", **who, ref=str(result_id), data={**received, "state": "held"})
             tx.audit("result_held", **who, ref=str(result_id), data={"notes": list(evaluation.notes)})
             return True
         cid = control_id(self.store.install_id, result_id)
@@ -225,10 +289,12 @@ class Pipeline:
             # Not sendable as it stands (e.g. no test code for OBX-3): visibly held, never dropped.
             note = f"cannot build the message for the LIS, held for review: {exc}"
             tx.hold_result(result_id, notes=(*evaluation.notes, note))
+            tx.audit("result_received", **who, ref=str(result_id), data={**received, "state": "held"})
             tx.audit("result_held", **who, ref=str(result_id), data={"notes": [note]})
             return True
         outbox_id = tx.enqueue(result_id=result_id, control_id=cid, payload=payload)
-        tx.audit("result_queued", **who, ref=cid, data={"outbox_id": outbox_id, "result_id": result_id})
+        tx.audit("result_received", **who, ref=str(result_id),
+                 data={**received, "state": "queued", "outbox_id": outbox_id, "control_id": cid})
         return False
 
     def _previous(self, tx: Tx, result: Result, method: Method | None) -> PreviousResult | None:
@@ -246,7 +312,7 @@ class Pipeline:
         """The patient's other analytes around this collection, for the Hy's-law note (when enabled)."""
         rule = method.hys_law if method is not None else None
         at = result.collected_at or result.completed_at
-        if rule is None or not rule.enabled or not result.patient_id or at is None:
+        if method is None or rule is None or not rule.enabled or not result.patient_id or at is None:
             return []
         related = []
         hours = float(rule.window_hours)
@@ -258,6 +324,40 @@ class Pipeline:
                 related.append(RelatedResult(analyte=other.analyte, value=value, uln=uln, collected_at=collected,
                                              method=name, specimen_id=specimen))
         return related
+
+
+@dataclass(frozen=True, slots=True)
+class _Earlier:
+    duplicate_of: int | None = None  # message id of the identical earlier message (a resend)
+    reused_by: int | None = None  # message id of an earlier, different message with the same HL7 key
+
+
+def judge(result: Result, method: Method | None, **context: Any) -> Evaluation:
+    """The one place a mapped result is judged: the rules engine, holding on anything it cannot decide.
+
+    ``context`` goes to :func:`labmw.rules.engine.evaluate` as keyword arguments (``previous``,
+    ``related``, and whatever later gates need). Pure; raises nothing: a rule that cannot be applied
+    as configured, or a value no rule foresaw (a 40-digit number), holds the result for a person.
+    """
+    try:
+        return evaluate(result, method, **context)
+    except Exception as exc:  # noqa: BLE001 - fail closed (PRODUCT.md): never released by default
+        return _held_evaluation(method, f"{type(exc).__name__}: {exc}")
+
+
+def _held_evaluation(method: Method | None, error: str) -> Evaluation:
+    return Evaluation(method=method.name if method else None, hold=True,
+                      notes=(f"rules could not be applied, held for review: {error}",),
+                      decisions=(Decision(rule="engine", outcome="error", inputs={"error": error}),))
+
+
+def _needs_history(result: Result, method: Method | None) -> bool:
+    """Whether judging ``result`` reads the patient's earlier results (delta check, Hy's law)."""
+    if method is None or not result.patient_id or (result.collected_at or result.completed_at) is None:
+        return False
+    delta = method.delta_window_days is not None and result.value is not None
+    hys = method.hys_law is not None and method.hys_law.enabled
+    return delta or hys
 
 
 NO_STATUS_NOTE = "the instrument sent no result status: treated and forwarded as final (F)"

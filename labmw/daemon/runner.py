@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,6 +49,8 @@ class StoreRunner:
         self.store: Store = self._blocking(lambda: Store.open(path))
         self.batches = 0
         self.batched_jobs = 0
+        # Called on the store thread with the seconds each group commit took (the metrics histogram).
+        self.on_commit: Callable[[float], None] | None = None
 
     def _blocking(self, fn: Callable[[], T]) -> T:
         job = _Job(fn=fn, loop=None, future=None, batch=False)
@@ -103,7 +106,10 @@ class StoreRunner:
                 else:
                     pending.append(nxt)  # type: ignore[arg-type]
                     break
+            started = time.perf_counter()
             self._run_batch(batch)
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - started)
             _finish(batch)
 
     def _run_batch(self, batch: list[_Job]) -> None:

@@ -136,7 +136,8 @@ def parse_astm_datetime(text: str) -> datetime | None:
     # Date-only and minute-precision stamps are real (Omnilab, Pentra): pad to midnight / :00.
     d = match.group(1).ljust(14, "0")
     try:
-        return datetime(int(d[0:4]), int(d[4:6]), int(d[6:8]), int(d[8:10]), int(d[10:12]),
+        # E1394 timestamps carry no zone: the analyzer's local time, kept naive on purpose.
+        return datetime(int(d[0:4]), int(d[4:6]), int(d[6:8]), int(d[8:10]), int(d[10:12]),  # noqa: DTZ001
                         int(d[12:14]))
     except ValueError:
         return None

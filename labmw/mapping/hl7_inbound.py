@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from labmw.errors import CodecError, MappingError
@@ -104,7 +104,7 @@ class _Er7:
         chars = text[4:].split(self.field_sep, 1)[0]
         if len(chars) < 4 or len(set(chars[:4] + self.field_sep)) != 5:
             raise CodecError(f"MSH-2 must hold four distinct encoding characters, got {chars[:8]!r}")
-        self.component, self.repetition, self.escape, self.sub = chars[:4]
+        self.component, self.repetition, self.escape, self.sub = chars[0], chars[1], chars[2], chars[3]
         self.segments = [self._fields(line) for line in _lines(text, lf_segments, self.field_sep)]
 
     def _fields(self, line: str) -> list[str]:
@@ -412,7 +412,7 @@ def _result(er7: _Er7, obx: list[str], number: int, value_type: str, analyzer: s
 
 def _structured_numeric(er7: _Er7, raw_field: str) -> tuple[str | None, Decimal | None]:
     """SN (2.A.72) ``comparator^num1^separator^num2``: only a single number gets a value."""
-    parts = er7.components(raw_field.split(er7.repetition, 1)[0]) + ["", "", "", ""]
+    parts = [*er7.components(raw_field.split(er7.repetition, 1)[0]), "", "", "", ""]
     comparator, number, separator, second = (p.strip() for p in parts[:4])
     if separator or second:
         return None, None  # a range (10^-^20) or ratio (1^:^128) is no single reading

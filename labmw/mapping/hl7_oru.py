@@ -121,6 +121,7 @@ def build_oru(
 def _observation_id(result: Result, method: Method | None) -> str:
     """OBX-3 / OBR-4 (CE): LOINC first when known, the instrument's local code as alternate."""
     code = escape(result.test_code)
+    parts: tuple[str, ...]
     if method is not None and method.loinc:
         parts = (escape(method.loinc), escape(method.analyte), "LN", code, code, "L")
     else:

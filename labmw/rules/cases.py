@@ -222,9 +222,9 @@ def _mismatches(case: Case, evaluation: Evaluation) -> tuple[str, ...]:
         if any(text in note for note in evaluation.notes):
             found.append(f"notes: one contains {text!r}, expected none to")
     for rule, outcome in case.decisions.items():
-        got = [d.outcome for d in evaluation.decisions if d.rule == rule]
-        if outcome not in got:
-            found.append(f"decision {rule}: expected {outcome!r}, got {', '.join(got) or 'none'}")
+        outcomes = [d.outcome for d in evaluation.decisions if d.rule == rule]
+        if outcome not in outcomes:
+            found.append(f"decision {rule}: expected {outcome!r}, got {', '.join(outcomes) or 'none'}")
     return tuple(found)
 
 
@@ -235,7 +235,8 @@ def _case(key: str, item: Any, default_at: datetime) -> Case:
         if name not in _CASE_KEYS:
             expected = ", ".join(sorted(_CASE_KEYS))
             raise RuleError(f"{key}.{name}: unknown key (expected one of {expected})")
-    flags, hold = item.get("flags"), item.get("hold")
+    flags: Any = item.get("flags")  # checked just below
+    hold = item.get("hold")
     if not _strings(flags):
         raise RuleError(f"{key}.flags: required, expected a list of flags ([] for none)")
     if not isinstance(hold, bool):

@@ -15,7 +15,7 @@ class Draft:
     delta rule that fires sets it). ``notes`` become NTE segments, ``decisions`` audit entries.
     """
 
-    __slots__ = ("decisions", "hold", "method", "notes", "range_flag", "scale_flag", "delta_flag")
+    __slots__ = ("decisions", "delta_flag", "hold", "method", "notes", "range_flag", "scale_flag")
 
     def __init__(self, method: str | None) -> None:
         self.method = method

@@ -14,6 +14,7 @@ Pure: stdlib and ``labmw.model`` / ``labmw.errors`` / ``labmw.rules`` only.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -40,7 +41,7 @@ def validate_grading(grading: Grading) -> None:
         raise RuleError(
             f"grading {grading.scheme}: expected positive boundaries, got {_list(bounds)}"
         )
-    if any(b >= c for b, c in zip(bounds, bounds[1:], strict=False)):
+    if any(b >= c for b, c in itertools.pairwise(bounds)):
         raise RuleError(
             f"grading {grading.scheme}: expected increasing boundaries, got {_list(bounds)}"
         )

@@ -157,6 +157,23 @@ def ensure_private_dir(path: Path) -> None:
         raise StoreError(f"cannot create data directory {path}: {exc.strerror}") from None
 
 
+def _give_to_directory_owner(path: Path) -> None:
+    """As root in the service's data directory (a CLI edit, `audit verify`), leave its files the service's.
+
+    Otherwise a -wal or -shm file root created while the daemon was stopped would be root's 0600,
+    and the service (user labmw, see systemd/labmw.sysusers) could no longer open its own database.
+    """
+    if os.geteuid() != 0:
+        return
+    owner = path.parent.stat()
+    if owner.st_uid == 0:
+        return
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        side = path.with_name(name)
+        if side.exists() and side.stat().st_uid != owner.st_uid:
+            os.chown(side, owner.st_uid, owner.st_gid)
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) the database at ``path`` and bring its schema up to date.
 
@@ -176,6 +193,10 @@ def connect(path: Path) -> sqlite3.Connection:
         # 5 s: long enough for a CLI edit holding the write lock, short of the analyzer's 15 s reply timer.
         conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            # A new database: freed pages can go back to the file system after a retention purge
+            # (must be set before the first table exists; older files are converted at their first purge).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsynced at every commit, so "committed" means "on disk" before we ACK.
         conn.execute("PRAGMA synchronous=FULL")
@@ -185,6 +206,7 @@ def connect(path: Path) -> sqlite3.Connection:
             side = path.with_name(path.name + suffix)
             if side.exists():
                 os.chmod(side, 0o600)
+        _give_to_directory_owner(path)
         return conn
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open database {path}: {exc}") from None

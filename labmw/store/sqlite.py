@@ -20,9 +20,10 @@ from typing import Any
 from labmw.errors import StoreError
 from labmw.model import Evaluation, PreviousResult, Result
 from labmw.store import audit as audit_log
+from labmw.store import ops_stats, retention
 from labmw.store.audit import AuditEvent, Verification
-from labmw.store.db import connect, transaction
 from labmw.store.browse import Browse
+from labmw.store.db import connect, transaction
 from labmw.store.users import Users
 
 
@@ -170,6 +171,15 @@ class Tx:
             "SELECT message_id FROM inbound_keys WHERE analyzer = ? AND content_sha256 = ? AND received_at >= ?"
             " ORDER BY id DESC LIMIT 1", (analyzer, content_sha256, since.isoformat())).fetchone()
         return int(row[0]) if row else None
+
+    def last_inbound_key(self, *, analyzer: str) -> tuple[int, str, datetime] | None:
+        """(message_id, content hash, received at) of the last message stored from ``analyzer``."""
+        row = self._conn.execute(
+            "SELECT message_id, content_sha256, received_at FROM inbound_keys WHERE analyzer = ?"
+            " ORDER BY id DESC LIMIT 1", (analyzer,)).fetchone()
+        if row is None:
+            return None
+        return int(row[0]), str(row[1]), datetime.fromisoformat(row[2])
 
     def inbound_keys(self, *, analyzer: str, sending_application: str, sending_facility: str, control_id: str,
                      since: datetime) -> list[tuple[int, str]]:
@@ -413,6 +423,40 @@ class Store:
                 outbox_id = tx.enqueue(result_id=result_id, control_id=control_id, payload=payload)
                 tx.audit("result_queued", actor=actor, ref=control_id, **who,
                          data={"outbox_id": outbox_id, "result_id": result_id})
+
+    def ops_marks(self) -> tuple[int, int]:
+        """(last result id, last audit seq): the start of "since the daemon started" for the metrics."""
+        return ops_stats.marks(self._conn)
+
+    def ops_snapshot(self, *, since: tuple[int, int], now: datetime) -> dict[str, Any]:
+        """Queue age, held results by gate, results and holds since ``since`` (see :mod:`ops_stats`)."""
+        return ops_stats.snapshot(self._conn, since=since, now=now)
+
+    def unnotified_criticals(self, *, received_before: datetime) -> int:
+        """Critical results received before the time that have not reached the LIS (the alert loop)."""
+        return ops_stats.unnotified_criticals(self._conn, received_before=received_before)
+
+    def retention_plan(self, cutoff: datetime) -> dict[str, Any]:
+        """What :meth:`purge_older_than` would remove (see :mod:`labmw.store.retention`)."""
+        try:
+            return retention.plan(self._conn, cutoff)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot plan the retention purge: {exc}") from exc
+
+    def purge_older_than(self, cutoff: datetime, *, now: datetime, actor: str) -> dict[str, Any]:
+        """Remove finished results and raw messages older than ``cutoff``, audited; then give space back."""
+        with self.transaction(now) as tx:
+            summary = retention.purge(self._conn, cutoff,
+                                      lambda data: tx.audit("retention_purged", actor=actor, data=data))
+        try:
+            summary["pages_freed"] = retention.give_space_back(self._conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"purged, but the space could not be given back: {exc}") from exc
+        return summary
+
+    def probe_writable(self) -> None:
+        """Raises StoreError unless the write lock can be taken (the metrics /healthz check)."""
+        ops_stats.probe_writable(self._conn)
 
     def counts(self) -> dict[str, int]:
         """Queue depth and held results, for `labmw status`."""

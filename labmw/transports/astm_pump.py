@@ -13,14 +13,16 @@ a timeout), the engine's output is written after every input *and* every timer.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 
 from labmw.config import AnalyzerSettings
-from labmw.daemon.pipeline import Outcome
-from labmw.errors import StoreError, WireError
+from labmw.errors import WireError
+from labmw.model import Outcome
 from labmw.wire.astm_events import (
+    AckConfirmed,
     BytesIgnored,
     ContentionYielded,
     DuplicateFrame,
@@ -39,8 +41,12 @@ log = structlog.get_logger(__name__)
 # handle(text, raw) commits one message; audit_discard(reason, text) records an incomplete transfer.
 HandleMessage = Callable[[bytes, bytes], Awaitable[Outcome]]
 AuditDiscard = Callable[[str, bytes], Awaitable[None]]
+# confirmed(message_id): the analyzer provably received our ACK of that stored message.
+Confirmed = Callable[[int], None]
 
 READ_SIZE = 65536
+SLICE = 1024  # bytes fed to the engine between two yields to the event loop
+PACE_MAX = 0.05  # seconds: the longest pause between two slices of one read
 
 
 def make_link(analyzer: AnalyzerSettings) -> AstmLink:
@@ -50,8 +56,12 @@ def make_link(analyzer: AnalyzerSettings) -> AstmLink:
 
 
 async def pump_astm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, analyzer: AnalyzerSettings,
-                    handle: HandleMessage, audit_discard: AuditDiscard, stats: dict[str, float] | None = None) -> None:
-    """Serve one ASTM link until the peer closes it. Never raises for anything the peer sends."""
+                    handle: HandleMessage, audit_discard: AuditDiscard, stats: dict[str, float] | None = None,
+                    confirmed: Confirmed | None = None) -> str:
+    """Serve one ASTM link until the peer closes it; return how it ended ("closed by peer", ...).
+
+    Never raises for anything the peer sends.
+    """
     loop = asyncio.get_running_loop()
     link = make_link(analyzer)
     stats = stats if stats is not None else {}
@@ -64,71 +74,111 @@ async def pump_astm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
                 data = await asyncio.wait_for(reader.read(READ_SIZE), max(0.0, deadline - loop.time()))
         except TimeoutError:
             link.handle_timer(loop.time())
-            await _drain(link, handle, audit_discard, stats)
+            await _drain(link, handle, audit_discard, stats, confirmed)
             await _write(link, writer)
             continue
         except OSError as exc:
             log.info("analyzer_connection_error", error=str(exc))
-            data = b""
+            data, ended = b"", f"connection error: {type(exc).__name__}"
+        else:
+            ended = "closed by peer"
         if not data:
             # The connection is gone: for the receiver this ends the transfer like an EOT, so a
             # partial message is discarded and audited rather than silently lost. A transfer of
             # ours cannot go on either: what is queued is lost with the connection.
+            # (That EOT is ours, not the peer's: it confirms no ACK.)
             if link.state in ("RECEIVING", "REJECTING"):
                 link.receive_data(EOT, loop.time())
-                await _drain(link, handle, audit_discard, stats)
+                await _drain(link, handle, audit_discard, stats, None)
             for text in link.pending_messages:
                 log.warning("astm_send_failed", reason="connection closed", requeued=False, bytes=len(text))
-            return
-        try:
-            link.receive_data(data, loop.time())
-        except WireError as exc:
-            log.warning("astm_link_error", error=str(exc))
-            return
-        await _drain(link, handle, audit_discard, stats)
-        await _write(link, writer)
+            return ended
+        # In slices, yielding between them: a peer that pipelines thousands of tiny frames into one
+        # read must not hold the event loop (every other analyzer, the forwarder) for the whole read.
+        # A conforming sender waits for our reply to each frame, so its reads hold one frame; a
+        # read of many slices is a pipelining peer, paced to a quarter of the loop's time (it waits
+        # three times what its last slice cost) so that it cannot starve the store thread either.
+        spent = 0.0
+        for start in range(0, len(data), SLICE):
+            if start:
+                await asyncio.sleep(min(PACE_MAX, spent * 3))
+            begun = time.perf_counter()
+            try:
+                link.receive_data(data[start : start + SLICE], loop.time())
+            except WireError as exc:
+                log.warning("astm_link_error", error=str(exc))
+                return f"link error: {exc}"
+            spent = time.perf_counter() - begun
+            await _drain(link, handle, audit_discard, stats, confirmed)
+            await _write(link, writer)
 
 
 async def _write(link: AstmLink, writer: asyncio.StreamWriter) -> None:
     out = link.data_to_send()
     if out:
         writer.write(out)
-        await writer.drain()
+        # A write to a peer that reset the connection fails here; the next read then ends the pump.
+        try:
+            await writer.drain()
+        except OSError as exc:
+            log.info("analyzer_connection_error", error=str(exc))
 
 
-async def _drain(link: AstmLink, handle: HandleMessage, audit_discard: AuditDiscard, stats: dict[str, float]) -> None:
+async def _drain(link: AstmLink, handle: HandleMessage, audit_discard: AuditDiscard, stats: dict[str, float],
+                 confirmed: Confirmed | None) -> None:
     """Process every pending engine event; commit messages before their ACK is released."""
     while True:
         received: list[MessageReceived] = []
+        # Repeated frame events (a flood NAKed frame by frame) make one log line with a count.
+        repeats: dict[tuple[type, str], int] = {}
         while (event := link.next_event()) is not None:
+            if isinstance(event, FrameRejected | DuplicateFrame | BytesIgnored):
+                key = (type(event), getattr(event, "reason", "") or getattr(event, "state", ""))
+                repeats[key] = repeats.get(key, 0) + 1
+                if repeats[key] > 1:
+                    continue
             if isinstance(event, MessageReceived):
                 received.append(event)
+            elif isinstance(event, AckConfirmed):
+                if confirmed is not None:
+                    confirmed(event.token)
             elif isinstance(event, MessageDiscarded):
                 log.warning("astm_transfer_incomplete", reason=event.reason, bytes=len(event.text))
                 await audit_discard(event.reason, event.text)
             else:
                 _log_event(event)
+        for (kind, detail), count in repeats.items():
+            if count > 1:
+                log.warning("astm_frame_events_repeated", kind=kind.__name__, detail=detail, count=count)
         if not received:
             return
         replies: list[bytes] = []
-        try:
-            for message in received:
+        refused, last_id = "", 0
+        for message in received:
+            try:
                 outcome = await handle(message.text, message.raw)
-                replies += outcome.replies
-                stats["messages"] = stats.get("messages", 0) + 1
-                stats["results"] = stats.get("results", 0) + outcome.results
-                log.info("astm_message_stored", message_id=outcome.message_id, results=outcome.results,
-                         queued=outcome.queued, held=outcome.held, problems=outcome.problems,
-                         replies=len(outcome.replies))
-        except StoreError as exc:
+            except Exception as exc:
+                log.exception("astm_handle_failed", bytes=len(message.raw))
+                outcome = Outcome(stored=False, rejected_reason=f"{type(exc).__name__}: {exc}")
+            if not outcome.stored:
+                refused = outcome.rejected_reason or "not stored"
+                break
+            replies += outcome.replies
+            stats["messages"] = stats.get("messages", 0) + 1
+            stats["results"] = stats.get("results", 0) + outcome.results
+            last_id = outcome.message_id
+            log.info("astm_message_stored", message_id=outcome.message_id, results=outcome.results,
+                     queued=outcome.queued, held=outcome.held, problems=outcome.problems,
+                     replies=len(outcome.replies), duplicate=outcome.duplicate)
+        if refused:
             # Not durable, so not acknowledged: the NAK makes the analyzer send the frame again.
             # Replies to messages stored before the failure are dropped with them: the analyzer
             # repeats those messages, and their queries, after the NAK.
-            log.error("astm_message_not_stored", error=str(exc))
-            link.message_failed(str(exc))
+            log.error("astm_message_not_stored", error=refused)
+            link.message_failed(refused)
         else:
             # ACK first, then queue the replies: they go out once the analyzer's session ends.
-            link.message_committed()
+            link.message_committed(token=last_id)
             for reply in replies:
                 link.send_message(reply, now=asyncio.get_running_loop().time())
         # Committing may release buffered bytes that produce further events: loop.

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from labmw.config import AnalyzerSettings
+from labmw.transports.connections import Activity, eviction_victim
 from labmw.transports.tls import server_context
 
 log = structlog.get_logger(__name__)
@@ -49,17 +50,26 @@ class Endpoint:
         self.analyzer = analyzer
         self.handle = handle
         self.writers: set[Any] = set()
+        #: Each live stream's counters (bytes, messages, last activity), by its writer.
+        self.activity: dict[Any, Activity] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         raise NotImplementedError
 
     async def _serve(self, reader: Any, writer: Any, peer: str) -> None:
+        now = _monotonic()
+        activity = Activity(peer=peer, opened_at=now, last_at=now)
         self.writers.add(writer)
+        self.activity[writer] = activity
         try:
-            await self.handle(reader, writer, peer)
+            await self.handle(_CountingReader(reader, activity), writer, peer)
         finally:
             self.writers.discard(writer)
+            self.activity.pop(writer, None)
+
+    def activity_of(self, writer: Any) -> Activity | None:
+        return self.activity.get(writer)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -67,7 +77,7 @@ class Endpoint:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         for writer in list(self.writers):
-            writer.close()
+            _end(writer, self.activity.get(writer), "service stopping")
 
     @property
     def peers(self) -> list[str]:
@@ -84,7 +94,7 @@ class TcpServerEndpoint(Endpoint):
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        assert self.analyzer.listen is not None  # noqa: S101 - config validation guarantees it
+        assert self.analyzer.listen is not None
         tls = server_context(self.analyzer.tls) if self.analyzer.tls else None
         self.server = await asyncio.start_server(self._accept, self.analyzer.listen.host, self.analyzer.listen.port,
                                                  limit=2**20, ssl=tls, ssl_handshake_timeout=30 if tls else None)
@@ -97,9 +107,17 @@ class TcpServerEndpoint(Endpoint):
             await self.refuse(peer, "peer address not in the analyzer's allow list")
             return
         if len(self.writers) >= self.analyzer.max_connections:
-            writer.close()
-            await self.refuse(peer, f"already {len(self.writers)} connections (max_connections)")
-            return
+            victim = eviction_victim(self.activity.values(), _monotonic())
+            if victim is None:
+                writer.close()
+                await self.refuse(peer, f"already {len(self.writers)} busy connections (max_connections)")
+                return
+            # A full listener makes room: the idlest connection goes, so a real analyzer gets in.
+            for old, activity in list(self.activity.items()):
+                if activity is victim:
+                    log.warning("analyzer_connection_evicted", analyzer=self.analyzer.name, peer=victim.peer,
+                                for_peer=peer)
+                    _end(old, victim, "evicted: idle while the listener was full (max_connections)")
         await self._serve(reader, writer, peer)
 
     async def stop(self) -> None:
@@ -115,7 +133,7 @@ class TcpClientEndpoint(Endpoint):
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        assert self.analyzer.connect is not None  # noqa: S101 - config validation guarantees it
+        assert self.analyzer.connect is not None
         delay = RECONNECT_INITIAL
         target = self.analyzer.connect
         while True:
@@ -186,7 +204,7 @@ class SerialStream:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
         self._waiter = ready
-        loop.add_reader(self._fd, lambda: ready.done() or ready.set_result(None))
+        loop.add_reader(self._fd, lambda: None if ready.done() else ready.set_result(None))
         try:
             await ready
         finally:
@@ -227,6 +245,34 @@ class SerialStream:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.device if name == "peername" else default
+
+
+class _CountingReader:
+    """A reader that notes every byte read in the connection's :class:`Activity`."""
+
+    def __init__(self, reader: Any, activity: Activity) -> None:
+        self._reader = reader
+        self.activity = activity
+
+    async def read(self, n: int = -1) -> bytes:
+        data: bytes = await self._reader.read(n)
+        self.activity.saw(len(data), _monotonic())
+        return data
+
+
+def _monotonic() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _end(writer: Any, activity: Activity | None, reason: str) -> None:
+    """Close a stream on purpose, saying why (the connection's end is audited with that reason)."""
+    if activity is not None and not activity.ended:
+        activity.ended = reason
+    transport = getattr(writer, "transport", None)
+    if transport is not None:
+        transport.abort()  # do not wait for a silent peer to read what is buffered
+    else:
+        writer.close()
 
 
 def _peer(writer: Any) -> str:

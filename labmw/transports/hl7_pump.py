@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import structlog
 
 from labmw.config import AnalyzerSettings
-from labmw.wire.hl7_codec import build_ack
+from labmw.wire.hl7_codec import unaddressed_ack
 from labmw.wire.mllp import BlockReceived, BlockTooLarge, JunkDiscarded, MllpFramer, frame
 
 log = structlog.get_logger(__name__)
@@ -33,29 +32,12 @@ HandleMessage = Callable[[bytes], Awaitable[bytes]]
 READ_SIZE = 65536
 # MLLP release 2 commit replies (HL7.md 1.1): meaningless from an analyzer, answered by nobody.
 _MLLP2_REPLIES = (b"\x06", b"\x15")
-# The MSH of a message we could not read: an ACK to it has empty MSH-3..6 and MSA-2 (HL7.md 1.3 #4).
-_UNKNOWN_MSH = "|".join(("MSH", "^~\\&", *[""] * 8, "P", "2.5.1")).encode("ascii") + b"\r"
-
-
-def new_control_id() -> str:
-    """A fresh MSH-10 for an ACK we originate (20 characters, the v2.5.1 ST limit of MSH-10)."""
-    return "A" + uuid.uuid4().hex[:19]
-
-
-def unaddressed_ack(code: str, *, text: str, error_code: str, now: datetime, encoding: str = "utf-8") -> bytes:
-    """A negative ACK when there is no readable MSH to answer: MSA-2 empty, ERR-3 ``error_code``.
-
-    Inputs: table 0008 ``code`` (AE/AR), MSA-3/ERR-8 ``text``, table 0357 ``error_code``, an aware
-    ``now``. Output: the ACK message bytes (no MLLP framing). Raises: nothing for valid codes.
-    """
-    return build_ack(_UNKNOWN_MSH, code, text=text, error_code=error_code, control_id=new_control_id(), now=now,
-                     encoding=encoding)
 
 
 async def pump_hl7(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, analyzer: AnalyzerSettings,
                    handle: HandleMessage, block_timeout: float | None = None,
-                   idle_timeout: float | None = None) -> None:
-    """Serve one analyzer connection until the peer closes it (then return).
+                   idle_timeout: float | None = None) -> str:
+    """Serve one analyzer connection until the peer closes it; return how it ended.
 
     Inputs: the stream pair; the analyzer (``max_message_bytes`` caps a block); ``handle``, awaited
     once per block in order, returning the unframed ACK (``b""``: send nothing). ``block_timeout``:
@@ -63,7 +45,7 @@ async def pump_hl7(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *
     default the analyzer's ``frame_timeout``), before the connection is dropped; ``idle_timeout``: seconds
     without any byte before closing (None: keep idle connections, analyzers reconnect rarely).
     Raises: nothing for peer input or socket errors. If ``handle`` raises, the error is logged and
-    the connection closed without an ACK, so the sender will send the message again.
+    answered AE (ERR-3 207), so the sender will send the message again.
     """
     _keepalive(writer)
     framer = MllpFramer(max_size=analyzer.max_message_bytes)
@@ -84,17 +66,17 @@ async def pump_hl7(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *
         except TimeoutError:
             if framer.pending_bytes:
                 log.warning("hl7_block_timeout", pending_bytes=framer.pending_bytes, timeout_s=timeout)
-            else:
-                log.info("hl7_idle_timeout", timeout_s=timeout)
-            return
+                return "block timeout"
+            log.info("hl7_idle_timeout", timeout_s=timeout)
+            return "idle timeout"
         except OSError as exc:
             log.info("analyzer_connection_error", error=str(exc))
-            return
+            return f"connection error: {type(exc).__name__}"
         if not data:
             if framer.pending_bytes:
                 # The sender gave up mid-block; it was never ACKed, so it will be sent again.
                 log.warning("hl7_incomplete_block_dropped", pending_bytes=framer.pending_bytes)
-            return
+            return "closed by peer"
         for event in framer.feed(data):
             if isinstance(event, JunkDiscarded):
                 log.info("hl7_junk_discarded", count=event.count)
@@ -102,10 +84,10 @@ async def pump_hl7(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *
                 log.warning("hl7_message_too_large", size=event.size, limit=analyzer.max_message_bytes)
                 text = f"message larger than {analyzer.max_message_bytes} bytes"
                 await _send(writer, unaddressed_ack("AE", text=text, error_code="207", now=datetime.now(UTC)))
-                return  # the tail of the block may still be in flight: resynchronising is guesswork
+                return "message too large"  # the tail of the block may still be in flight: resynchronising is guesswork
             elif isinstance(event, BlockReceived):
                 if not await _answer(writer, event.payload, handle):
-                    return
+                    return "write failed"
 
 
 async def _answer(writer: asyncio.StreamWriter, payload: bytes, handle: HandleMessage) -> bool:
@@ -115,9 +97,10 @@ async def _answer(writer: asyncio.StreamWriter, payload: bytes, handle: HandleMe
         return True
     try:
         ack = await handle(payload)
-    except Exception:  # the per-connection boundary (STYLE.md 7.3): no ACK, close, the sender resends
+    except Exception:
         log.exception("hl7_handle_failed", bytes=len(payload))
-        return False
+        ack = unaddressed_ack("AE", text="message not stored, send it again", error_code="207",
+                              now=datetime.now(UTC))
     if not ack:
         return True
     return await _send(writer, ack)

@@ -61,7 +61,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     # The per-request boundary: log the bug (no patient data: the path and the error type only).
-    log.exception("web_request_failed", path=request.url.path, error=type(exc).__name__)
+    log.error("web_request_failed", path=request.url.path, error=type(exc).__name__, exc_info=exc)
     return ctx_of(request).error(request, None, 500, "Error",
                                  f"labmw could not show this page ({type(exc).__name__}); this is a bug")
 

@@ -107,6 +107,18 @@ class ContentionYielded:
     """The instrument bid (ENQ) while we awaited the reply to ours: we ACKed it and now receive."""
 
 
+@dataclass(frozen=True, slots=True)
+class AckConfirmed:
+    """The sender went on (EOT or its next frame) promptly after our ACK of a committed message.
+
+    So that ACK arrived: an identical message later on this link is a new one, not a resend of a
+    message whose final ACK was lost (ASTM.md 5.4). ``token`` is what the pump passed to
+    :meth:`AstmLink.message_committed` (the stored message's id).
+    """
+
+    token: int
+
+
 #: Any event :meth:`AstmLink.next_event` can return.
 Event: TypeAlias = (
     LinkEstablished
@@ -121,4 +133,5 @@ Event: TypeAlias = (
     | SendFailed
     | FrameRefused
     | ContentionYielded
+    | AckConfirmed
 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -272,10 +273,11 @@ _BETWEEN_BYTES = frozenset({STX_BYTE, EOT_BYTE, ENQ_BYTE, ACK_BYTE, NAK_BYTE})  
 # Frames are the hot path: the reader builds them without the frozen dataclass's __init__ (an
 # object.__setattr__ per field, then __post_init__); the slot descriptors set the same fields.
 _new_object = object.__new__
-_set_raw = Frame.raw.__set__  # type: ignore[attr-defined]
-_set_end = Frame.end.__set__  # type: ignore[attr-defined]
-_set_text = Frame.text.__set__  # type: ignore[attr-defined]
-_set_clean = Frame._clean.__set__  # type: ignore[attr-defined]
+# (read from the class dict: attribute access on the class gives mypy the field's type, not the descriptor's).
+_set_raw: Callable[[Frame, bytes], None] = vars(Frame)["raw"].__set__
+_set_end: Callable[[Frame, int], None] = vars(Frame)["end"].__set__
+_set_text: Callable[[Frame, bytes], None] = vars(Frame)["text"].__set__
+_set_clean: Callable[[Frame, bool], None] = vars(Frame)["_clean"].__set__
 
 
 class FrameReader:
@@ -355,7 +357,7 @@ class FrameReader:
             byte = buf[pos]
             if state == _TRAILER_CR:
                 self._state = _TRAILER_LF if byte == CR_BYTE else _BETWEEN
-                if byte == CR_BYTE or byte == LF_BYTE:
+                if byte in (CR_BYTE, LF_BYTE):
                     self._pos = pos + 1
                 continue
             if state == _TRAILER_LF:

@@ -51,6 +51,12 @@ INTERRUPT_DELAY = 15.0  #: after we honoured a receiver interrupt (or until the 
 RETRY_DELAY = 10.0
 #: Refusals of one frame, and failed tries (bids and transfers) of one message, before giving up.
 MAX_TRIES = 6
+#: A sender that got our ACK answers it at once (EOT or its next frame); one whose ACK was lost
+#: waits out its 15 s reply timer first. A reply within this many seconds confirms the ACK.
+CONFIRM_WITHIN = 5.0
+#: Bounds on one transfer phase, whatever its messages' sizes (a sender that never sends ETX must
+#: not grow our memory): complete messages held back until the next ETX frame, and frames.
+MAX_TRANSFER_MESSAGES = 256
 
 
 class Input(enum.Enum):
@@ -181,20 +187,30 @@ class _Transfer:
         self.last_fn, self.expected_fn = fn, (fn + 1) % 8
 
     def take_messages(self) -> list[ev.MessageReceived]:
-        """Cut the complete messages off the front; the newest frame ended the last of them."""
+        """Cut the complete messages off the front; the newest frame ended the last of them.
+
+        One pass over frames and ends together (both are in text order): linear in their number.
+        """
         messages: list[ev.MessageReceived] = []
-        start, newest = 0, len(self.frames) - 1
+        frames, start, newest = self.frames, 0, len(self.frames) - 1
+        first = 0  # the first frame that may overlap the current message
         for number, end in enumerate(self.ends):
+            while first < len(frames) and frames[first][1] <= start:
+                first += 1
             # The frames whose text overlaps the message. The completing frame always counts:
             # its text is empty when the L record came in an ETB frame.
-            carriers = [i for i, (s, e, _) in enumerate(self.frames) if s < end and e > start]
-            if number == len(self.ends) - 1 and newest not in carriers:
+            carriers, index = [], first
+            while index < len(frames) and frames[index][0] < end:
+                if frames[index][1] > start:
+                    carriers.append(index)
+                index += 1
+            if number == len(self.ends) - 1 and newest not in carriers[-1:]:
                 carriers.append(newest)
-            raw = b"".join(self.frames[i][2] for i in carriers)
+            raw = b"".join(frames[i][2] for i in carriers)
             messages.append(ev.MessageReceived(bytes(self.text[start:end]), raw))
             start = end
         del self.text[:start]
-        self.frames = [(s - start, e - start, r) for (s, e, r) in self.frames if e > start]
+        self.frames = [(s - start, e - start, r) for (s, e, r) in frames if e > start]
         self.ends = []
         return messages
 
@@ -245,6 +261,10 @@ class AstmLink:
                                      "must be positive")
         self._policy = checksum_policy
         self._max_message = max_message_bytes
+        # Frames of one transfer: enough for the largest message in the smallest legal frames
+        # (240 text bytes); each held frame costs its raw bytes plus ~100 bytes of bookkeeping.
+        self._max_frames = max_message_bytes // f.LEGACY_MAX_TEXT + 64
+        self._unconfirmed: tuple[int, float] | None = None  # (token, time) of our last commit ACK
         self._timeout = frame_timeout
         self._reader = f.FrameReader(max_text=max_frame_text)  # raises on max_frame_text < 1
         # While awaiting a commit we only buffer. A conforming sender waits for our reply, so one
@@ -342,13 +362,16 @@ class AstmLink:
         self._expire(now)
         self._settle()
 
-    def message_committed(self) -> None:
+    def message_committed(self, token: int | None = None) -> None:
         """Report that every emitted message is durably stored: ACK the completing frame.
 
-        The bytes buffered meanwhile are then processed (with the latest ``now`` seen).
-        Raises :class:`LocalProtocolError` if no message awaits a commit.
+        The bytes buffered meanwhile are then processed (with the latest ``now`` seen). With a
+        ``token`` (the stored message's id), ``AckConfirmed(token)`` follows once the sender's
+        prompt reply shows that the ACK arrived. Raises :class:`LocalProtocolError` if no message
+        awaits a commit.
         """
         self._fire(_Step(Input.COMMITTED))
+        self._unconfirmed = (token, self._now) if token is not None else None
         self._process()
         self._settle()
 
@@ -367,7 +390,22 @@ class AstmLink:
     def _process(self) -> None:
         while self._state != AWAITING_COMMIT and (token := self._reader.next_token()) is not None:
             step = self._step_for(token)
+            if self._unconfirmed is not None and self._state == RECEIVING:
+                self._confirm(step)
             self._fire(self._judge_reply(step) if self._state == SENDING else step)
+
+    def _confirm(self, step: _Step) -> None:
+        """After our ACK of a committed message: did the sender's next move show that it arrived?"""
+        assert self._unconfirmed is not None  # internal invariant (checked by the caller)
+        token, acked_at = self._unconfirmed
+        if step.input is Input.FRAME_DUPLICATE:
+            self._unconfirmed = (token, self._now)  # our ACK was lost; the repeat gets a new one
+        elif step.input in (Input.EOT, Input.FRAME_GOOD, Input.FRAME_COMPLETES, Input.MESSAGE_TOO_LARGE):
+            self._unconfirmed = None
+            if self._now - acked_at <= CONFIRM_WITHIN:
+                self._events.append(ev.AckConfirmed(token))
+        elif step.input is not Input.JUNK:
+            self._unconfirmed = None
 
     def _settle(self) -> None:
         """Idle with messages queued: bid now, or arm the timer for the end of the hold-off."""
@@ -425,8 +463,15 @@ class AstmLink:
                 return _Step(Input.FRAME_DUPLICATE, fn=fn, tolerated=tolerated)
             reason = f"unexpected frame number {fn} (expected {rx.expected_fn})"
             return _Step(Input.FRAME_BAD, fn=fn, reason=reason)
-        if len(rx.text) - (rx.ends[-1] if rx.ends else 0) + len(frame.text) > self._max_message:
-            return _Step(Input.MESSAGE_TOO_LARGE, fn=fn, reason=f"message exceeds {self._max_message} bytes")
+        # Everything held for this transfer counts, not only the open message: complete messages in
+        # ETB frames wait for the next ETX, so a sender that never sends one must still be bounded.
+        if len(rx.text) + len(frame.text) > self._max_message:
+            return _Step(Input.MESSAGE_TOO_LARGE, fn=fn, reason=f"transfer exceeds {self._max_message} bytes")
+        if len(rx.frames) >= self._max_frames:
+            return _Step(Input.MESSAGE_TOO_LARGE, fn=fn, reason=f"transfer exceeds {self._max_frames} frames")
+        if len(rx.ends) >= MAX_TRANSFER_MESSAGES:
+            return _Step(Input.MESSAGE_TOO_LARGE, fn=fn,
+                         reason=f"transfer exceeds {MAX_TRANSFER_MESSAGES} messages without an ETX frame")
         final = frame.final
         scan = f.scan_records(frame.text, head=rx.head, delimiter=rx.delimiter, final=final)
         kind = Input.FRAME_COMPLETES if final and (rx.ends or scan.ends) else Input.FRAME_GOOD
@@ -455,6 +500,7 @@ class AstmLink:
     def _establish(self, step: _Step) -> None:
         # ENQ: reply ACK, expect FN 1, start the frame-wait timer (ASTM.md §6 item 3).
         self._rx = _Transfer()
+        self._unconfirmed = None
         self._events.append(ev.LinkEstablished())
         self._reply(f.ACK)
 

@@ -20,7 +20,7 @@ Rules followed (docs/ASTM.md §2.1-2.2 and §6 items 16-17):
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from labmw.errors import CodecError
@@ -336,9 +336,11 @@ def decode_message(text: bytes, encoding: str = "latin-1") -> list[Record]:
 _DEFAULT_DELIMITERS = Delimiters()
 _DEFAULT_DECLARATION = "".join(_DEFAULT_DELIMITERS.as_tuple())
 _new_object = object.__new__
-_set_fields = Record.fields.__set__  # type: ignore[attr-defined]
-_set_delimiters = Record.delimiters.__set__  # type: ignore[attr-defined]
-_set_split = Record._split.__set__  # type: ignore[attr-defined]
+# The slot descriptors, read from the class dict: attribute access on the class would give mypy the
+# instance type of the field, not the descriptor.
+_set_fields: Callable[[Record, tuple[str, ...]], None] = vars(Record)["fields"].__set__
+_set_delimiters: Callable[[Record, Delimiters], None] = vars(Record)["delimiters"].__set__
+_set_split: Callable[[Record, dict[int, tuple[tuple[str, ...], ...]] | None], None] = vars(Record)["_split"].__set__
 
 
 def build_record(values: Sequence[FieldValue], delimiters: Delimiters = Delimiters()) -> Record:

@@ -10,6 +10,7 @@ error condition codes).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -326,3 +327,24 @@ def _join(field_sep: str, *fields: str) -> str:
     while len(values) > 1 and values[-1] == "":
         values.pop()
     return field_sep.join(values)
+
+
+# The MSH of a message we could not read: an ACK to it has empty MSH-3..6 and MSA-2 (HL7.md 1.3 #4).
+_UNKNOWN_MSH = "|".join(("MSH", "^~\\&", *[""] * 8, "P", "2.5.1")).encode("ascii") + b"\r"
+
+
+def new_control_id() -> str:
+    """A fresh MSH-10 for an ACK we originate (20 characters, the v2.5.1 ST limit of MSH-10)."""
+    return "A" + uuid.uuid4().hex[:19]
+
+
+def unaddressed_ack(code: str, *, text: str, error_code: str, now: datetime, encoding: str = "utf-8",
+                    control_id: str | None = None) -> bytes:
+    """A negative ACK when there is no readable MSH to answer: MSA-2 empty, ERR-3 ``error_code``.
+
+    Inputs: table 0008 ``code`` (AE/AR), MSA-3/ERR-8 ``text``, table 0357 ``error_code``, an aware
+    ``now``; ``control_id`` our MSH-10 (a fresh one when None). Output: the ACK message bytes (no
+    MLLP framing). Raises: nothing for valid codes.
+    """
+    return build_ack(_UNKNOWN_MSH, code, text=text, error_code=error_code,
+                     control_id=control_id or new_control_id(), now=now, encoding=encoding)

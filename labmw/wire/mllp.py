@@ -71,7 +71,7 @@ class MllpFramer:
     *skipping* (dropping the tail of an oversized block up to its FS CR or the next VT).
     """
 
-    __slots__ = ("_max_size", "_buffer", "_state", "_fs_pending")
+    __slots__ = ("_buffer", "_fs_pending", "_max_size", "_state")
 
     _HUNTING = "hunting"
     _IN_BLOCK = "in-block"

@@ -101,10 +101,12 @@ def test_status_help() -> None:
 
 
 def test_status_json_is_the_daemons_object(config: Path, daemon: _Daemon) -> None:
-    """`status --json` prints exactly the object the daemon answered."""
+    """`status --json` prints the object the daemon answered, and that it is running with this file."""
     result = invoke(config, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == STATUS
+    reply = json.loads(result.stdout)
+    assert {k: v for k, v in reply.items() if k in STATUS} == STATUS
+    assert reply["running"] is True and reply["config_error"] is None and reply["config_drift"] is None
 
 
 def test_status_for_people_shows_every_part(config: Path, daemon: _Daemon) -> None:

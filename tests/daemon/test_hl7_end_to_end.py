@@ -21,8 +21,9 @@ import peers
 from peers import MllpLis, daemon, free_port, labmw, wait_until
 
 from labmw.config import AnalyzerSettings, Settings
-from labmw.daemon.hl7_intake import Hl7Intake, ack_code
-from labmw.daemon.pipeline import Pipeline
+from inline_runner import make_intake, receive
+
+from labmw.daemon.hl7_adapter import ack_code
 from labmw.mapping.hl7_inbound import Hl7Header
 from labmw.model import Method, RangeRule
 from labmw.store import Store
@@ -130,7 +131,7 @@ T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 
 
 class Rig:
-    """A Store in tmp_path, a Pipeline with a settable clock, and one Hl7Intake."""
+    """A Store in tmp_path, a Pipeline with a settable clock, and the analyzer's intake."""
 
     def __init__(self, tmp_path: Path, analyzer: AnalyzerSettings = ANALYZER) -> None:
         self.now = T0
@@ -138,12 +139,12 @@ class Rig:
         self.store = Store.open(self.path)
         settings = Settings(path=tmp_path / "lab.toml", data_dir=tmp_path, methods={"ALT-T": ALT},
                             analyzers={analyzer.name: analyzer})
-        self.intake = Hl7Intake(Pipeline(settings, self.store, clock=lambda: self.now))
+        self.intake = make_intake(settings, self.store, analyzer, clock=lambda: self.now)
         self.analyzer = analyzer
 
     def send(self, payload: bytes) -> bytes:
         """The ACK the intake returns for ``payload``."""
-        return self.intake.handle(self.analyzer, payload, "127.0.0.1:5000")
+        return receive(self.intake, payload).answer
 
     def count(self, table: str) -> int:
         """Rows in ``table``, read through a separate connection (what is committed)."""

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from lis_peers import ScriptedLis
 from peers import ENQ, EOT, alt_message, astm_frame, free_port, labmw
 
+from inline_runner import make_intake, receive
+
 from labmw.config import load
-from labmw.daemon.hl7_intake import Hl7Intake
-from labmw.daemon.pipeline import Outcome, Pipeline
 from labmw.errors import CodecError, WireError
 from labmw.store import Store
 from labmw.wire.astm_events import MessageReceived
@@ -67,11 +67,12 @@ def _fuzz_config(config: Path) -> Path:
 
 
 def test_mutated_astm_captures_through_link_and_pipeline_raise_nothing_untyped(tmp_path: Path, lab: MakeLab) -> None:
-    """Link engine + pipeline with a real store: the link raises only WireError, handle_astm only StoreError."""
+    """Link engine + intake with a real store: the link raises only WireError, the intake nothing; every
+    message is stored (accepted or rejected) and none needs the intake's last-resort ``intake_failed``."""
     settings_ = load(_fuzz_config(lab(free_port(), free_port())))
     store = Store.open(tmp_path / "fuzz.sqlite3")
-    pipeline = Pipeline(settings_, store)
     analyzer = settings_.analyzers["c501"]
+    intake = make_intake(settings_, store, analyzer)
 
     @FUZZ
     @given(chunks=astm_streams(), policy=st.sampled_from(["strict", "warn", "ignore"]))
@@ -86,13 +87,14 @@ def test_mutated_astm_captures_through_link_and_pipeline_raise_nothing_untyped(t
                 return  # typed: the pump logs it and closes the connection
             while (event := link.next_event()) is not None:
                 if isinstance(event, MessageReceived):
-                    outcome = pipeline.handle_astm(analyzer, event.text, event.raw, "127.0.0.1:1")
-                    assert isinstance(outcome, Outcome) and outcome.message_id > 0
+                    outcome = receive(intake, event.raw, "127.0.0.1:1", text=event.text)
+                    assert outcome.stored and outcome.message_id > 0
                     link.message_committed()
             link.data_to_send()
 
     try:
         run()
+        assert [e.data for e in store.audit_events() if e.event == "intake_failed"] == []
     finally:
         store.close()
 
@@ -127,13 +129,15 @@ def test_mutated_hl7_messages_through_the_intake_always_get_an_answer(tmp_path: 
     tune(config, "analyzers.c501", protocol="hl7")
     settings_ = load(config)
     store = Store.open(tmp_path / "fuzz.sqlite3")
-    intake = Hl7Intake(Pipeline(settings_, store))
     analyzer = settings_.analyzers["c501"]
+    intake = make_intake(settings_, store, analyzer)
 
     @FUZZ
     @given(payload=hl7_payloads())
     def run(payload: bytes) -> None:
-        ack = intake.handle(analyzer, payload, "127.0.0.1:1")
+        outcome = receive(intake, payload, "127.0.0.1:1")
+        assert outcome.stored
+        ack = outcome.answer
         if ack and _sane_delimiters(payload):
             # Read as latin-1: the ACK may echo the sender's own bytes (MSH-3/4 into MSH-5/6); what
             # matters is that the sender can read MSA-1.
@@ -141,6 +145,7 @@ def test_mutated_hl7_messages_through_the_intake_always_get_an_answer(tmp_path: 
 
     try:
         run()
+        assert [e.data for e in store.audit_events() if e.event == "intake_failed"] == []
     finally:
         store.close()
 

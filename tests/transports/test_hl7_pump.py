@@ -12,7 +12,8 @@ import hl7.mllp
 from structlog.testing import capture_logs
 
 from labmw.config import AnalyzerSettings
-from labmw.transports.hl7_pump import pump_hl7, unaddressed_ack
+from labmw.transports.hl7_pump import pump_hl7
+from labmw.wire.hl7_codec import unaddressed_ack
 from labmw.wire.hl7_codec import Ack, build_ack, parse_ack
 from labmw.wire.mllp import BlockReceived, MllpFramer, frame
 
@@ -240,18 +241,24 @@ def test_idle_connection_is_kept_unless_an_idle_timeout_is_set() -> None:
     asyncio.run(scenario())
 
 
-def test_handle_failure_closes_without_an_ack() -> None:
-    """If handle raises, no ACK is sent (the sender will resend) and the connection is closed."""
-    async def broken(payload: bytes) -> bytes:
-        raise RuntimeError("store thread died")
+def test_handle_failure_answers_ae_and_keeps_the_connection() -> None:
+    """If handle raises, the sender gets AE 207 (it will resend) and the connection keeps serving."""
+    calls: list[bytes] = []
+
+    async def broken_once(payload: bytes) -> bytes:
+        calls.append(payload)
+        if len(calls) == 1:
+            raise RuntimeError("store thread died")
+        return b"MSH|^~\\&|LABMW||MX||20261125||ACK^R01^ACK|A1|P|2.5.1\rMSA|AA|M2\r"
 
     async def scenario() -> None:
-        async with Server(broken) as server:
+        async with Server(broken_once) as server:
             reader, writer = await server.connect()
             with capture_logs() as logs:
-                writer.write(frame(oru("M1")))
+                writer.write(frame(oru("M1")) + frame(oru("M2")))
                 await writer.drain()
-                assert await closed(reader)
+                first, second = await read_acks(reader, 2)
+            assert (first.code, second.code) == ("AE", "AA")
             assert any(e["event"] == "hl7_handle_failed" for e in logs)
             writer.close()
 

@@ -131,8 +131,9 @@ def test_allow_list_refuses_and_audits_other_peers(tmp_path: Path) -> None:
                    what="the refusal in the audit trail")
 
 
-def test_connections_beyond_max_connections_are_refused_and_audited(tmp_path: Path) -> None:
-    """A listener holds at most max_connections; one more is closed at once and audited, the others keep working."""
+def test_a_full_listener_evicts_the_idlest_connection_and_refuses_only_when_all_are_busy(tmp_path: Path) -> None:
+    """At max_connections a newcomer takes the slot of the oldest silent connection (audited
+    connection_closed, "evicted"); only when every connection is busy is it refused (audited)."""
     analyzer_port = free_port()
     config = configure(tmp_path, free_port(), free_port())
     labmw(config, "analyzer", "add", "capped", "--protocol", "astm", "--transport", "tcp-server", "--listen",
@@ -142,22 +143,38 @@ def test_connections_beyond_max_connections_are_refused_and_audited(tmp_path: Pa
         status = json.loads(labmw(config, "status", "--json").stdout)
         return next(a["connections"] for a in status["analyzers"] if a["name"] == "capped")
 
+    def audit(event: str) -> list[dict[str, object]]:
+        return json.loads(labmw(config, "audit", "list", "--event", event, "--json").stdout)  # type: ignore[no-any-return]
+
     with daemon(config, wait_port=analyzer_port):
         wait_until(lambda: connections() == 0, what="the start-up probe connection to be gone")
         held = [socket.create_connection(("127.0.0.1", analyzer_port), timeout=5) for _ in range(2)]
         wait_until(lambda: connections() == 2, what="two connections held")
+        newcomer = socket.create_connection(("127.0.0.1", analyzer_port), timeout=5)
+        newcomer.sendall(ENQ)
+        assert newcomer.recv(1) == ACK, "the newcomer is served"
+        try:
+            evicted = held[0].recv(1)
+        except ConnectionResetError:
+            evicted = b""
+        assert evicted == b"", "the oldest silent connection made room"
+        held[1].sendall(ENQ)
+        assert held[1].recv(1) == ACK, "the other connection within the limit is served"
+        # Both live connections are busy now: a fourth is refused.
         with socket.create_connection(("127.0.0.1", analyzer_port), timeout=5) as extra:
             try:
                 answer = extra.recv(1)
             except ConnectionResetError:
                 answer = b""
-            assert answer == b"", "the third connection is closed"
-        held[0].sendall(ENQ)
-        assert held[0].recv(1) == ACK, "the connections within the limit are served"
-        for sock in held:
+            assert answer == b"", "the fourth connection is closed"
+        for sock in (*held, newcomer):
             sock.close()
-        refused = json.loads(labmw(config, "audit", "list", "--event", "connection_refused", "--json").stdout)
-        assert refused and "max_connections" in refused[0]["data"]["reason"]
+        def evictions() -> list[dict[str, object]]:
+            return [e for e in audit("connection_closed") if str(e["data"]["reason"]).startswith("evicted")]  # type: ignore[index]
+
+        wait_until(lambda: evictions() and audit("connection_refused"), what="the eviction and the refusal audited")
+        assert len(evictions()) == 1
+        assert "max_connections" in audit("connection_refused")[0]["data"]["reason"]  # type: ignore[index]
 
 
 def test_sighup_adds_an_analyzer_and_keeps_existing_connections(tmp_path: Path) -> None:

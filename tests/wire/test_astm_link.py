@@ -351,7 +351,7 @@ def test_message_over_the_size_limit_is_discarded_and_the_transfer_refused() -> 
     part = frame(2, b"R|1|" + b"9" * 80 + b"\r", final=False)
     events = play(link, [(">>", ENQ), ("<<", ACK), (">>", frame(1, H, final=False)), ("<<", ACK),
                          (">>", part), ("<<", NAK), (">>", part), ("<<", NAK), (">>", EOT)])  # fmt: skip
-    assert MessageDiscarded("message exceeds 100 bytes", H) in events
+    assert MessageDiscarded("transfer exceeds 100 bytes", H) in events
     assert link.state == IDLE and received(events) == []
     again = play(link, [(">>", ENQ), ("<<", ACK), (">>", frame(1, H + L)), ("<<", ACK)])
     assert again[-1] == MessageReceived(H + L, frame(1, H + L)[:-2])

@@ -1,0 +1,88 @@
+"""Retention: raw messages and results older than ``service.retention_years`` leave the database.
+
+What goes: results that are finished (delivered to the LIS, or rejected by a person) whose message
+arrived before the cut-off, their delivered outbox rows, the messages none of whose results stay,
+and the HL7 duplicate keys of that age. What stays: everything still on its way or waiting for a
+person (queued, held, dead-lettered: nothing is lost to a purge), and the whole audit trail, which is
+append-only and hash-chained. The purge itself is an audit event (``retention_purged``) holding the
+cut-off, the counts and a SHA-256 over the removed ids, chained like every other event, so
+`labmw audit verify` passes afterwards and shows when and what was purged.
+
+Space goes back to the file system with incremental vacuum: a database created before it was turned
+on is converted by one full VACUUM at its first purge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from datetime import datetime
+from typing import Any
+
+FINISHED = ("delivered", "rejected")
+_OLD_RESULTS = (
+    "SELECT r.id, r.message_id FROM results r JOIN messages m ON m.id = r.message_id "
+    f"WHERE m.received_at < ? AND r.state IN ({', '.join(repr(s) for s in FINISHED)}) ORDER BY r.id")
+
+
+def plan(conn: sqlite3.Connection, cutoff: datetime) -> dict[str, Any]:
+    """What a purge at ``cutoff`` would remove (nothing is changed)."""
+    found = _select(conn, cutoff)
+    return {"cutoff": cutoff.isoformat(), "results": len(found["results"]), "messages": len(found["messages"]),
+            "inbound_keys": found["inbound_keys"], "kept_unfinished": found["kept_unfinished"]}
+
+
+def purge(conn: sqlite3.Connection, cutoff: datetime, audit: Any) -> dict[str, Any]:
+    """Remove what :func:`plan` names, inside the caller's transaction; ``audit(data)`` records it."""
+    found = _select(conn, cutoff)
+    results, messages = found["results"], found["messages"]
+    for chunk in _chunks(results):
+        marks = ",".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM outbox WHERE result_id IN ({marks})", chunk)
+        conn.execute(f"UPDATE results SET superseded_by = NULL WHERE superseded_by IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM results WHERE id IN ({marks})", chunk)
+    keys = conn.execute("DELETE FROM inbound_keys WHERE received_at < ?", (cutoff.isoformat(),)).rowcount
+    for chunk in _chunks(messages):
+        marks = ",".join("?" * len(chunk))
+        keys += conn.execute(f"DELETE FROM inbound_keys WHERE message_id IN ({marks})", chunk).rowcount
+        conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
+    digest = hashlib.sha256((",".join(map(str, results)) + "|" + ",".join(map(str, messages))).encode()).hexdigest()
+    summary = {"cutoff": cutoff.isoformat(), "results": len(results), "messages": len(messages),
+               "inbound_keys": keys, "kept_unfinished": found["kept_unfinished"],
+               "first_result_id": results[0] if results else None, "last_result_id": results[-1] if results else None,
+               "removed_ids_sha256": digest}
+    audit(summary)
+    return summary
+
+
+def give_space_back(conn: sqlite3.Connection) -> int:
+    """Return free pages to the file system (outside any transaction); returns the pages freed."""
+    before = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2 = INCREMENTAL
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")  # needed once for the setting to take; it also frees every page
+    else:
+        conn.execute("PRAGMA incremental_vacuum")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return int(before) - int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def _select(conn: sqlite3.Connection, cutoff: datetime) -> dict[str, Any]:
+    at = cutoff.isoformat()
+    rows = conn.execute(_OLD_RESULTS, (at,)).fetchall()
+    results = [int(r[0]) for r in rows]
+    candidates = sorted({int(r[1]) for r in rows} | {int(r[0]) for r in conn.execute(
+        "SELECT id FROM messages m WHERE received_at < ? AND NOT EXISTS "
+        "(SELECT 1 FROM results r WHERE r.message_id = m.id)", (at,))})
+    gone = set(results)
+    messages = [m for m in candidates if all(int(r[0]) in gone for r in conn.execute(
+        "SELECT id FROM results WHERE message_id = ?", (m,)))]
+    kept = conn.execute(
+        "SELECT count(*) FROM results r JOIN messages m ON m.id = r.message_id WHERE m.received_at < ? AND "
+        f"r.state NOT IN ({', '.join(repr(s) for s in FINISHED)})", (at,)).fetchone()[0]
+    keys = conn.execute("SELECT count(*) FROM inbound_keys WHERE received_at < ?", (at,)).fetchone()[0]
+    return {"results": results, "messages": messages, "inbound_keys": int(keys), "kept_unfinished": int(kept)}
+
+
+def _chunks(ids: list[int], size: int = 500) -> list[list[int]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
