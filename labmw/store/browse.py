@@ -69,10 +69,17 @@ class Browse:
 
     def evaluation(self, result_id: int, specimen: str) -> dict[str, Any] | None:
         """The ``result_evaluated`` record of a result: every rule decision with its inputs."""
+        # The evaluation is its own result_evaluated event in older trails, part of result_received since
+        # the one intake (data.evaluation).
         row = self._conn.execute(
-            "SELECT data FROM audit WHERE specimen = ? AND event = 'result_evaluated' AND ref = ?"
-            " ORDER BY seq DESC LIMIT 1", (specimen, str(result_id))).fetchone()
-        return json.loads(row["data"]) if row is not None else None
+            "SELECT event, data FROM audit WHERE specimen = ? AND ref = ? AND event IN"
+            " ('result_evaluated', 'result_received') ORDER BY event = 'result_evaluated' DESC, seq DESC LIMIT 1",
+            (specimen, str(result_id))).fetchone()
+        if row is None:
+            return None
+        data = json.loads(row["data"])
+        found = data if row["event"] == "result_evaluated" else data.get("evaluation")
+        return found if isinstance(found, dict) else None
 
     def history(self, *, patient_id: str, method: str, limit: int = 20) -> list[HistoryPoint]:
         """The patient's numeric results of ``method`` that still stand, oldest first (latest ``limit``)."""

@@ -52,6 +52,13 @@ def _gates(data: str | None) -> list[str]:
         decisions = json.loads(data)["decisions"] if data else []
     except (ValueError, KeyError, TypeError):
         decisions = []
+    return hold_gates(decisions)
+
+
+def hold_gates(decisions: Any) -> list[str]:
+    """:func:`_gates` for already decoded rule decisions (the review workstation's held list uses it too)."""
+    if not isinstance(decisions, list):
+        decisions = []
     names = sorted({str(d.get("rule")) for d in decisions
                     if isinstance(d, dict) and str(d.get("outcome", "")).startswith("hold")})
     return names or [OTHER_GATE]

@@ -16,6 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from labmw.daemon import review
 from labmw.daemon.control import ControlError
 from labmw.errors import LabmwError, StoreError, UsageError
+from labmw.store import ops_stats
 from labmw.store.sqlite import HeldResult
 from labmw.store.users import Session
 from labmw.web.accounts import may
@@ -27,12 +28,8 @@ REFRESH_SECONDS = 15  # the dashboard reloads itself (a meta refresh: no script 
 
 
 def hold_gates(evaluation: dict[str, Any] | None) -> list[str]:
-    """The rules that held a result: decisions whose outcome is a hold, or an engine error."""
-    if evaluation is None:
-        return ["unknown"]
-    gates = [str(d.get("rule")) for d in evaluation.get("decisions", [])
-             if str(d.get("outcome", "")).startswith("hold") or d.get("outcome") == "error"]
-    return gates or ["other"]
+    """The rules that held a result (the same naming as the metrics' held-by-gate figures)."""
+    return ops_stats.hold_gates((evaluation or {}).get("decisions"))
 
 
 async def _held_with_gates(ctx: WebContext) -> list[tuple[HeldResult, list[str]]]:
