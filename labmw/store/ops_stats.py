@@ -28,10 +28,12 @@ def snapshot(conn: sqlite3.Connection, *, since: tuple[int, int], now: datetime)
     oldest = conn.execute("SELECT min(created_at) FROM outbox WHERE state = 'pending'").fetchone()[0]
     age = None if oldest is None else max(0.0, (now - datetime.fromisoformat(oldest)).total_seconds())
     gates: dict[str, int] = {}
-    # The result_evaluated event of each held result, found through the audit's specimen index.
+    # The evaluation of each held result (its result_evaluated or, since the one intake, its result_received
+    # event), found through the audit's specimen index; the first row per result wins.
     rows = conn.execute(
-        "SELECT r.id, a.data FROM results r LEFT JOIN audit a ON a.specimen = r.specimen AND a.event = "
-        "'result_evaluated' AND a.ref = CAST(r.id AS TEXT) WHERE r.state = 'held'")
+        "SELECT r.id, a.data FROM results r LEFT JOIN audit a ON a.specimen = r.specimen AND a.event IN "
+        "('result_evaluated', 'result_received') AND a.ref = CAST(r.id AS TEXT) WHERE r.state = 'held'"
+        " ORDER BY r.id, a.event = 'result_evaluated' DESC")
     seen: set[int] = set()
     for result_id, data in rows:
         if result_id in seen:
@@ -49,8 +51,10 @@ def snapshot(conn: sqlite3.Connection, *, since: tuple[int, int], now: datetime)
 def _gates(data: str | None) -> list[str]:
     """The rules whose decision held the result (outcome "hold", "hold U", ...); [OTHER_GATE] when none says so."""
     try:
-        decisions = json.loads(data)["decisions"] if data else []
-    except (ValueError, KeyError, TypeError):
+        record = json.loads(data) if data else {}
+        # result_received carries the evaluation (data.evaluation) since the one intake.
+        decisions = record.get("evaluation", record)["decisions"] if record else []
+    except (ValueError, KeyError, TypeError, AttributeError):
         decisions = []
     return hold_gates(decisions)
 
