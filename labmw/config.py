@@ -12,6 +12,8 @@ Layout (all sections optional except what the daemon needs to run)::
                       [[methods.NAME.ranges]], [methods.NAME.delta], [[methods.NAME.conversions]],
                       [[methods.NAME.thresholds]], [methods.NAME.grading], [methods.NAME.alt_delta]
                       (+ .significant_change, .implausible_fall, .abrupt_rise), [methods.NAME.hys_law]
+    [web]          listen, session_minutes, max_login_failures, max_address_failures, lockout_minutes,
+                   [web.tls] (labmw web)
 """
 
 from __future__ import annotations
@@ -172,6 +174,25 @@ class AutoverifySettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WebSettings:
+    """The review workstation (``labmw web``; the daemon serves it too when ``[web]`` is present).
+
+    Loopback unless ``listen`` says otherwise; HTTPS when ``tls`` names a certificate and key.
+    ``session_minutes`` is the idle time after which a session ends (automatic logoff, HIPAA
+    164.312(a)(2)(iii)); ``max_login_failures`` failed logins for one name (or
+    ``max_address_failures`` from one address, which several people may share) within
+    ``lockout_minutes`` refuse further attempts until the window has passed.
+    """
+
+    listen: Endpoint = field(default_factory=lambda: Endpoint(host="127.0.0.1", port=8080))
+    tls: TlsSettings | None = None
+    session_minutes: int = 15
+    max_login_failures: int = 5
+    max_address_failures: int = 20
+    lockout_minutes: int = 15
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     path: Path
     data_dir: Path
@@ -188,6 +209,7 @@ class Settings:
     digest: str = ""
     alerts: AlertSettings | None = None
     qc: QcSettings = field(default_factory=QcSettings)  # [qc]: labmw.qc.settings
+    web: WebSettings | None = None
 
     @property
     def db_path(self) -> Path:
@@ -256,15 +278,17 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
     lis = v.lis(lis_tbl) if lis_tbl else None
     autoverify = v.autoverify(v.table(doc, "autoverify"))
     qc = parse_qc(doc.get("qc"), path, methods, analyzers)
+    web_tbl = doc.get("web")
+    web = v.web(web_tbl) if web_tbl is not None else None
     for key in doc:
-        if key not in ("service", "lis", "analyzers", "methods", "alerts", "autoverify", "qc"):
-            raise ConfigError(path, key,
-                              "unknown section (expected service, lis, analyzers, methods, alerts, autoverify or qc)")
+        if key not in ("service", "lis", "analyzers", "methods", "alerts", "autoverify", "qc", "web"):
+            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers, methods, alerts,"
+                                         " autoverify, qc or web)")
     return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
                     analyzers=analyzers, methods=methods, autoverify=autoverify,
                     log_level=v.choice(service, "service.log_level", LOG_LEVELS, default="info"),
                     metrics_listen=v.endpoint(service, "service.metrics_listen"), digest=config_digest(doc),
-                    alerts=v.alerts(doc["alerts"]) if "alerts" in doc else None, qc=qc)
+                    alerts=v.alerts(doc["alerts"]) if "alerts" in doc else None, qc=qc, web=web)
 
 
 def config_digest(doc: Mapping[str, Any]) -> str:
@@ -791,6 +815,19 @@ class _Validator:
             receiving_facility=self.string(tbl, "lis.receiving_facility", default=""),
             tls=self.tls(tbl, "lis.tls", server=False),
             group=self.choice(tbl, "lis.group", LIS_GROUPS, default="specimen"),
+        )
+
+    def web(self, tbl: Any) -> WebSettings:
+        if not isinstance(tbl, Mapping):
+            raise self.fail("web", "expected a table")
+        listen = self.endpoint(tbl, "web.listen")
+        return WebSettings(
+            listen=listen or WebSettings().listen,
+            tls=self.tls(tbl, "web.tls", server=True),
+            session_minutes=self.integer(tbl, "web.session_minutes", default=15, low=1, high=24 * 60),
+            max_login_failures=self.integer(tbl, "web.max_login_failures", default=5, low=1, high=100),
+            max_address_failures=self.integer(tbl, "web.max_address_failures", default=20, low=1, high=1000),
+            lockout_minutes=self.integer(tbl, "web.lockout_minutes", default=15, low=1, high=24 * 60),
         )
 
     def tls(self, tbl: Mapping[str, Any], key: str, *, server: bool) -> TlsSettings | None:

@@ -57,6 +57,10 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "autoverify.texts": ANY_KEY,
     "analyzers.*.tls": frozenset({"ca_file", "cert_file", "key_file", "server_name"}),
     "analyzers.*.map": ANY_KEY,
+    # review workstation (G): `labmw web`, and the daemon when [web] is present
+    "web": frozenset({"listen", "tls", "session_minutes", "max_login_failures", "max_address_failures",
+                      "lockout_minutes"}),
+    "web.tls": frozenset({"ca_file", "cert_file", "key_file", "server_name"}),
     "alerts": frozenset({
         "command", "webhook_url", "timeout_seconds", "check_interval_seconds", "lis_down_minutes",
         "critical_unnotified_minutes", "disk_free_min_mb", "audit_verify_minutes",

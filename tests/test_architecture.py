@@ -31,7 +31,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                "labmw.rules", "labmw.store", "labmw.transports", "labmw.daemon", "structlog", "hl7", "tomlkit"),
     "cli": (*_BASE, "labmw", "labmw.cli", "labmw.config", "labmw.config_edit", "labmw.log", "labmw.wire",
             "labmw.mapping", "labmw.rules", "labmw.store", "labmw.transports", "labmw.daemon", "structlog",
-            "typer", "tomlkit", "serial", "hl7"),
+            "typer", "tomlkit", "serial", "hl7", "labmw.web"),
+    # The review workstation sits beside the CLI at the top: only the CLI imports it.
+    "web": (*_BASE, "labmw.config", "labmw.store", "labmw.daemon", "labmw.web", "structlog", "starlette",
+            "uvicorn", "jinja2", "argon2"),
     "__main__": ("labmw.cli",),
     "__init__": (),
 }

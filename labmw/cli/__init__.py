@@ -122,6 +122,8 @@ def register() -> None:
         run_cmd,
         simulate_cmd,
         status_cmd,
+        user_cmd,
+        web_cmd,
     )
 
     config_cmd.register(app)
@@ -142,6 +144,8 @@ def register() -> None:
                             method_app=config_cmd.method_app)
     qc_cmd.register(app)
     message_cmd.register(app)
+    user_cmd.register(app)
+    web_cmd.register(app)
 
 
 register()

@@ -14,9 +14,9 @@ import itertools
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -415,11 +415,21 @@ class Service:
         }
 
 
-async def serve(settings: Settings, *, accept_broken_trail: bool = False) -> int:
+class Companion(Protocol):
+    """Something served beside the service in the same process (the review workstation of ``[web]``)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def serve(settings: Settings, *, accept_broken_trail: bool = False,
+                companions: Sequence[Callable[[Service], Companion]] = ()) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads); returns the process exit code.
 
     The control socket comes first, so a second daemon for the same data directory stops before
     it binds any analyzer port; READY=1 goes to systemd only once every endpoint is up.
+    ``companions`` are built from the started service, started after it and stopped before it.
     """
     from labmw.daemon import operations
     from labmw.daemon.control import ControlServer
@@ -456,15 +466,22 @@ async def serve(settings: Settings, *, accept_broken_trail: bool = False) -> int
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     watchdog = asyncio.ensure_future(notifier.run_watchdog())
     ops: operations.Operations | None = None
+    running: list[Companion] = []
     try:
         await service.start()
         ops = await operations.start(service)  # metrics, alerts, retention (labmw/daemon/operations.py)
         await asyncio.sleep(0.05)  # let serial endpoints try their device once, so STATUS= can say it failed
+        for make in companions:
+            running.append(make(service))
+            await running[-1].start()
         notifier.ready(service.ready_text())
         await service.wait_stopped()
         notifier.stopping()
     finally:
         watchdog.cancel()
+        for companion in reversed(running):
+            with contextlib.suppress(Exception):
+                await companion.stop()
         if ops is not None:
             await ops.close()
         await service.close()

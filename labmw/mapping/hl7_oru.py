@@ -159,7 +159,7 @@ def _observation_id(result: Result, method: Method | None) -> str:
     if result.test_id and result.protocol == "hl7":
         sent = [escape(part) for part in result.test_id.split(COMPONENT_SEP)]
         if method is not None and method.loinc:
-            sent = [escape(method.loinc), escape(method.analyte), "LN", *(sent + ["", ""])[:3]]
+            sent = [escape(method.loinc), escape(method.analyte), "LN", *[*sent, "", ""][:3]]
         return COMPONENT_SEP.join(sent).rstrip(COMPONENT_SEP)
     code = escape(result.identity)
     parts: tuple[str, ...]

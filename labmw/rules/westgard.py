@@ -1,6 +1,6 @@
 """Westgard multirule QC judgement of one control run, within and across levels and runs.
 
-A *run* is the set of control observations of one analyzer × method that arrived together (one
+A *run* is the set of control observations of one analyzer x method that arrived together (one
 message). Each observation is a z-score, ``(value - mean) / sd`` with the material's target mean
 and SD. The rules (Westgard, "Westgard Rules" multirule pages, westgard.com; CLINICAL.md §4.2 step 3,
 §4.3 and item 17):
@@ -68,7 +68,7 @@ def z_score(value: Decimal, mean: Decimal, sd: Decimal) -> Decimal:
 
 def judge(run: Sequence[Observation], history: Sequence[Observation], *,
           rules: Sequence[str] = DEFAULT_RULES) -> Judgement:
-    """Judge ``run`` against the earlier observations ``history`` (oldest first) of the same analyzer × method.
+    """Judge ``run`` against the earlier observations ``history`` (oldest first) of the same analyzer x method.
 
     ``history`` should hold only observations of runs that were accepted (a rejected run is
     corrected, not carried forward). ``rules`` names the rules to apply (a subset of :data:`RULES`).

@@ -233,6 +233,36 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX outbox_members_result ON outbox_members (result_id);
     """,
+    # 10: review-workstation accounts (labmw web). Passwords only as memory-hard hashes; sessions only
+    # as the SHA-256 of their cookie token, so a copy of the database opens no session.
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE sessions (
+        token_sha256 TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users(name),
+        csrf_token TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_seen_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE INDEX sessions_user ON sessions (user_name);
+    CREATE TABLE login_failures (
+        id INTEGER PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX login_failures_user ON login_failures (user_name, at);
+    CREATE INDEX login_failures_peer ON login_failures (peer, at);
+    """,
 )
 
 
@@ -270,9 +300,13 @@ def connect(path: Path) -> sqlite3.Connection:
     """
     ensure_private_dir(path.parent)
     try:
-        # Create the file 0600 ourselves so sqlite never creates it with the umask's bits.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        # Create the file 0600 ourselves so sqlite never creates it with the umask's bits. Only when
+        # it is missing: closing a descriptor of a database this process already has open through
+        # sqlite drops that connection's POSIX locks, and another process could then checkpoint and
+        # delete the WAL under it (sqlite.org/howtocorrupt.html §2.2) — the daemon serving [web] has two.
+        if not path.exists():
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
         os.chmod(path, 0o600)
         # 5 s: long enough for a CLI edit holding the write lock, short of the analyzer's 15 s reply timer.
         conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)

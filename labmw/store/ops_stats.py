@@ -53,8 +53,15 @@ def _gates(data: str | None) -> list[str]:
     """The rules whose decision held the result (outcome "hold", "hold U", ...); [OTHER_GATE] when none says so."""
     try:
         record = json.loads(data) if data else {}
-        decisions = record.get("evaluation", record).get("decisions", [])
-    except (ValueError, AttributeError, TypeError):
+        decisions = record.get("evaluation", record).get("decisions", []) if record else []
+    except (ValueError, KeyError, TypeError, AttributeError):
+        decisions = []
+    return hold_gates(decisions)
+
+
+def hold_gates(decisions: Any) -> list[str]:
+    """:func:`_gates` for already decoded rule decisions (the review workstation's held list uses it too)."""
+    if not isinstance(decisions, list):
         decisions = []
     names = sorted({str(d.get("rule")) for d in decisions
                     if isinstance(d, dict) and str(d.get("outcome", "")).startswith("hold")})

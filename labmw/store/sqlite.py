@@ -24,9 +24,11 @@ from labmw.store import audit as audit_log
 from labmw.store import autoverify as av
 from labmw.store import browser, ops_stats, retention, seals, trail_check
 from labmw.store.audit import AuditEvent, Verification
+from labmw.store.browse import Browse
 from labmw.store.db import connect, transaction
 from labmw.store.qc import QcStore, QcTx
 from labmw.store.result_wire import with_wire
+from labmw.store.users import Users
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -395,6 +397,16 @@ class Store:
         if self._reader is None:
             self._reader = HistoryReader(self.path)
         return self._reader
+
+    @property
+    def users(self) -> Users:
+        """Review-workstation accounts, sessions and failed logins (see :mod:`labmw.store.users`)."""
+        return Users(self._conn, self.transaction)
+
+    @property
+    def browse(self) -> Browse:
+        """Read-only queries for the review workstation's pages (see :mod:`labmw.store.browse`)."""
+        return Browse(self._conn)
 
     @contextlib.contextmanager
     def transaction(self, now: datetime) -> Iterator[Tx]:
