@@ -105,7 +105,7 @@ class _Er7:
         chars = text[4:].split(self.field_sep, 1)[0]
         if len(chars) < 4 or len(set(chars[:4] + self.field_sep)) != 5:
             raise CodecError(f"MSH-2 must hold four distinct encoding characters, got {chars[:8]!r}")
-        self.component, self.repetition, self.escape, self.sub = chars[:4]
+        self.component, self.repetition, self.escape, self.sub = chars[0], chars[1], chars[2], chars[3]
         # CR LF segment ends (Windows senders): LF may not occur inside a segment, so the pair is
         # unambiguous; it is read as CR and said so, rather than refusing the whole message.
         self.crlf = "\r\n" in text

@@ -20,10 +20,10 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from labmw.errors import RuleError
-from labmw.model import AgeBound, Evaluation, Method, PreviousResult, RelatedResult, Result
+from labmw.model import AgeBound, Evaluation, Method, PreviousResult, RelatedResult, Result, Suspension
 from labmw.rules.age import add_months, parse_age
 from labmw.rules.engine import evaluate
-from labmw.rules.gates import GatePolicy, Suspension
+from labmw.rules.gates import GatePolicy
 
 # The same value grammar as the ASTM mapping's parse_value (E1394 §10.1.4): an optional comparator
 # and a plain decimal number; anything else (``-----``, ``NA``) is not numeric. Repeated here
