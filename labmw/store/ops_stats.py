@@ -28,10 +28,11 @@ def snapshot(conn: sqlite3.Connection, *, since: tuple[int, int], now: datetime)
     oldest = conn.execute("SELECT min(created_at) FROM outbox WHERE state = 'pending'").fetchone()[0]
     age = None if oldest is None else max(0.0, (now - datetime.fromisoformat(oldest)).total_seconds())
     gates: dict[str, int] = {}
-    # The result_evaluated event of each held result, found through the audit's specimen index.
+    # The evaluation of each held result, found through the audit's specimen index: in its
+    # result_received event (data.evaluation), or the result_evaluated event of older rows.
     rows = conn.execute(
-        "SELECT r.id, a.data FROM results r LEFT JOIN audit a ON a.specimen = r.specimen AND a.event = "
-        "'result_evaluated' AND a.ref = CAST(r.id AS TEXT) WHERE r.state = 'held'")
+        "SELECT r.id, a.data FROM results r LEFT JOIN audit a ON a.specimen = r.specimen AND a.event IN "
+        "('result_received', 'result_evaluated') AND a.ref = CAST(r.id AS TEXT) WHERE r.state = 'held'")
     seen: set[int] = set()
     for result_id, data in rows:
         if result_id in seen:
@@ -49,8 +50,9 @@ def snapshot(conn: sqlite3.Connection, *, since: tuple[int, int], now: datetime)
 def _gates(data: str | None) -> list[str]:
     """The rules whose decision held the result (outcome "hold", "hold U", ...); [OTHER_GATE] when none says so."""
     try:
-        decisions = json.loads(data)["decisions"] if data else []
-    except (ValueError, KeyError, TypeError):
+        record = json.loads(data) if data else {}
+        decisions = record["evaluation"]["decisions"] if "evaluation" in record else record.get("decisions", [])
+    except (ValueError, KeyError, TypeError, AttributeError):
         decisions = []
     names = sorted({str(d.get("rule")) for d in decisions
                     if isinstance(d, dict) and str(d.get("outcome", "")).startswith("hold")})
