@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from labmw.cli import app
 from labmw.config import load
-from labmw.daemon.pipeline import Pipeline
+from inline_runner import make_intake
+from inline_runner import receive as inline_receive
 from labmw.store import Store
 
 runner = CliRunner()
@@ -55,9 +56,9 @@ def receive(config: Path, *messages: bytes) -> None:
     settings = load(config)
     store = Store.open(settings.db_path)
     try:
-        pipeline = Pipeline(settings, store)
+        intake = make_intake(settings, store, settings.analyzers["c501"])
         for text in messages:
-            pipeline.handle_astm(settings.analyzers["c501"], text, text, "127.0.0.1:1")
+            inline_receive(intake, text, "127.0.0.1:1", text=text)
     finally:
         store.close()
 
@@ -200,11 +201,12 @@ def test_the_daemon_raises_the_overdue_alert_while_results_flow(config: Path) ->
     settings = load(config)
     store = Store.open(settings.db_path)
     try:
-        pipeline = Pipeline(settings, store, clock=lambda: datetime(2026, 11, 25, 9, 0, tzinfo=UTC))
-        pipeline.handle_astm(settings.analyzers["c501"], astm("D1", "1200"), b"", "p")
-        pipeline.clock = lambda: datetime(2026, 11, 25, 10, 0, tzinfo=UTC)  # an hour later: past 30 min
-        pipeline.handle_astm(settings.analyzers["c501"], astm("D2", "30"), b"", "p")
-        pipeline.handle_astm(settings.analyzers["c501"], astm("D3", "30"), b"", "p")
+        now = [datetime(2026, 11, 25, 9, 0, tzinfo=UTC)]
+        intake = make_intake(settings, store, settings.analyzers["c501"], clock=lambda: now[0])
+        inline_receive(intake, astm("D1", "1200"), "p", text=astm("D1", "1200"))
+        now[0] = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)  # an hour later: past 30 min
+        inline_receive(intake, astm("D2", "30"), "p", text=astm("D2", "30"))
+        inline_receive(intake, astm("D3", "30"), "p", text=astm("D3", "30"))
     finally:
         store.close()
     events = json.loads(invoke(config, "audit", "list", "--event", "critical_overdue", "--json").output)
