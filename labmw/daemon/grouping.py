@@ -10,7 +10,8 @@ each in an ORU of its own (labmw.daemon.review).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 from datetime import datetime
 
 from labmw.config import Settings
@@ -28,6 +29,8 @@ class Ready:
     result: Result
     evaluation: Evaluation
     method: Method | None
+    #: the result_received audit data, completed here with the outbox entry and MSH-10
+    received: dict[str, Any] = field(default_factory=dict)
 
 
 def oru_group_for(settings: Settings, items: Sequence[Ready], cid: str, now: datetime) -> bytes:
@@ -60,6 +63,9 @@ def queue_by_specimen(tx: Tx, settings: Settings, ready: Sequence[Ready], contro
             note = f"cannot build the message for the LIS, held for review: {exc}"
             for item in items:
                 tx.hold_result(item.result_id, notes=(*item.evaluation.notes, note))
+                tx.audit("result_received", analyzer=item.result.analyzer, specimen=item.result.specimen_id,
+                         patient=item.result.patient_id, ref=str(item.result_id),
+                         data={**item.received, "state": "held"})
                 tx.audit("result_held", analyzer=item.result.analyzer, specimen=item.result.specimen_id,
                          patient=item.result.patient_id, ref=str(item.result_id), data={"notes": [note]})
             held += len(items)
@@ -68,7 +74,8 @@ def queue_by_specimen(tx: Tx, settings: Settings, ready: Sequence[Ready], contro
         if len(items) > 1:
             tx.add_outbox_members(outbox_id, [item.result_id for item in items[1:]])
         for item in items:
-            tx.audit("result_queued", analyzer=item.result.analyzer, specimen=item.result.specimen_id,
-                     patient=item.result.patient_id, ref=cid,
-                     data={"outbox_id": outbox_id, "result_id": item.result_id, "results_in_message": len(items)})
+            tx.audit("result_received", analyzer=item.result.analyzer, specimen=item.result.specimen_id,
+                     patient=item.result.patient_id, ref=str(item.result_id),
+                     data={**item.received, "state": "queued", "outbox_id": outbox_id, "control_id": cid,
+                           "results_in_message": len(items)})
     return held

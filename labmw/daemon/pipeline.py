@@ -373,8 +373,8 @@ class Pipeline:
                            "review_notes": list(evaluation.review_notes)})
             return True
         if ready is not None:  # queued with the rest of its specimen (labmw.daemon.grouping)
-            tx.audit("result_received", **who, ref=str(result_id), data={**received, "state": "queued"})
-            ready.append(Ready(result_id=result_id, result=result, evaluation=evaluation, method=method))
+            ready.append(Ready(result_id=result_id, result=result, evaluation=evaluation, method=method,
+                               received=received))
             return False
         cid = control_id(self.store.install_id, result_id)
         try:
