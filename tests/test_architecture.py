@@ -21,13 +21,15 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "rules": (*_BASE, "labmw.rules"),
     "mapping": (*_BASE, "labmw.wire", "labmw.mapping"),
     "store": (*_BASE, "labmw.store"),
-    "config": (*_BASE, "labmw.config", "labmw.rules"),
+    "config": (*_BASE, "labmw.config", "labmw.config_schema", "labmw.rules"),
+    "config_schema": ("labmw.errors",),  # the settings' key schema (F, issue 14): below config
     "config_edit": (*_BASE, "labmw.config", "labmw.store", "tomlkit"),
     # Transports move bytes: they know the wire engines and the settings, never the daemon, the
     # store, the rules or the mapping (the intake hands them an Outcome from the model).
     "transports": (*_BASE, "labmw.config", "labmw.wire", "labmw.transports", "structlog", "serial"),
     "daemon": (*_BASE, "labmw", "labmw.config", "labmw.config_edit", "labmw.log", "labmw.wire", "labmw.mapping",
-               "labmw.rules", "labmw.store", "labmw.transports", "labmw.daemon", "structlog", "hl7", "tomlkit"),
+               "labmw.rules", "labmw.store", "labmw.transports", "labmw.daemon", "structlog", "hl7", "tomlkit",
+               "prometheus_client"),
     "cli": (*_BASE, "labmw", "labmw.cli", "labmw.config", "labmw.config_edit", "labmw.log", "labmw.wire",
             "labmw.mapping", "labmw.rules", "labmw.store", "labmw.transports", "labmw.daemon", "structlog",
             "typer", "tomlkit", "serial", "hl7"),
