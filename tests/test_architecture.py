@@ -28,7 +28,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # store, the rules or the mapping (the intake hands them an Outcome from the model).
     "transports": (*_BASE, "labmw.config", "labmw.wire", "labmw.transports", "structlog", "serial"),
     "daemon": (*_BASE, "labmw", "labmw.config", "labmw.config_edit", "labmw.log", "labmw.wire", "labmw.mapping",
-               "labmw.rules", "labmw.store", "labmw.transports", "labmw.daemon", "structlog", "hl7", "tomlkit"),
+               "labmw.rules", "labmw.store", "labmw.transports", "labmw.daemon", "structlog", "hl7", "tomlkit",
+               "prometheus_client"),
     "cli": (*_BASE, "labmw", "labmw.cli", "labmw.config", "labmw.config_edit", "labmw.log", "labmw.wire",
             "labmw.mapping", "labmw.rules", "labmw.store", "labmw.transports", "labmw.daemon", "structlog",
             "typer", "tomlkit", "serial", "hl7", "labmw.web"),
