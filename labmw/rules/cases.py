@@ -38,9 +38,10 @@ from datetime import datetime
 from typing import Any
 
 from labmw.errors import RuleError
-from labmw.model import Evaluation, Method
+from labmw.model import Evaluation, Method, QcGate
 from labmw.rules.alt_tiers import TIERS
 from labmw.rules.gates import GATE_NAMES, GatePolicy
+from labmw.rules.qc_gate import QC_EXPIRED, QC_FAILED
 from labmw.rules.grading import describe_threshold
 from labmw.rules.ranges import DISABLED, describe_partition
 from labmw.rules.scenario import PREVIOUS_SPECIMEN, Scenario, run_scenario
@@ -48,8 +49,10 @@ from labmw.rules.scenario import PREVIOUS_SPECIMEN, Scenario, run_scenario
 _CASE_KEYS = frozenset({
     "name", "method", "value", "sex", "age", "units", "status", "previous", "previous_specimen",
     "related", "at", "flags", "hold", "range", "notes", "absent_notes", "decisions",
-    "instrument_flags", "analyzer", "suspended", "test_code", "gates", "without_ranges",
+    "instrument_flags", "analyzer", "suspended", "test_code", "gates", "without_ranges", "qc",
 })
+#: What a case may say of the QC state of its analyzer x method (``qc = "QC_FAILED"``; none: no QC applies).
+_QC_STATES = ("ok", QC_FAILED, QC_EXPIRED)
 # Decisions whose outcome means "judged, did not fire"; "skipped" and gates count as neither.
 _NEGATIVE = frozenset({"inside", "not critical", "not fired", "not graded", "not above",
                        "not a candidate"})
@@ -70,6 +73,8 @@ class Case:
     gates: tuple[str, ...] | None = None  # expected holding gates, exactly (None: not checked)
     # Range ids (``labmw range list``) left out for this case only: what a gap in the ranges does.
     without_ranges: tuple[int, ...] = ()
+    # The QC state of the result's analyzer x method ("" when no control material applies).
+    qc: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +160,11 @@ def check_cases(methods: Mapping[str, Method], cases: Sequence[Case], *,
                 method = methods[case.scenario.method]
                 kept = tuple(r for i, r in enumerate(method.ranges) if i not in case.without_ranges)
                 case_methods = {**methods, method.name: replace(method, ranges=kept)}
+            if case.qc:
+                base = policy or GatePolicy()
+                gate = QcGate(analyzer=analyzer or "case", method=case.scenario.method or "", state=case.qc,
+                              run_id=1, rules=("1-3s",) if case.qc == QC_FAILED else ())
+                policy = replace(base, extra={**base.extra, "qc": gate})
             evaluation = run_scenario(case_methods, case.scenario, policy=policy)
         except RuleError as exc:
             raise RuleError(f"case {case.name!r}: {exc}") from None
@@ -302,7 +312,14 @@ def _case(key: str, item: Any, default_at: datetime) -> Case:
     return Case(name=_text(item, key, "name", key), scenario=scenario, flags=tuple(flags),
                 hold=hold, applied_range=range_text, notes=tuple(notes), absent_notes=tuple(absent),
                 decisions=dict(decisions), gates=tuple(gates) if gates is not None else None,
-                without_ranges=tuple(_ids(item, key)))
+                without_ranges=tuple(_ids(item, key)), qc=_qc_state(item, key))
+
+
+def _qc_state(item: Mapping[str, Any], key: str) -> str:
+    state = _text(item, key, "qc", "")
+    if state and state not in _QC_STATES:
+        raise RuleError(f"{key}.qc: expected one of {', '.join(_QC_STATES)}, got {state!r}")
+    return state
 
 
 def _ids(item: Mapping[str, Any], key: str) -> list[int]:

@@ -116,7 +116,7 @@ def test_runs_list_accept_impact_chart(config: Path, tmp_path: Path) -> None:
                              clock=lambda: datetime(2026, 11, 25, 9, tzinfo=UTC))
         for n, (specimen, value) in enumerate((("QC1", "51"), ("S1", "40"), ("QC1", "58"))):
             text = (rf"H|\^&|||c501|||||||P|1|2026112509000{n}" "\r"
-                    f"P|1||{'P1' if specimen == 'S1' else ''}\rO|1|{specimen}||^^^ALTL\r"
+                    f"P|1||{'P1||||19800101|M' if specimen == 'S1' else ''}\rO|1|{specimen}||^^^ALTL|||20261125080000\r"
                     f"R|1|^^^ALTL|{value}|U/L||N||F\rL|1|N\r").encode()
             assert receive(intake, text, "t").stored
     finally:

@@ -85,8 +85,10 @@ def test_every_gate_needs_a_positive_and_a_negative_case() -> None:
     """Gates are rules of rules check: ordinary cases only pass them, so each lacks a positive case."""
     report = run(case(), case(name="man 57", value="57", flags=[]))
     gate_gaps = [g for g in report.gaps if g.startswith("gate ")]
-    # ALT-T has no measuring range: NEEDS_DILUTION is never judged for it.
-    assert gate_gaps == [f"gate {name}: no positive {'and no negative ' if name == 'NEEDS_DILUTION' else ''}case"
+    # ALT-T has no measuring range: NEEDS_DILUTION is never judged for it; the QC gates are judged
+    # only where a case names the QC state of its analyzer x method.
+    unjudged = ("NEEDS_DILUTION", "QC_FAILED", "QC_EXPIRED")
+    assert gate_gaps == [f"gate {name}: no positive {'and no negative ' if name in unjudged else ''}case"
                          for name in GATE_NAMES]
     held = run(case(), case(name="suspended", suspended=True, flags=["H"], hold=True, gates=["AUTOVERIFY_SUSPENDED"]),
                case(name="unmapped", method="", test_code="XYZ", flags=[], hold=True, gates=["METHOD_UNKNOWN"]),
@@ -95,7 +97,10 @@ def test_every_gate_needs_a_positive_and_a_negative_case() -> None:
                case(name="units", units="mmol/L", flags=[], hold=True, gates=["UNIT_UNKNOWN"]),
                case(name="dashes", value="-----", flags=[], hold=True, gates=["ABSURD"]),
                case(name="no sex", sex="", hold=True, gates=["DEMOG_INCOMPLETE"]),
-               case(name="child", age="10y", flags=[], hold=True, gates=["NO_RANGE"]))
+               case(name="child", age="10y", flags=[], hold=True, gates=["NO_RANGE"]),
+               case(name="qc failed", qc="QC_FAILED", flags=["H"], hold=True, gates=["QC_FAILED"]),
+               case(name="qc expired", qc="QC_EXPIRED", flags=["H"], hold=True, gates=["QC_EXPIRED"]),
+               case(name="qc ok", qc="ok"))
     assert held.failed == ()
     assert [g for g in held.gaps if g.startswith("gate ")] == [
         "gate NEEDS_DILUTION: no positive and no negative case",  # ALT-T has no measuring range
