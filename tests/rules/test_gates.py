@@ -41,8 +41,9 @@ def result(value: str = "30", **changes: Any) -> Result:
 
 
 def test_gate_list_is_in_clinical_order_and_extensible_by_one_entry() -> None:
-    """CLINICAL.md 4.2: the kill switch, identity, flags, status, value gates, range gates."""
-    assert GATE_NAMES == ("AUTOVERIFY_SUSPENDED", "METHOD_UNKNOWN", "INSTRUMENT_FLAG", "RESULT_STATUS",
+    """CLINICAL.md 4.2: the kill switch, identity, flags, QC (step 3), status, value gates, range gates."""
+    assert GATE_NAMES == ("AUTOVERIFY_SUSPENDED", "METHOD_UNKNOWN", "INSTRUMENT_FLAG", "QC_FAILED", "QC_EXPIRED",
+                          "RESULT_STATUS",
                           "UNIT_UNKNOWN", "NEEDS_DILUTION", "ABSURD", "DEMOG_INCOMPLETE", "NO_RANGE",
                           "RANGE_UNAPPROVED")
     assert len({g.name for g in GATES}) == len(GATES)
@@ -52,7 +53,8 @@ def test_an_ordinary_result_passes_every_gate_and_each_outcome_is_recorded() -> 
     evaluation = evaluate(result("30"), METHOD)
     assert not evaluation.hold and evaluation.flags == ()
     outcomes = {d.rule: d.outcome for d in evaluation.decisions if d.rule.startswith("gate.")}
-    assert outcomes == {f"gate.{name}": "pass" for name in GATE_NAMES}
+    # The QC gates are judged only where a control material applies (none here: no QC state given).
+    assert outcomes == {f"gate.{name}": "pass" for name in GATE_NAMES if not name.startswith("QC_")}
 
 
 @pytest.mark.parametrize(
