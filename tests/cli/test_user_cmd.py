@@ -87,7 +87,7 @@ def test_run_serves_the_workstation_when_web_is_configured(config: Path, monkeyp
 
     seen: dict[str, object] = {}
 
-    async def fake_serve(settings, companions=()):
+    async def fake_serve(settings, companions=(), accept_broken_trail=False):
         seen["companions"] = list(companions)
         seen["listen"] = str(settings.web.listen) if settings.web else None
         return 0
