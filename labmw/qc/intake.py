@@ -138,11 +138,14 @@ def _hold_unknown(tx: Tx, analyzer: AnalyzerSettings, message_id: int, result: R
     method = analyzer.map.get(result.test_code)
     note = (f"{QC_UNKNOWN_MATERIAL}: a QC result ({recognition.reason}) that matches no control material of "
             f"{analyzer.name} {method or result.test_code}; never sent to the LIS")
-    evaluation = Evaluation(method=method, hold=True, notes=(note,),
+    # The gate is named like every other hold (review list); the reason is for the reviewer only.
+    evaluation = Evaluation(method=method, hold=True, notes=(note,), gates=(QC_UNKNOWN_MATERIAL,),
+                            review_notes=(note,),
                             decisions=(Decision(rule="qc", outcome=QC_UNKNOWN_MATERIAL,
                                                 inputs={"reason": recognition.reason, "test_code": result.test_code,
                                                         "specimen": result.specimen_id}),))
     result_id = tx.add_result(message_id=message_id, result=result, evaluation=evaluation, state="held")
+    tx.record_gates(result_id, evaluation)
     tx.qc.mark_control(result_id)
     tx.audit("result_held", analyzer=analyzer.name, specimen=result.specimen_id, patient=result.patient_id,
              ref=str(result_id), data={"notes": [note], "qc": True})

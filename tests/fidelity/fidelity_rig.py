@@ -26,11 +26,15 @@ ALT = Method(name="ALT-T", analyte="ALT", units="U/L", loinc="1743-4",
 
 
 def astm_analyzer(name: str = "an1", **kw: object) -> AnalyzerSettings:
+    """An ASTM analyzer whose unmapped codes are forwarded: these tests are about what reaches the LIS
+    as sent; the METHOD_UNKNOWN hold has tests of its own (tests/rules/test_gates.py)."""
     kw.setdefault("specimen_field", "O-3")
+    kw.setdefault("unmapped", "forward")
     return AnalyzerSettings(name=name, protocol="astm", transport="tcp-server", **kw)  # type: ignore[arg-type]
 
 
 def hl7_analyzer(name: str = "hx1", **kw: object) -> AnalyzerSettings:
+    kw.setdefault("unmapped", "forward")
     return AnalyzerSettings(name=name, protocol="hl7", transport="tcp-server", encoding="utf-8", **kw)  # type: ignore[arg-type]
 
 

@@ -18,13 +18,17 @@ from peers import ACK, ENQ, EOT, LABMW, NAK, MllpLis, astm_frame, free_port, lab
 def _config(tmp_path: Path, lis_port: int, astm_port: int, hl7_port: int, busy_port: int) -> Path:
     config = tmp_path / "lab.toml"
     labmw(config, "init", "--data-dir", str(tmp_path / "data"))
-    labmw(config, "method", "add", "ALT-T", "--analyte", "ALT", "--units", "U/L", "--loinc", "1743-4")
+    # The XN's WBC mapped to a method of its own units, with one band, so it is judged and released.
+    labmw(config, "method", "add", "ALT-T", "--analyte", "ALT", "--units", "10*3/uL", "--loinc", "1743-4")
+    labmw(config, "range", "add", "ALT-T", "--low", "0", "--high", "100")
     labmw(config, "lis", "set", "--connect", f"127.0.0.1:{lis_port}", "--group", "specimen")
     labmw(config, "analyzer", "add", "xn", "--protocol", "astm", "--transport", "tcp-server", "--listen",
           f"127.0.0.1:{astm_port}", "--test-code-component", "5", "--specimen-field", "O-4",
-          "--specimen-component", "3", "--map", "WBC^1=ALT-T")
+          "--specimen-component", "3", "--map", "WBC^1=ALT-T", "--unmapped", "forward")
+    # ba400's codes are mapped to no method and forwarded as sent (--unmapped forward): this test is about
+    # fidelity of what reaches the LIS, not about the METHOD_UNKNOWN hold.
     labmw(config, "analyzer", "add", "ba400", "--protocol", "hl7", "--transport", "tcp-server", "--listen",
-          f"127.0.0.1:{hl7_port}")
+          f"127.0.0.1:{hl7_port}", "--unmapped", "forward")
     labmw(config, "analyzer", "add", "busy", "--protocol", "astm", "--transport", "tcp-server", "--listen",
           f"127.0.0.1:{busy_port}")
     labmw(config, "analyzer", "add", "rs", "--protocol", "astm", "--transport", "serial", "--device",

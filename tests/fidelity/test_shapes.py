@@ -100,7 +100,7 @@ def test_identity_collision_in_one_message_is_held(rig: Rig) -> None:
     flat = ARCHITECT.replace(b"^P^F|", b"^P|").replace(b"^P^I|", b"^P|").replace(b"^P^P|", b"^P|")
     outcome = rig.astm("arch", flat)
     assert (outcome.queued, outcome.held) == (0, 3)
-    assert all("IDENTITY_COLLISION" in r["notes"] for r in rig.held())
+    assert all("IDENTITY_COLLISION" in r["gates"] for r in rig.held())
     assert rig.sent() == []
 
 
@@ -108,7 +108,7 @@ def test_no_test_code_in_configured_component_is_held_and_alerted(rig: Rig) -> N
     outcome = rig.astm("xp", XP100)  # default component 4: the XP-100's codes are in 5
     assert (outcome.results, outcome.queued, outcome.held) == (3, 0, 3), "held, never ACKed and lost"
     held = rig.held()
-    assert all("TEST_CODE_MISSING" in r["notes"] for r in held)
+    assert all("TEST_CODE_MISSING" in r["gates"] for r in held)
     assert [r["raw_value"] for r in held] == ["  6.2", "  4.71", " 14.2"]
     (alert,) = rig.events("alert_raised")
     assert alert["data"]["alert"] == "test_code_missing" and alert["data"]["held"] == 3
@@ -124,7 +124,7 @@ def test_specimen_in_o4_component_3(rig: Rig) -> None:
 
 def test_empty_specimen_id_is_held(rig: Rig) -> None:
     outcome = rig.astm("xp", XP100.replace(b"^^          1042^B", b"").replace(b"^^^^", b"^^^"))
-    assert outcome.held == 3 and all("NO_SPECIMEN_ID" in r["notes"] for r in rig.held())
+    assert outcome.held == 3 and all("NO_SPECIMEN_ID" in r["gates"] for r in rig.held())
 
 
 BA400 = ("MSH|^~\\&|BA400|BIOSYSTEMS|LIS||20261125101500||ORU^R01^ORU_R01|B4-1|P|2.5.1\r"
