@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 from datetime import datetime
+from typing import Any
 
 from labmw.config import Settings
 from labmw.errors import LabmwError

@@ -41,8 +41,8 @@ from labmw.errors import RuleError
 from labmw.model import Evaluation, Method, QcGate
 from labmw.rules.alt_tiers import TIERS
 from labmw.rules.gates import GATE_NAMES, GatePolicy
-from labmw.rules.qc_gate import QC_EXPIRED, QC_FAILED
 from labmw.rules.grading import describe_threshold
+from labmw.rules.qc_gate import QC_EXPIRED, QC_FAILED
 from labmw.rules.ranges import DISABLED, describe_partition
 from labmw.rules.scenario import PREVIOUS_SPECIMEN, Scenario, run_scenario
 
