@@ -162,9 +162,9 @@ def check_cases(methods: Mapping[str, Method], cases: Sequence[Case], *,
                 case_methods = {**methods, method.name: replace(method, ranges=kept)}
             if case.qc:
                 base = policy or GatePolicy()
-                gate = QcGate(analyzer=analyzer or "case", method=case.scenario.method or "", state=case.qc,
-                              run_id=1, rules=("1-3s",) if case.qc == QC_FAILED else ())
-                policy = replace(base, extra={**base.extra, "qc": gate})
+                qc_state = QcGate(analyzer=analyzer or "case", method=case.scenario.method or "", state=case.qc,
+                                  run_id=1, rules=("1-3s",) if case.qc == QC_FAILED else ())
+                policy = replace(base, extra={**base.extra, "qc": qc_state})
             evaluation = run_scenario(case_methods, case.scenario, policy=policy)
         except RuleError as exc:
             raise RuleError(f"case {case.name!r}: {exc}") from None
