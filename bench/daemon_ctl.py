@@ -54,7 +54,8 @@ def configure(workdir: Path, lis_port: int, analyzer_ports: Sequence[int]) -> Pa
     labmw(config, "range", "add", "ALT-T", "--sex", "M", "--age-min", "18y", "--low", "9", "--high", "59")
     labmw(config, "range", "add", "ALT-T", "--sex", "F", "--age-min", "18y", "--low", "8", "--high", "41")
     labmw(config, "delta", "set", "ALT-T", "--abs", "30", "--pct", "50")
-    labmw(config, "lis", "set", "--connect", f"127.0.0.1:{lis_port}")
+    # One ORU per result, as the workload says (the default groups by specimen: one ORU per message here).
+    labmw(config, "lis", "set", "--connect", f"127.0.0.1:{lis_port}", "--group", "result")
     maps = [arg for code in PANEL for arg in ("--map", f"{code}=ALT-T")]
     labmw(config, "analyzer", "add", "a001", "--protocol", "astm", "--transport", "tcp-server",
           "--listen", f"127.0.0.1:{analyzer_ports[0]}", *maps)

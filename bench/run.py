@@ -136,14 +136,22 @@ def network_rows(results: dict[str, Any], relay: dict[Any, Any], commits: float,
             rows.append(row.fail(got["error"]))
             continue
         row.data = got
-        row.value = f"{rate(got['results_per_s'], 'results/s')} (daemon CPU {got['daemon_cpu_pct']:.0f}%)"
+        per_result = got.get("daemon_cpu_ms_per_result")
+        row.value = (f"{rate(got['results_per_s'], 'results/s')} (daemon CPU {got['daemon_cpu_pct']:.0f}%"
+                     + (f", {per_result:.2f} ms/result" if per_result is not None else "") + ")")
         parts = [f"{got['results_per_s'] / commits:.2f}x SQLite commits"]
         floor = relay.get(n)
+        ratios_ok = True
         if isinstance(floor, dict):
-            parts.append(f"{got['results_per_s'] / floor['results_per_s']:.2f}x relay")
+            e2e_ratio = got["results_per_s"] / floor["results_per_s"]
+            intake_ratio = got["intake_results_per_s"] / floor["results_per_s"]
+            row.data = {**got, "relay_ratio": e2e_ratio, "intake_relay_ratio": intake_ratio}
+            parts.append(f"{e2e_ratio:.2f}x relay (intake alone {intake_ratio:.2f}x)")
+            if n == 4:  # issue 10 item 8: end to end >= 0.4x the relay, intake alone >= 0.6x
+                ratios_ok = e2e_ratio >= 0.4 and intake_ratio >= 0.6
         if n in targets:
-            row.target = f">= {targets[n]:,.0f}/s"
-            parts.append(verdict(got["results_per_s"] >= targets[n], quick))
+            row.target = f">= {targets[n]:,.0f}/s" + ("; >= 0.4x relay, intake >= 0.6x" if n == 4 else "")
+            parts.append(verdict(got["results_per_s"] >= targets[n] and ratios_ok, quick))
         row.verdict = "; ".join(parts)
         rows.append(row)
     lat = results.get("latency", {"error": "not run"})

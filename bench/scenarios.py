@@ -65,7 +65,9 @@ async def throughput(lis: Lis, ports: list[int], plan: Plan, tag: str,
            "lis_gap_mean_ms": 1000 * statistics.fmean(lis.gaps) if lis.gaps else 0.0,
            "bench_cpu_pct": 100 * (_bench_cpu() - bench0) / wall}
     if cpu is not None:
-        out["daemon_cpu_pct"] = 100 * (cpu() - cpu0) / wall
+        used = cpu() - cpu0
+        out["daemon_cpu_pct"] = 100 * used / wall
+        out["daemon_cpu_ms_per_result"] = 1000 * used / results
     return out
 
 

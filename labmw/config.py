@@ -13,6 +13,8 @@ Layout (all sections optional except what the daemon needs to run)::
                       [[methods.NAME.ranges]], [methods.NAME.delta], [[methods.NAME.conversions]],
                       [[methods.NAME.thresholds]], [methods.NAME.grading], [methods.NAME.alt_delta]
                       (+ .significant_change, .implausible_fall, .abrupt_rise), [methods.NAME.hys_law]
+    [web]          listen, session_minutes, max_login_failures, max_address_failures, lockout_minutes,
+                   [web.tls] (labmw web)
 """
 
 from __future__ import annotations
@@ -44,7 +46,11 @@ from labmw.model import (
     SignificantChange,
     UnitConversion,
 )
+from labmw.qc.settings import QcSettings, parse_qc
 from labmw.rules.age import parse_age
+from labmw.rules.gates import DEFAULT_TEXTS, FLAG_ACTIONS, GATE_ACTIONS, GATE_NAMES, UNMAPPED_ACTIONS, FlagRule
+from labmw.rules.range_checks import age_order_problem, ambiguous_pairs, describe_pair
+from labmw.rules.version import rule_set_version
 
 DEFAULT_CONFIG = Path("/etc/labmw/labmw.toml")
 PROTOCOLS = ("astm", "hl7")
@@ -54,6 +60,7 @@ DELTA_ACTIONS = ("flag", "hold")
 METHOD_STATUSES = ("active", "pending review")
 RANGE_STATUSES = ("active", "pending review", "disabled")
 SPECIMEN_FIELDS = ("SPM-2", "OBR-3", "OBR-2")
+LIS_GROUPS = ("specimen", "result")
 MIN_RETENTION_YEARS = 6
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -100,6 +107,11 @@ class AnalyzerSettings:
     # A tcp-server listener's simultaneous connections (analyzers reconnect before a dead socket is
     # noticed, so more than one is normal; thousands are an attack or a bug, and cost file descriptors).
     max_connections: int = 64
+    # Autoverification (labmw.rules.gates): test codes with no method are held or forwarded; gate
+    # actions of this analyzer (gate -> hold|flag); its instrument-flag table (flag -> FlagRule).
+    unmapped: str = "hold"
+    gates: Mapping[str, str] = field(default_factory=dict)
+    flags: Mapping[str, FlagRule] = field(default_factory=dict)
     # HL7 analyzers: seconds without a byte before labmw closes the connection (an MLLP sender
     # reconnects when it has a message; a silent socket may be half-open or a slot squatter).
     idle_timeout: float = 900.0
@@ -128,11 +140,15 @@ class LisSettings:
     connect_timeout: float = 5.0
     retry_initial: float = 1.0
     retry_max: float = 300.0
+    # Attempts at the same head of the queue without an ACK before one alert (0: never).
+    head_alert_attempts: int = 10
     sending_application: str = "LABMW"
     sending_facility: str = ""
     receiving_application: str = "LIS"
     receiving_facility: str = ""
     tls: TlsSettings | None = None
+    # One ORU^R01 per specimen (its results as OBX of one OBR) or one per result (issue 13).
+    group: str = "specimen"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,6 +167,33 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AutoverifySettings:
+    """``[autoverify]``: the reviewed clinician NTE texts per gate, and the critical-call deadline."""
+
+    texts: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TEXTS))
+    critical_notify_minutes: int = 30
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebSettings:
+    """The review workstation (``labmw web``; the daemon serves it too when ``[web]`` is present).
+
+    Loopback unless ``listen`` says otherwise; HTTPS when ``tls`` names a certificate and key.
+    ``session_minutes`` is the idle time after which a session ends (automatic logoff, HIPAA
+    164.312(a)(2)(iii)); ``max_login_failures`` failed logins for one name (or
+    ``max_address_failures`` from one address, which several people may share) within
+    ``lockout_minutes`` refuse further attempts until the window has passed.
+    """
+
+    listen: Endpoint = field(default_factory=lambda: Endpoint(host="127.0.0.1", port=8080))
+    tls: TlsSettings | None = None
+    session_minutes: int = 15
+    max_login_failures: int = 5
+    max_address_failures: int = 20
+    lockout_minutes: int = 15
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     path: Path
     data_dir: Path
@@ -158,6 +201,7 @@ class Settings:
     lis: LisSettings | None = None
     analyzers: Mapping[str, AnalyzerSettings] = field(default_factory=dict)
     methods: Mapping[str, Method] = field(default_factory=dict)
+    autoverify: AutoverifySettings = field(default_factory=AutoverifySettings)
     # Operations: the daemon's log level (LABMW_DEBUG=1 still forces debug), and the optional
     # Prometheus endpoint (loopback only unless a site decides otherwise).
     log_level: str = "info"
@@ -165,6 +209,8 @@ class Settings:
     #: :func:`config_digest` of the document these settings were read from (what `status` compares).
     digest: str = ""
     alerts: AlertSettings | None = None
+    qc: QcSettings = field(default_factory=QcSettings)  # [qc]: labmw.qc.settings
+    web: WebSettings | None = None
     # Several sites sharing one PostgreSQL history: this daemon's site name, and the database.
     site: str = ""
     store_url: str = ""
@@ -195,7 +241,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     """Parse the file; a missing or unparseable file raises ConfigError naming it."""
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            # Decimal, not float: a limit typed 0.50 stays 0.50 in OBX-7.
+            return tomllib.load(fh, parse_float=Decimal)
     except FileNotFoundError:
         raise ConfigError(path, None, "file not found (create it with `labmw init`)") from None
     except IsADirectoryError:
@@ -235,17 +282,24 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
                           f"expected at least {MIN_RETENTION_YEARS} years (HIPAA 164.316), got {retention}")
     methods = {name: v.method(name, tbl) for name, tbl in v.table(doc, "methods").items()}
     analyzers = {name: v.analyzer(name, tbl, methods) for name, tbl in v.table(doc, "analyzers").items()}
+    _refuse_shared_endpoints(path, analyzers)
     lis_tbl = doc.get("lis")
     lis = v.lis(lis_tbl) if lis_tbl else None
     site, store_url = _site_and_store(v, service, v.table(doc, "store"), path)
+    autoverify = v.autoverify(v.table(doc, "autoverify"))
+    qc = parse_qc(doc.get("qc"), path, methods, analyzers)
+    web_tbl = doc.get("web")
+    web = v.web(web_tbl) if web_tbl is not None else None
     for key in doc:
-        if key not in ("service", "lis", "analyzers", "methods", "alerts", "store"):
-            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers, methods, alerts or store)")
+        if key not in ("service", "lis", "analyzers", "methods", "alerts", "autoverify", "qc", "web", "store"):
+            raise ConfigError(path, key, "unknown section (expected service, lis, analyzers, methods, alerts,"
+                                         " autoverify, qc, web or store)")
     return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
-                    analyzers=analyzers, methods=methods,
+                    analyzers=analyzers, methods=methods, autoverify=autoverify,
                     log_level=v.choice(service, "service.log_level", LOG_LEVELS, default="info"),
                     metrics_listen=v.endpoint(service, "service.metrics_listen"), digest=config_digest(doc),
-                    alerts=v.alerts(doc["alerts"]) if "alerts" in doc else None, site=site, store_url=store_url)
+                    alerts=v.alerts(doc["alerts"]) if "alerts" in doc else None, qc=qc, web=web,
+                    site=site, store_url=store_url)
 
 
 def config_digest(doc: Mapping[str, Any]) -> str:
@@ -268,6 +322,13 @@ def _site_and_store(v: _Validator, service: Mapping[str, Any], store: Mapping[st
     return site, url  # unknown keys of [store] are refused by config_schema
 
 
+def rules_version(settings: Settings) -> str:
+    """The content hash of the rules in ``settings`` (``labmw rules version``; labmw.rules.version)."""
+    analyzers = {name: {"map": dict(a.map), "gates": dict(a.gates), "unmapped": a.unmapped, "flags": dict(a.flags)}
+                 for name, a in settings.analyzers.items()}
+    return rule_set_version(settings.methods, analyzers, settings.autoverify.texts)
+
+
 def parse_endpoint(text: str) -> Endpoint:
     """``HOST:PORT`` → Endpoint; raises ValueError with what is expected."""
     host, sep, port_text = str(text).rpartition(":")
@@ -280,6 +341,31 @@ def parse_endpoint(text: str) -> Endpoint:
     if not 1 <= port <= 65535:
         raise ValueError(f"expected a port number 1-65535, got {port}")
     return Endpoint(host=host.strip("[]"), port=port)
+
+
+def _refuse_shared_endpoints(path: Path, analyzers: Mapping[str, AnalyzerSettings]) -> None:
+    """Two analyzers on one listening port or one serial device cannot both run: refuse the file."""
+    seen: dict[tuple[str, object], str] = {}
+    for name, a in analyzers.items():
+        keys: list[tuple[str, object]] = []
+        if a.transport == "tcp-server" and a.listen is not None:
+            keys.append(("port", a.listen.port))  # 0.0.0.0 and 127.0.0.1 on one port collide too
+        if a.transport == "serial" and a.device:
+            keys.append(("device", a.device))
+        for key in keys:
+            if key in seen and not (key[0] == "port" and _distinct_hosts(analyzers[seen[key]], a)):
+                what = f"port {key[1]}" if key[0] == "port" else f"device {key[1]}"
+                field_name = "listen" if key[0] == "port" else "device"
+                raise ConfigError(path, f"analyzers.{name}.{field_name}",
+                                  f"{what} is already used by analyzer {seen[key]!r}; expected one analyzer per "
+                                  f"{'port' if key[0] == 'port' else 'device'}")
+            seen[key] = name
+
+
+def _distinct_hosts(a: AnalyzerSettings, b: AnalyzerSettings) -> bool:
+    """Two listeners on one port but distinct specific addresses (127.0.0.1 and 10.0.0.5) can coexist."""
+    hosts = {a.listen.host if a.listen else "", b.listen.host if b.listen else ""}
+    return len(hosts) == 2 and not hosts & {"0.0.0.0", "::", "", "*"}
 
 
 def parse_decimal(value: object) -> Decimal:
@@ -345,7 +431,7 @@ class _Validator:
 
     def number(self, tbl: Mapping[str, Any], key: str, *, default: float) -> float:
         value = tbl.get(key.rsplit(".", 1)[-1], default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal) or value <= 0:
             raise self.fail(key, f"expected a positive number of seconds, got {value!r}")
         return float(value)
 
@@ -397,7 +483,11 @@ class _Validator:
                             for i, c in enumerate(self.array(tbl, f"{key}.conversions")))
         thresholds = tuple(self.threshold(f"{key}.thresholds[{i}]", t)
                            for i, t in enumerate(self.array(tbl, f"{key}.thresholds")))
-        return Method(
+        absurd_low = self.decimal(tbl, f"{key}.absurd_low")
+        absurd_high = self.decimal(tbl, f"{key}.absurd_high")
+        if absurd_low is not None and absurd_high is not None and absurd_low >= absurd_high:
+            raise self.fail(f"{key}.absurd_low", f"expected below absurd_high {absurd_high}, got {absurd_low}")
+        method = Method(
             name=name,
             analyte=self.string(tbl, f"{key}.analyte"),
             units=self.string(tbl, f"{key}.units"),
@@ -411,7 +501,46 @@ class _Validator:
             grading=self.grading(f"{key}.grading", tbl["grading"]) if "grading" in tbl else None,
             alt_delta=self.alt_delta(f"{key}.alt_delta", tbl["alt_delta"]) if "alt_delta" in tbl else None,
             hys_law=self.hys_law(f"{key}.hys_law", tbl["hys_law"]) if "hys_law" in tbl else None,
+            absurd_low=absurd_low, absurd_high=absurd_high, alert_high=self.decimal(tbl, f"{key}.alert_high"),
+            gates=tuple(self.gate_actions(tbl, f"{key}.gates").items()),
         )
+        for i, j in ambiguous_pairs(method):
+            raise self.fail(f"{key}.ranges[{j}]", f"ambiguous: {describe_pair(method, i, j)}")
+        return method
+
+    def gate_actions(self, tbl: Mapping[str, Any], key: str) -> dict[str, str]:
+        """``gates = { NEEDS_DILUTION = "flag" }``: gate name -> hold|flag."""
+        raw = self.table(tbl, key)
+        actions: dict[str, str] = {}
+        for gate in raw:
+            if gate not in GATE_NAMES:
+                raise self.fail(f"{key}.{gate}", f"unknown gate (expected one of {', '.join(GATE_NAMES)})")
+            actions[gate] = self.choice(raw, f"{key}.{gate}", GATE_ACTIONS)
+        return actions
+
+    def flag_table(self, tbl: Mapping[str, Any], key: str) -> dict[str, FlagRule]:
+        """``[analyzers.NAME.flags]`` ``"Samp.S" = { action = "hold", comment = "..." }``."""
+        raw = self.table(tbl, key)
+        rules: dict[str, FlagRule] = {}
+        for flag, row in raw.items():
+            row_key = f"{key}.{flag}"
+            row = self.mapping(row_key, row, frozenset({"action", "comment"}))
+            rules[flag] = FlagRule(action=self.choice(row, f"{row_key}.action", FLAG_ACTIONS),
+                                   comment=self.string(row, f"{row_key}.comment", default=""))
+        return rules
+
+    def autoverify(self, tbl: Mapping[str, Any]) -> AutoverifySettings:
+        self.known_keys(tbl, "autoverify", frozenset({"texts", "critical_notify_minutes"}))
+        texts = dict(DEFAULT_TEXTS)
+        raw = self.table(tbl, "autoverify.texts")
+        for gate in raw:
+            if gate not in GATE_NAMES:
+                raise self.fail(f"autoverify.texts.{gate}", f"unknown gate (expected one of {', '.join(GATE_NAMES)})")
+            texts[gate] = self.string(raw, f"autoverify.texts.{gate}")
+        return AutoverifySettings(
+            texts=texts,
+            critical_notify_minutes=self.integer(tbl, "autoverify.critical_notify_minutes", default=30, low=1,
+                                                 high=24 * 60))
 
     def range_rule(self, key: str, tbl: Any) -> RangeRule:
         if not isinstance(tbl, Mapping):
@@ -425,8 +554,18 @@ class _Validator:
         if sex not in (None, "M", "F"):
             raise self.fail(f"{key}.sex", f"expected M or F (or no key for both), got {sex!r}")
         age_min, age_max = self.age(tbl, f"{key}.age_min"), self.age(tbl, f"{key}.age_max")
+        problem = age_order_problem(age_min, age_max)
+        if problem:
+            raise self.fail(f"{key}.age_min", problem)
         self.known_keys(tbl, key, _RANGE_KEYS)
-        return RangeRule(low=low, high=high, sex=sex, age_min=age_min, age_max=age_max,
+        in_units = []
+        for units, text in self.table(tbl, f"{key}.in_units").items():
+            try:
+                u_low, u_high = parse_interval(text)
+            except ValueError as exc:
+                raise self.fail(f"{key}.in_units.{units}", str(exc)) from None
+            in_units.append((units, u_low, u_high))
+        return RangeRule(low=low, high=high, sex=sex, age_min=age_min, age_max=age_max, in_units=tuple(in_units),
                          source=self.string(tbl, f"{key}.source", default=""),
                          status=self.choice(tbl, f"{key}.status", RANGE_STATUSES, default="active"))
 
@@ -621,7 +760,7 @@ class _Validator:
             checksum_policy=self.choice(tbl, f"{key}.checksum_policy", CHECKSUM_POLICIES, default="strict"),
             max_frame_text=self.integer(tbl, f"{key}.max_frame_text", default=240, low=16, high=63_993),
             allow=tuple(allow),
-            specimen_field=self.choice(tbl, f"{key}.specimen_field", SPECIMEN_FIELDS, default="SPM-2"),
+            specimen_field=self.specimen_field(tbl, f"{key}.specimen_field"),
             lf_segments=self.flag(tbl, f"{key}.lf_segments", default=False),
             max_message_bytes=self.integer(tbl, f"{key}.max_message_bytes", default=4 * 1024 * 1024, low=1024,
                                            high=64 * 1024 * 1024),
@@ -629,11 +768,23 @@ class _Validator:
             frame_timeout=self.number(tbl, f"{key}.frame_timeout", default=30.0),
             tls=self.tls(tbl, f"{key}.tls", server=True) if transport == "tcp-server" else None,
             max_connections=self.integer(tbl, f"{key}.max_connections", default=64, low=1, high=1024),
+            unmapped=self.choice(tbl, f"{key}.unmapped", UNMAPPED_ACTIONS, default="hold"),
+            gates=self.gate_actions(tbl, f"{key}.gates"),
+            flags=self.flag_table(tbl, f"{key}.flags"),
             idle_timeout=self.number(tbl, f"{key}.idle_timeout", default=900.0),
             silent_after_minutes=(self.number(tbl, f"{key}.silent_after_minutes", default=1.0)
                                   if "silent_after_minutes" in tbl else None),
         )
 
+    def specimen_field(self, tbl: Mapping[str, Any], key: str) -> str:
+        """HL7: SPM-2, OBR-3 or OBR-2. ASTM: any O record field ``O-2`` .. ``O-31`` (default ``O-3``)."""
+        if tbl.get("protocol") != "astm":
+            return self.choice(tbl, key, SPECIMEN_FIELDS, default="SPM-2")
+        value = self.string(tbl, key, default="O-3")
+        number = value[2:] if value.startswith("O-") else ""
+        if not number.isdigit() or not 2 <= int(number) <= 31:
+            raise self.fail(key, f"expected an O record field such as O-3 or O-4 for an ASTM analyzer, got {value!r}")
+        return value
     def alerts(self, tbl: Any) -> AlertSettings:
         if not isinstance(tbl, Mapping):
             raise self.fail("alerts", "expected a table")
@@ -648,7 +799,7 @@ class _Validator:
             if f.name in ("command", "webhook_url"):
                 continue
             value = tbl.get(f.name, f.default)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int | float | Decimal) or value <= 0:
                 unit = f.name.rsplit("_", 1)[-1].replace("mb", "MB")
                 raise self.fail(f"alerts.{f.name}", f"expected a positive number ({unit}), got {value!r}")
             numbers[f.name] = float(value)
@@ -682,11 +833,26 @@ class _Validator:
             connect_timeout=self.number(tbl, "lis.connect_timeout", default=5.0),
             retry_initial=self.number(tbl, "lis.retry_initial", default=1.0),
             retry_max=self.number(tbl, "lis.retry_max", default=300.0),
+            head_alert_attempts=self.integer(tbl, "lis.head_alert_attempts", default=10, low=0),
             sending_application=self.string(tbl, "lis.sending_application", default="LABMW"),
             sending_facility=self.string(tbl, "lis.sending_facility", default=""),
             receiving_application=self.string(tbl, "lis.receiving_application", default="LIS"),
             receiving_facility=self.string(tbl, "lis.receiving_facility", default=""),
             tls=self.tls(tbl, "lis.tls", server=False),
+            group=self.choice(tbl, "lis.group", LIS_GROUPS, default="specimen"),
+        )
+
+    def web(self, tbl: Any) -> WebSettings:
+        if not isinstance(tbl, Mapping):
+            raise self.fail("web", "expected a table")
+        listen = self.endpoint(tbl, "web.listen")
+        return WebSettings(
+            listen=listen or WebSettings().listen,
+            tls=self.tls(tbl, "web.tls", server=True),
+            session_minutes=self.integer(tbl, "web.session_minutes", default=15, low=1, high=24 * 60),
+            max_login_failures=self.integer(tbl, "web.max_login_failures", default=5, low=1, high=100),
+            max_address_failures=self.integer(tbl, "web.max_address_failures", default=20, low=1, high=1000),
+            lockout_minutes=self.integer(tbl, "web.lockout_minutes", default=15, low=1, high=24 * 60),
         )
 
     def tls(self, tbl: Mapping[str, Any], key: str, *, server: bool) -> TlsSettings | None:
@@ -717,8 +883,10 @@ class _Validator:
 
 _METHOD_KEYS = frozenset({"analyte", "units", "loinc", "measuring_range", "critical_low", "critical_high",
                           "ranges", "delta", "status", "source", "conversions", "thresholds", "grading",
-                          "alt_delta", "hys_law"})
-_RANGE_KEYS = frozenset({"sex", "age_min", "age_max", "low", "high", "source", "status"})
+                          "alt_delta", "hys_law", "absurd_low", "absurd_high", "gates", "alert_high",
+                          "approved_by", "approved_at"})
+_RANGE_KEYS = frozenset({"sex", "age_min", "age_max", "low", "high", "source", "status", "approved_by",
+                         "approved_at", "in_units"})
 _DELTA_KEYS = frozenset({"abs", "pct", "window_days", "action"})
 _CONVERSION_KEYS = frozenset({"units", "factor", "decimals", "source"})
 _THRESHOLD_KEYS = frozenset({"name", "value", "sex", "age_min", "age_max", "enabled", "source"})

@@ -11,8 +11,10 @@ from __future__ import annotations
 import getpass
 import os
 import tempfile
+import tomllib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import tomlkit
 from tomlkit.items import Table
 from tomlkit.toml_document import TOMLDocument
 
-from labmw.config import Settings, parse, read_toml
+from labmw.config import Settings, parse, read_toml, rules_version
 from labmw.errors import ConfigError, LabmwError, UsageError
 from labmw.store.engines import open_store
 
@@ -65,7 +67,12 @@ def initial_text(data_dir: str, *, store_url: str = "", site: str = "") -> str:
         store.add("url", store_url)
         store["url"].comment("PostgreSQL holds the store (README: PostgreSQL); absent: SQLite in data_dir")
         header.add("store", store)
-    return tomlkit.dumps(header) + "\n" + shipped_library()
+    return tomlkit.dumps(header) + "\n" + shipped_library() + shipped_qc()
+
+
+def shipped_qc() -> str:
+    """The shipped ``[qc]`` defaults: interval and Westgard rule set, each with its source (labmw.qc)."""
+    return resources.files("labmw").joinpath("data/qc.toml").read_text(encoding="utf-8")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -146,12 +153,13 @@ def edit(path: Path, command: str, key: str, change: Callable[[TOMLDocument], No
     old_text = path.read_text(encoding="utf-8")
     doc = tomlkit.parse(old_text)
     plain = doc.unwrap()  # a deep copy: taken once per side of the change
-    parse(plain, path)  # the file as it stands must be valid before anything is changed
+    # The file as it stands must be valid before anything is changed (Decimal: numbers as typed).
+    before_settings = parse(tomllib.loads(old_text, parse_float=Decimal), path)
     before = _lookup(plain, key)
     change(doc)
     new_text = tomlkit.dumps(doc)
     plain = tomlkit.parse(new_text).unwrap()  # what will be written, read back
-    after_settings = parse(plain, path)
+    after_settings = parse(tomllib.loads(new_text, parse_float=Decimal), path)
     after = _lookup(plain, key)
     store = open_store(after_settings.store_target, site=after_settings.site)
     try:
@@ -160,6 +168,10 @@ def edit(path: Path, command: str, key: str, change: Callable[[TOMLDocument], No
             store.append_audit("config_changed", now=datetime.now(UTC), actor=os_user(),
                                data={"file": str(path.resolve()), "command": command, "key": key,
                                      "before": before, "after": after})
+            # A change of the rules in force is its own event, with both versions (#11 item 6).
+            with store.transaction(datetime.now(UTC)) as tx:
+                tx.note_rules_version(rules_version(after_settings), actor=os_user(), how=f"{command} {key}",
+                                      before=rules_version(before_settings))
         except LabmwError:
             _write_atomic(path, old_text)
             raise

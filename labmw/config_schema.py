@@ -34,8 +34,11 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     # the store (H): a PostgreSQL URL; absent means SQLite in data_dir
     "store": frozenset({"url"}),
     "lis": frozenset({
-        "connect", "ack_timeout", "connect_timeout", "retry_initial", "retry_max", "sending_application",
+        "connect", "ack_timeout", "connect_timeout", "retry_initial", "retry_max", "head_alert_attempts",
+        "sending_application",
         "sending_facility", "receiving_application", "receiving_facility", "tls",
+        # fidelity (E): one ORU per specimen or per result
+        "group",
     }),
     "lis.tls": frozenset({"ca_file", "cert_file", "key_file", "server_name"}),
     "analyzers.*": frozenset({
@@ -47,13 +50,31 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
         "idle_timeout",
         # alerts (F): how long the analyzer may stay silent before an alert (minutes)
         "silent_after_minutes",
+        # autoverification (C): unmapped codes hold|forward, gate actions, instrument-flag table
+        "unmapped", "gates", "flags",
     }),
+    "analyzers.*.gates": ANY_KEY,  # gate names, checked by the parser
+    "analyzers.*.flags": ANY_KEY,  # instrument flags as the analyzer sends them
+    "analyzers.*.flags.*": frozenset({"action", "comment"}),
+    # autoverification (C): the critical-call deadline and the reviewed clinician texts per gate
+    "autoverify": frozenset({"critical_notify_minutes", "texts"}),
+    "autoverify.texts": ANY_KEY,
     "analyzers.*.tls": frozenset({"ca_file", "cert_file", "key_file", "server_name"}),
     "analyzers.*.map": ANY_KEY,
+    # review workstation (G): `labmw web`, and the daemon when [web] is present
+    "web": frozenset({"listen", "tls", "session_minutes", "max_login_failures", "max_address_failures",
+                      "lockout_minutes"}),
+    "web.tls": frozenset({"ca_file", "cert_file", "key_file", "server_name"}),
     "alerts": frozenset({
         "command", "webhook_url", "timeout_seconds", "check_interval_seconds", "lis_down_minutes",
         "critical_unnotified_minutes", "disk_free_min_mb", "audit_verify_minutes",
     }),
+    # quality control (D, labmw.qc.settings): interval, rule sets, control materials, QC patterns
+    "qc": frozenset({"interval_hours", "rules", "methods", "materials", "analyzers"}),
+    "qc.methods.*": frozenset({"rules", "source"}),
+    "qc.materials.*": frozenset({"method", "level", "lot", "mean", "sd", "expires", "analyzers", "specimen_ids",
+                                 "source"}),
+    "qc.analyzers.*": frozenset({"patterns"}),
 }
 
 

@@ -48,7 +48,8 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
         processors=[*shared, structlog.processors.format_exc_info if json else structlog.dev.set_exc_info,
                     renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # No file: print to sys.stdout as it is when each line is written (not as it was when configured).
+        logger_factory=structlog.PrintLoggerFactory(),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stdout)

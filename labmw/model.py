@@ -54,6 +54,32 @@ class Result:
     birth_date: date | None = None  # PHI
     sex: str = ""  # "M", "F", "U" or "" when not sent
     sequence: int = 0  # position of the result in its message, 1-based
+    comments: tuple[str, ...] = ()  # ASTM C records after the R record (instrument comments)
+    # "Q" when the instrument marked the specimen as a control (ASTM O-12 or H-12 "Q", HL7 SPM-11
+    # "Q"/"C"); "" for patient specimens and when the instrument says nothing (see labmw.qc).
+    specimen_role: str = ""
+    # The order's universal service / test ID as sent (ASTM O-5, HL7 OBR-4 component 1), for
+    # per-analyzer QC patterns of instruments that mark controls there (HemoScreen "LQC").
+    order_code: str = ""
+    # Fidelity (issue 13): what the instrument sent beyond the mapped test code and text value.
+    # ``test_id``: its full test identifier ("MTB-RIF^^^rpoB1^Ct", components joined by "^";
+    # "" = the same as ``test_code``); ``sub_id``: HL7 OBX-4. ``value_type``/``value_parts``: the
+    # HL7 data type chosen at intake and the value's components as sent (unescaped), so OBX-5 is
+    # the instrument's text with its component boundaries; ``units_parts``: composite units as sent
+    # (``U/L^U/L^A400``). ``gates``: named holds decided from the message itself
+    # (NO_SPECIMEN_ID, TEST_CODE_MISSING, IDENTITY_COLLISION; labmw.mapping.identity).
+    test_id: str = ""
+    sub_id: str = ""
+    value_type: str = ""
+    value_parts: tuple[str, ...] = ()
+    units_parts: tuple[str, ...] = ()
+    gates: tuple[str, ...] = ()
+    protocol: str = ""  # "astm" or "hl7": how test_id's components map onto OBX-3
+
+    @property
+    def identity(self) -> str:
+        """The test as the instrument identified it: ``test_id``, else ``test_code``."""
+        return self.test_id or self.test_code
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +109,9 @@ class RangeRule:
     # "active"; "pending review" (applied, and every result it judges says so: CLINICAL.md item 25);
     # "disabled" (kept in the file for the record, never applied).
     status: str = "active"
+    #: The same interval as published in other units, as (units, low, high): a result reported in those
+    #: units is judged against them and OBX-7 shows them (Ceriotti's 0.15-0.99 ukat/L, not 59/60 = 0.98).
+    in_units: tuple[tuple[str, Decimal, Decimal], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -256,6 +285,15 @@ class Method:
     grading: Grading | None = None
     alt_delta: AltDeltaTiers | None = None
     hys_law: HysLawRule | None = None
+    #: Autoverification plausibility limits (gate ABSURD): at or below ``absurd_low`` or above
+    #: ``absurd_high`` a value is held as implausible (CLINICAL.md §4.2 step 6, item 14).
+    absurd_low: Decimal | None = None
+    absurd_high: Decimal | None = None
+    #: A non-critical "alert" threshold (CLINICAL.md 2.4): at or above it the result keeps H and gets
+    #: a note, never HH (HH/LL are only for limits configured as critical).
+    alert_high: Decimal | None = None
+    #: Gate actions of this method as (gate name, "hold" | "flag") pairs; they override the analyzer's.
+    gates: tuple[tuple[str, str], ...] = ()
 
     @property
     def delta_window_days(self) -> Decimal | None:
@@ -303,6 +341,41 @@ class Evaluation:
     notes: tuple[str, ...] = ()
     hold: bool = False
     decisions: tuple[Decision, ...] = ()
+    #: Autoverification gates that held the result (labmw.rules.gates), in rule order.
+    gates: tuple[str, ...] = ()
+    #: Gates that fired but were set to "flag": released with a clinician NTE.
+    flagged_gates: tuple[str, ...] = ()
+    #: Notes for the reviewer only (why a gate held, who released): never sent to the LIS.
+    review_notes: tuple[str, ...] = ()
+    #: Content hash of the rule set in force when the result was judged (labmw rules version).
+    rules_version: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Suspension:
+    """An active ``labmw autoverify suspend``: empty analyzer/method means every one."""
+
+    id: int = 0
+    analyzer: str = ""
+    method: str = ""
+    reason: str = ""
+    actor: str = ""
+    since: str = ""
+
+    def covers(self, analyzer: str, method: str | None) -> bool:
+        """Whether this suspension applies to a result of ``analyzer`` and ``method``."""
+        return (not self.analyzer or self.analyzer == analyzer) and (
+            not self.method or self.method == (method or "")
+        )
+
+    def describe(self) -> str:
+        scope = " ".join(
+            part for part in (
+                f"analyzer {self.analyzer}" if self.analyzer else "",
+                f"method {self.method}" if self.method else "",
+            ) if part
+        ) or "all analyzers and methods"
+        return f"autoverification suspended for {scope}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -328,3 +401,21 @@ class Outcome:
     stored: bool = True
     #: The protocol's answer to write back (HL7: the ACK without MLLP framing; b"": send nothing).
     answer: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QcGate:
+    """The QC state of one analyzer x method when a patient result of it is judged (CLINICAL.md item 17).
+
+    ``state``: ``ok`` (the latest run was accepted, within the interval), ``QC_FAILED`` (the latest
+    run was rejected) or ``QC_EXPIRED`` (no accepted run within ``interval_hours``). ``run_id`` is
+    the run the state rests on (0 when there has been none); ``rules`` the rules it violated.
+    """
+
+    analyzer: str
+    method: str
+    state: str
+    run_id: int = 0
+    rules: tuple[str, ...] = ()
+    last_accepted_at: str = ""
+    interval_hours: Decimal = Decimal(24)

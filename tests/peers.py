@@ -170,8 +170,11 @@ def daemon(config: Path, wait_port: int | None = None, log: Path | None = None) 
 
 
 def configure(tmp_path: Path, lis_port: int, analyzer_port: int, *, protocol: str = "astm", analyzer: str = "c501",
-              code: str = "ALTL") -> Path:
-    """The exact command sequence of issue 2 / the README (an HL7 analyzer with ``protocol="hl7"``)."""
+              code: str = "ALTL", unmapped: str | None = None, labmw=labmw) -> Path:  # noqa: ANN001
+    """The exact command sequence of issue 2 / the README (an HL7 analyzer with ``protocol="hl7"``).
+
+    ``labmw`` runs one command (default: the console script; a test may pass an in-process runner).
+    """
     config = tmp_path / "lab.toml"
     labmw(config, "init", "--data-dir", str(tmp_path / "data"))
     labmw(config, "method", "add", "ALT-T", "--analyte", "ALT", "--units", "U/L", "--loinc", "1743-4",
@@ -180,7 +183,8 @@ def configure(tmp_path: Path, lis_port: int, analyzer_port: int, *, protocol: st
     labmw(config, "range", "add", "ALT-T", "--sex", "F", "--age-min", "18y", "--low", "8", "--high", "41")
     labmw(config, "lis", "set", "--connect", f"127.0.0.1:{lis_port}")
     labmw(config, "analyzer", "add", analyzer, "--protocol", protocol, "--transport", "tcp-server",
-          "--listen", f"127.0.0.1:{analyzer_port}", "--map", f"{code}=ALT-T")
+          "--listen", f"127.0.0.1:{analyzer_port}", "--map", f"{code}=ALT-T",
+          *(("--unmapped", unmapped) if unmapped else ()))
     return config
 
 

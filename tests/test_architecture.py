@@ -21,18 +21,25 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "rules": (*_BASE, "labmw.rules"),
     "mapping": (*_BASE, "labmw.wire", "labmw.mapping"),
     "store": (*_BASE, "labmw.store", "psycopg", "psycopg_pool"),  # psycopg: PostgreSQL
-    "config": (*_BASE, "labmw.config", "labmw.config_schema", "labmw.rules"),
-    "config_schema": ("labmw.errors",),
+    # config reads [qc] through labmw.qc.settings, which itself needs only errors and rules.
+    "config": (*_BASE, "labmw.config", "labmw.config_schema", "labmw.rules", "labmw.qc"),
+    # Quality control (issue 12): its settings sit below config; recognition, the run judgement on the
+    # store thread and the status beside the daemon; the Levey-Jennings chart draws with matplotlib.
+    "qc": (*_BASE, "labmw.config", "labmw.rules", "labmw.store", "labmw.qc", "matplotlib"),
     "config_edit": (*_BASE, "labmw.config", "labmw.store", "tomlkit"),
+    "config_schema": (*_BASE,),
     # Transports move bytes: they know the wire engines and the settings, never the daemon, the
     # store, the rules or the mapping (the intake hands them an Outcome from the model).
     "transports": (*_BASE, "labmw.config", "labmw.wire", "labmw.transports", "structlog", "serial"),
     "daemon": (*_BASE, "labmw", "labmw.config", "labmw.config_edit", "labmw.log", "labmw.wire", "labmw.mapping",
                "labmw.rules", "labmw.store", "labmw.transports", "labmw.daemon", "structlog", "hl7", "tomlkit",
-               "prometheus_client"),  # the metrics endpoint (daemon/metrics.py)
+               "prometheus_client", "labmw.qc"),  # the metrics endpoint (daemon/metrics.py)
     "cli": (*_BASE, "labmw", "labmw.cli", "labmw.config", "labmw.config_edit", "labmw.log", "labmw.wire",
             "labmw.mapping", "labmw.rules", "labmw.store", "labmw.transports", "labmw.daemon", "structlog",
-            "typer", "tomlkit", "serial", "hl7"),
+            "typer", "tomlkit", "serial", "hl7", "labmw.web", "labmw.qc"),
+    # The review workstation sits beside the CLI at the top: only the CLI imports it.
+    "web": (*_BASE, "labmw.config", "labmw.store", "labmw.daemon", "labmw.web", "structlog", "starlette",
+            "uvicorn", "jinja2", "argon2"),
     "__main__": ("labmw.cli",),
     "__init__": (),
 }

@@ -100,3 +100,15 @@ def test_systemd_analyze_security_exposure_is_at_most_3(testable_unit: Path) -> 
     match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", done.stdout)
     assert match is not None, done.stdout + done.stderr
     assert float(match.group(1)) <= MAX_EXPOSURE, done.stdout
+
+
+def test_unit_caps_memory_above_what_the_bench_measures() -> None:
+    """Issue #17: MemoryMax= is set, above the bench's RSS (about 51 MiB with 100 analyzers) and the
+    150 MB the hostile-input tests allow, so only a runaway is stopped; MemoryHigh= below it."""
+
+    def mib(value: str) -> float:
+        units = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}
+        return float(value[:-1]) * units[value[-1]]
+
+    (high,), (cap,) = _values("MemoryHigh"), _values("MemoryMax")
+    assert 150 < mib(high) < mib(cap) <= 512, (high, cap)

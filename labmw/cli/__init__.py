@@ -113,6 +113,8 @@ def register() -> None:
         config_cmd,
         demo_cmd,
         edit_cmd,
+        message_cmd,
+        qc_cmd,
         queue_cmd,
         retention_cmd,
         review_cmd,
@@ -120,6 +122,8 @@ def register() -> None:
         run_cmd,
         simulate_cmd,
         status_cmd,
+        user_cmd,
+        web_cmd,
     )
 
     config_cmd.register(app)
@@ -133,6 +137,15 @@ def register() -> None:
     retention_cmd.register(app)
     demo_cmd.register(app)
     simulate_cmd.register(app)
+    from labmw.cli import autoverify_cmd
+
+    autoverify_cmd.register(app, rules_app=rules_cmd.rules_app, analyzer_app=config_cmd.analyzer_app,
+                            range_app=config_cmd.range_app, review_app=review_cmd.review_app,
+                            method_app=config_cmd.method_app)
+    qc_cmd.register(app)
+    message_cmd.register(app)
+    user_cmd.register(app)
+    web_cmd.register(app)
 
 
 register()

@@ -1,4 +1,4 @@
-"""`labmw audit list|verify|export`: the trail, for reviewers and auditors."""
+"""`labmw audit list|verify|head|export`: the trail, for reviewers and auditors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 
 from labmw.cli.common import open_store, parse_time, print_json, print_table
 from labmw.errors import UsageError
-from labmw.store.audit import AuditEvent
+from labmw.store.audit import AuditEvent, parse_head
 
 audit_app = typer.Typer(no_args_is_help=True, help="Review, verify and export the audit trail.")
 
@@ -61,19 +61,45 @@ def audit_list(ctx: typer.Context, specimen: Specimen = None, patient: Patient =
 
 
 @audit_app.command("verify")
-def audit_verify(ctx: typer.Context) -> None:
-    """Check the hash chain; exit 0 when intact, 1 naming the first broken event."""
+def audit_verify(ctx: typer.Context,
+                 expect_head: Annotated[str | None, typer.Option(
+                     "--expect-head", metavar="SEQ:HASH",
+                     help="An anchor kept outside the database (from `labmw audit head` or the journal's"
+                          " audit_head lines): fail unless that event is in the trail unchanged.")] = None) -> None:
+    """Check the hash chain and every stored row it covers; exit 0 when intact, 1 naming the first problem."""
+    anchor = None
+    if expect_head is not None:
+        try:
+            anchor = parse_head(expect_head)
+        except ValueError as exc:
+            raise UsageError(f"--expect-head: {exc}") from None
     store = open_store(ctx)
     try:
-        result = store.verify_audit()
+        result = store.verify_audit(expect_head=anchor)
     finally:
         store.close()
     if result.ok:
-        typer.echo(f"audit trail intact: {result.count} events verified")
+        anchored = f", anchor {anchor[0]} matches" if anchor else ""
+        typer.echo(f"audit trail intact: {result.count} events verified, {result.rows} stored rows match{anchored}")
         return
     where = f"event {result.first_broken}" if result.first_broken is not None else "the trail"
     typer.echo(f"audit trail BROKEN at {where}: {result.reason}", err=True)
     raise typer.Exit(1)
+
+
+@audit_app.command("head")
+def audit_head(ctx: typer.Context,
+               json_: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
+    """The newest event's sequence and hash (SEQ:HASH): keep it outside the database as an anchor."""
+    store = open_store(ctx)
+    try:
+        seq, digest = store.audit_head()
+    finally:
+        store.close()
+    if json_:
+        print_json({"seq": seq, "hash": digest})
+        return
+    typer.echo(f"{seq}:{digest}")
 
 
 @audit_app.command("export")

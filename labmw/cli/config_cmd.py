@@ -16,6 +16,7 @@ from labmw.cli.common import config_file, print_json, print_table, settings
 from labmw.config import (
     CHECKSUM_POLICIES,
     DELTA_ACTIONS,
+    LIS_GROUPS,
     PROTOCOLS,
     TRANSPORTS,
     AnalyzerSettings,
@@ -27,6 +28,8 @@ from labmw.errors import RuleError, UsageError
 from labmw.mapping.astm_query import QUERY_MODES
 from labmw.model import Method
 from labmw.rules.age import parse_age
+from labmw.rules.gates import UNMAPPED_ACTIONS
+from labmw.rules.range_checks import age_order_problem, coverage_gaps
 
 config_app = typer.Typer(no_args_is_help=True, help="Check or print the configuration.")
 analyzer_app = typer.Typer(no_args_is_help=True, help="Analyzers: how they connect and which codes map to which methods.")
@@ -64,9 +67,12 @@ def _number(option: str, text: str | None) -> Decimal | None:
         raise UsageError(f"{option}: {exc}") from None
 
 
-def _toml_number(value: Decimal) -> int | float:
-    # TOML has no decimal type; integers stay integers, others keep their shortest float text.
-    return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
+def _toml_number(value: Decimal) -> Any:
+    # TOML has no decimal type; integers stay integers, others are written exactly as typed
+    # ("0.50" stays 0.50, read back as Decimal("0.50"), so OBX-7 shows what the lab typed).
+    if value == value.to_integral_value() and "." not in str(value) and "E" not in str(value).upper():
+        return int(value)
+    return tomlkit.items.Float(float(value), tomlkit.items.Trivia(), str(value))
 
 
 # --- init / config --------------------------------------------------------------------------------
@@ -96,6 +102,10 @@ def config_validate(ctx: typer.Context) -> None:
     cfg = settings(ctx)
     typer.echo(f"{cfg.path}: ok ({len(cfg.analyzers)} analyzers, {len(cfg.methods)} methods, "
                f"LIS {cfg.lis.connect if cfg.lis else 'not set'})")
+    # Every sex x age stretch from birth to 120 y with no range: such results are held (NO_RANGE).
+    for method in cfg.methods.values():
+        for gap in coverage_gaps(method):
+            typer.echo(f"warning: {gap}")
 
 
 @config_app.command("show")
@@ -124,8 +134,12 @@ def lis_set(
     tls_cert_file: Annotated[str | None, typer.Option(help="TLS: client certificate, if the LIS asks.")] = None,
     tls_key_file: Annotated[str | None, typer.Option(help="TLS: the client certificate's key.")] = None,
     tls_server_name: Annotated[str | None, typer.Option(help="TLS: name to verify (default: the host).")] = None,
+    group: Annotated[str | None, typer.Option(
+        help="specimen (one ORU^R01 per specimen, the default) or result (one per result).")] = None,
 ) -> None:
-    """Set where results are delivered (optionally over TLS)."""
+    """Set where results are delivered (optionally over TLS) and how they are grouped."""
+    if group is not None and group not in LIS_GROUPS:
+        raise UsageError(f"--group: expected one of {', '.join(LIS_GROUPS)}, got {group!r}")
     endpoint = _endpoint("--connect", connect)
     tls = {k: v for k, v in (("ca_file", tls_ca_file), ("cert_file", tls_cert_file), ("key_file", tls_key_file),
                              ("server_name", tls_server_name)) if v is not None}
@@ -135,6 +149,8 @@ def lis_set(
         lis["connect"] = endpoint
         if ack_timeout is not None:
             lis["ack_timeout"] = ack_timeout
+        if group is not None:
+            lis["group"] = group
         if tls:
             lis["tls"] = tomlkit.item({k: str(Path(v).resolve()) if k != "server_name" else v
                                        for k, v in tls.items()})
@@ -150,6 +166,8 @@ def _analyzer_json(a: AnalyzerSettings) -> dict[str, Any]:
     out["connect"] = str(a.connect) if a.connect else None
     out["map"] = dict(a.map)
     out["allow"] = list(a.allow)
+    out["gates"] = dict(a.gates)
+    out["flags"] = {flag: {"action": r.action, "comment": r.comment} for flag, r in a.flags.items()}
     return out
 
 
@@ -163,17 +181,21 @@ def analyzer_add(
     connect: Annotated[str | None, typer.Option(help="HOST:PORT to connect to (tcp-client).")] = None,
     device: Annotated[str | None, typer.Option(help="Serial device path (serial).")] = None,
     baud: Annotated[int | None, typer.Option(help="Serial speed.")] = None,
-    map_: Annotated[list[str] | None, typer.Option("--map", help="CODE=METHOD, repeatable.")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help=(
+        "CODE=METHOD, repeatable; CODE may be the full multi-component identifier, e.g. 'rpoB1^Ct'."))] = None,
     encoding: Annotated[str | None, typer.Option(help="Character encoding (default latin-1).")] = None,
     test_code_component: Annotated[int | None, typer.Option(help="R-3 component holding the test code.")] = None,
-    specimen_component: Annotated[int | None, typer.Option(help="O-3 component holding the specimen ID.")] = None,
+    specimen_component: Annotated[int | None, typer.Option(
+        help="Component of the specimen field holding the specimen ID (ASTM).")] = None,
     checksum_policy: Annotated[str | None, typer.Option(help="strict, warn or ignore.")] = None,
     parity: Annotated[str | None, typer.Option(help="Serial parity: N, E, O, M or S.")] = None,
     bytesize: Annotated[int | None, typer.Option(help="Serial data bits (5-8).")] = None,
     stopbits: Annotated[int | None, typer.Option(help="Serial stop bits (1 or 2).")] = None,
     allow: Annotated[list[str] | None, typer.Option(help="Only accept this peer address; repeatable.")] = None,
     max_connections: Annotated[int | None, typer.Option(help="tcp-server: simultaneous connections (64).")] = None,
-    specimen_field: Annotated[str | None, typer.Option(help="HL7: SPM-2, OBR-3 or OBR-2.")] = None,
+    specimen_field: Annotated[str | None, typer.Option(
+        help="Where the specimen ID is: ASTM an O field (O-3 default, O-4 on Sysmex); HL7 SPM-2, OBR-3 or OBR-2.")]
+    = None,
     lf_segments: Annotated[bool, typer.Option(help="HL7: accept LF-separated segments (only when no CR).")] = False,
     tls_cert_file: Annotated[str | None, typer.Option(help="TLS listener: certificate (with --tls-key-file).")]
     = None,
@@ -186,6 +208,9 @@ def analyzer_add(
         help="ASTM host queries: no-order (answer at once, the default) or ignore.")] = None,
     frame_timeout: Annotated[float | None, typer.Option(
         help="ASTM: seconds to wait for the analyzer's next frame (default 30).")] = None,
+    unmapped: Annotated[str | None, typer.Option(
+        help="Test codes mapped to no method: hold (the default) or forward (tests labmw is not meant to judge).")]
+    = None,
 ) -> None:
     """Add an analyzer; --map ties its test code to a method."""
     cfg = settings(ctx)
@@ -195,7 +220,8 @@ def analyzer_add(
         raise UsageError(f"analyzer {name!r} already exists (remove it first with `labmw analyzer remove {name}`)")
     for option, value, choices in (("--protocol", protocol, PROTOCOLS), ("--transport", transport, TRANSPORTS),
                                    ("--checksum-policy", checksum_policy, CHECKSUM_POLICIES),
-                                   ("--query-mode", query_mode, QUERY_MODES)):
+                                   ("--query-mode", query_mode, QUERY_MODES),
+                                   ("--unmapped", unmapped, UNMAPPED_ACTIONS)):
         if value is not None and value not in choices:
             raise UsageError(f"{option}: expected one of {', '.join(choices)}, got {value!r}")
     if max_frame_text is not None and not 16 <= max_frame_text <= 63_993:
@@ -218,7 +244,7 @@ def analyzer_add(
         ("checksum_policy", checksum_policy), ("parity", parity), ("bytesize", bytesize),
         ("stopbits", stopbits), ("specimen_field", specimen_field),
         ("max_frame_text", max_frame_text), ("query_mode", query_mode),
-        ("frame_timeout", frame_timeout), ("max_connections", max_connections))
+        ("frame_timeout", frame_timeout), ("max_connections", max_connections), ("unmapped", unmapped))
     for key, setting in options:
         if setting is not None:
             table[key] = setting
@@ -311,6 +337,8 @@ def method_json(m: Method) -> dict[str, Any]:
         "grading": None if m.grading is None else {"scheme": m.grading.scheme, "source": m.grading.source,
                                                    "above_uln": [str(b) for b in m.grading.above_uln]},
         "hys_law": fields(m.hys_law),
+        "absurd_low": text(m.absurd_low), "absurd_high": text(m.absurd_high), "alert_high": text(m.alert_high),
+        "gates": dict(m.gates),
     }
 
 
@@ -385,19 +413,9 @@ def _require_method(ctx: typer.Context, method: str) -> None:
         raise UsageError(f"unknown method {method!r} (configured: {', '.join(sorted(cfg.methods)) or 'none'})")
 
 
-@range_app.command("add")
-def range_add(
-    ctx: typer.Context,
-    method: Annotated[str, typer.Argument(help="The method the range belongs to.")],
-    low: Annotated[str, typer.Option(help="Lower reference limit.")],
-    high: Annotated[str, typer.Option(help="Upper reference limit.")],
-    sex: Annotated[str | None, typer.Option(help="M or F; omit for both.")] = None,
-    age_min: Annotated[str | None, typer.Option(help="From this age: 30d, 6m, 18y (bare number = years).")] = None,
-    age_max: Annotated[str | None, typer.Option(help="Below this age: 30d, 6m, 18y.")] = None,
-    source: Annotated[str | None, typer.Option(help="Where the numbers come from.")] = None,
-) -> None:
-    """Add a reference range; the most specific matching range applies."""
-    _require_method(ctx, method)
+def range_entry(*, low: str, high: str, sex: str | None, age_min: str | None, age_max: str | None,
+                source: str | None) -> dict[str, Any]:
+    """The TOML row of ``range add`` / ``range set`` (checked; numbers written as typed)."""
     low_d, high_d = _number("--low", low), _number("--high", high)
     assert low_d is not None and high_d is not None
     if low_d >= high_d:
@@ -413,9 +431,32 @@ def range_add(
                 entry[key] = str(parse_age(value))
             except RuleError as exc:
                 raise UsageError(f"{option}: {exc}") from None
+    if age_min is not None and age_max is not None:
+        problem = age_order_problem(parse_age(age_min), parse_age(age_max))
+        if problem:
+            raise UsageError(f"--age-min/--age-max: {problem}")
     entry["low"], entry["high"] = _toml_number(low_d), _toml_number(high_d)
     if source:
         entry["source"] = source
+
+    return entry
+
+
+@range_app.command("add")
+def range_add(
+    ctx: typer.Context,
+    method: Annotated[str, typer.Argument(help="The method the range belongs to.")],
+    low: Annotated[str, typer.Option(help="Lower reference limit.")],
+    high: Annotated[str, typer.Option(help="Upper reference limit.")],
+    sex: Annotated[str | None, typer.Option(help="M or F; omit for both.")] = None,
+    age_min: Annotated[str | None, typer.Option(help="From this age: 30d, 6m, 18y (bare number = years).")] = None,
+    age_max: Annotated[str | None, typer.Option(help="Below this age: 30d, 6m, 18y.")] = None,
+    source: Annotated[str | None, typer.Option(help="Where the numbers come from.")] = None,
+) -> None:
+    """Add a reference range; the most specific matching range applies."""
+    _require_method(ctx, method)
+    entry = range_entry(low=low, high=high, sex=sex, age_min=age_min, age_max=age_max, source=source)
+    low_d, high_d = _number("--low", low), _number("--high", high)
 
     def change(doc: TOMLDocument) -> None:
         tbl = config_edit.table_at(doc, "methods", method, create=False)

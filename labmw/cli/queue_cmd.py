@@ -62,10 +62,13 @@ def _next_attempts(store: Any, entries: list[Any]) -> dict[int, str]:
 @queue_app.command("retry")
 def queue_retry(ctx: typer.Context,
                 ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter IDs to send again.")] = None,
-                all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False) -> None:
+                all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+                now: Annotated[bool, typer.Option(
+                    "--now", help="Tell the running daemon to skip its backoff and try the LIS at once"
+                                  " (after an outage).")] = False) -> None:
     """Put dead letters back in the queue (same MSH-10, so the LIS can recognise a repeat)."""
-    if not ids and not all_:
-        raise UsageError("give dead-letter IDs or --all")
+    if not ids and not all_ and not now:
+        raise UsageError("give dead-letter IDs, --all or --now")
     store = open_store(ctx)
     try:
         if ids:
@@ -74,7 +77,11 @@ def queue_retry(ctx: typer.Context,
             if missing:
                 raise UsageError(f"no dead letter with ID {', '.join(map(str, missing))} (dead letters: "
                                  f"{', '.join(map(str, dead)) or 'none'}; see `labmw queue list`)")
-        count = store.retry(None if all_ else list(ids or []), now=datetime.now(UTC), actor=os_user())
+        if ids or all_:
+            count = store.retry(None if all_ else list(ids or []), now=datetime.now(UTC), actor=os_user())
+            typer.echo(f"{count} message(s) queued again")
+        if now:
+            store.request_retry_now(now=datetime.now(UTC), actor=os_user())
+            typer.echo("the daemon tries the LIS again within a second (backoff skipped)")
     finally:
         store.close()
-    typer.echo(f"{count} message(s) queued again")

@@ -9,6 +9,7 @@ command says it too without doing anything).
 from __future__ import annotations
 
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ def file_digest(path: Path) -> str | None:
     """The digest of the file's content now; None when it is missing, unreadable or not TOML."""
     try:
         with path.open("rb") as fh:
-            return config_digest(tomllib.load(fh))
+            # Parsed exactly as the daemon parses it (Decimal numbers), or the digests never agree.
+            return config_digest(tomllib.load(fh, parse_float=Decimal))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return None
 

@@ -30,8 +30,10 @@ def review_list(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json"
     if json_:
         print_json([h.as_dict() for h in held])
         return
-    print_table(("ID", "ANALYZER", "SPECIMEN", "PATIENT", "METHOD", "VALUE", "REASON"),
-                [(h.id, h.analyzer, h.specimen, h.patient, h.method, f"{h.value} {h.units}".strip(), h.reason)
+    print_table(("ID", "ANALYZER", "SPECIMEN", "PATIENT", "METHOD", "VALUE", "GATES", "HELD SINCE", "REASON"),
+                [(h.id, h.analyzer, h.specimen, h.patient, h.method, f"{h.value} {h.units}".strip(),
+                  ", ".join(h.gates) or "-", h.held_at or "-",
+                  ("CORRECTION of a delivered result; " if h.correction else "") + h.reason)
                  for h in held])
 
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from labmw.cli.common import print_json, settings
+from labmw.daemon.autoverify import policy_for, rules_version
 from labmw.errors import RuleError, UsageError
 from labmw.rules.cases import check_cases, load_cases
 from labmw.rules.scenario import Scenario, as_json, describe, run_scenario
@@ -40,6 +41,8 @@ def rules_test(
     related: Annotated[list[str] | None, typer.Option(
         help="Another analyte's result ANALYTE=VALUE/ULN[@TIME] (Hy's law), repeatable.")] = None,
     at: Annotated[str | None, typer.Option(help="Collection time (ISO); default now.")] = None,
+    flag: Annotated[list[str] | None, typer.Option(help="An instrument flag sent with the result, repeatable.")] = None,
+    analyzer: Annotated[str, typer.Option(help="Judge with this analyzer's gate settings and flag table.")] = "",
     json_: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Print the flags, the hold decision and every reason labmw would give; nothing is sent."""
@@ -48,8 +51,13 @@ def rules_test(
     except ValueError:
         raise UsageError(f"--at: expected an ISO date-time such as 2026-11-25T08:00, got {at!r}") from None
     scenario = Scenario(method=method, value=value, at=when, sex=sex, age=age, units=units, status=status,
-                        previous=previous, related=tuple(related or ()))
-    evaluation = run_scenario(settings(ctx).methods, scenario)
+                        previous=previous, related=tuple(related or ()), instrument_flags=tuple(flag or ()),
+                        analyzer=analyzer)
+    cfg = settings(ctx)
+    if analyzer and analyzer not in cfg.analyzers:
+        raise UsageError(f"--analyzer: no analyzer {analyzer!r} in {cfg.path}")
+    policy = policy_for(cfg, cfg.analyzers.get(analyzer), None)
+    evaluation = run_scenario(cfg.methods, scenario, policy=policy, rules_version=rules_version(cfg))
     if json_:
         print_json(as_json(evaluation))
         return
@@ -70,7 +78,10 @@ def rules_check(
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"{cases}: cannot read the cases file: {exc}") from None
     try:
-        report = check_cases(settings(ctx).methods, load_cases(doc, now=_now()))
+        cfg = settings(ctx)
+        report = check_cases(cfg.methods, load_cases(doc, now=_now()),
+                             policies={name: policy_for(cfg, a, None) for name, a in cfg.analyzers.items()},
+                             default_policy=policy_for(cfg, None, None))
     except RuleError as exc:
         raise RuleError(f"{cases}: {exc}") from None
     for line in report.lines():

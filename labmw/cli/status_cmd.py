@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from labmw.cli.common import config_file, print_json, print_table
+from labmw.cli.common import config_file, open_store, print_json, print_table
 from labmw.cli.reload_hint import drift, file_digest
 from labmw.config import load
 from labmw.daemon.control import ControlError, DaemonNotRunning, query_status
@@ -42,6 +43,8 @@ def status(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json", hel
                 typer.echo(line, err=True)
         raise typer.Exit(1) from None
     note = drift(reply, file_digest(path))
+    if config_error is None:
+        reply = {**reply, "autoverify": autoverify_status(ctx, load(path))}
     if json_:
         print_json({**reply, "running": True, "config_error": config_error, "config_drift": note})
         return
@@ -65,6 +68,23 @@ def _socket_of_broken_file(path: Path) -> Path:
     return data_dir / "labmw.sock"
 
 
+def autoverify_status(ctx: typer.Context, cfg: Any) -> dict[str, Any]:
+    """The kill switches in force and the critical values past their notification deadline (from the store).
+
+    An overdue critical not alerted before raises a ``critical_overdue`` audit event here.
+    """
+    store = open_store(ctx, cfg)
+    try:
+        now = datetime.now(UTC)
+        overdue = store.alert_overdue_criticals(
+            before=now - timedelta(minutes=cfg.autoverify.critical_notify_minutes), now=now)
+        suspensions = [{"id": s.id, "analyzer": s.analyzer, "method": s.method, "reason": s.reason, "by": s.actor,
+                        "since": s.since} for s in store.active_suspensions()]
+    finally:
+        store.close()
+    return {"suspensions": suspensions, "overdue_criticals": overdue}
+
+
 def render(status: Mapping[str, Any]) -> None:
     """Print the daemon's status dict for people: a header, the LIS/queue/held lines, one row per analyzer."""
     typer.echo(f"labmw daemon pid {_text(status.get('pid'))}, running since {_text(status.get('started_at'))}")
@@ -78,7 +98,17 @@ def render(status: Mapping[str, Any]) -> None:
     typer.echo(line)
     queue = status.get("queue") or {}
     typer.echo(f"queue    {_text(queue.get('pending'))} pending, {_text(queue.get('dead'))} dead")
-    typer.echo(f"held     {_text(status.get('held'))} result(s)")
+    line = f"held     {_text(status.get('held'))} result(s)"
+    if status.get("held_test_code_missing"):
+        line += f", {status['held_test_code_missing']} without a test code (check test_code_component)"
+    typer.echo(line)
+    av = status.get("autoverify") or {}
+    for s in av.get("suspensions") or ():
+        typer.echo(f"SUSPENDED autoverification for {s['analyzer'] or 'all analyzers'} / {s['method'] or 'all methods'}"
+                   f" since {s['since']} by {s['by']}: {s['reason']}")
+    for c in av.get("overdue_criticals") or ():
+        typer.echo(f"CRITICAL {c['flag']} result {c['result_id']} ({c['specimen']}) detected {c['detected_at']} "
+                   f"not yet notified (labmw critical notify {c['id']} --to NAME --readback)")
     analyzers = status.get("analyzers") or []
     typer.echo("")
     if not analyzers:
@@ -89,6 +119,20 @@ def render(status: Mapping[str, Any]) -> None:
                 [(a.get("name"), a.get("protocol"), a.get("transport"), a.get("endpoint"), a.get("connections"),
                   ", ".join(a.get("peers") or ()) or "-", a.get("messages"), a.get("results"),
                   a.get("last_message_at") or "never") for a in analyzers])
+    for a in analyzers:
+        if a.get("error"):
+            typer.echo(f"FAILED   {a.get('name')}: {a['error']}")
+    _render_qc(status.get("qc") or [])
+
+
+def _render_qc(states: Any) -> None:
+    """Each analyzer x method's QC state (labmw.qc.status); nothing when no QC is configured."""
+    if not states:
+        return
+    typer.echo("")
+    print_table(("QC ANALYZER", "METHOD", "STATE", "RUN", "RULES", "LAST ACCEPTED"),
+                [(q.get("analyzer"), q.get("method"), q.get("state"), q.get("run_id") or "-",
+                  ",".join(q.get("rules") or ()) or "-", q.get("last_accepted_at") or "never") for q in states])
 
 
 def _text(value: object) -> str:

@@ -14,14 +14,14 @@ import itertools
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from labmw.config import AnalyzerSettings, Settings, load
-from labmw.daemon import standby
+from labmw.daemon import integrity, standby
 from labmw.daemon.astm_adapter import AstmAdapter
 from labmw.daemon.forwarder import Forwarder
 from labmw.daemon.hl7_adapter import Hl7Adapter
@@ -35,6 +35,7 @@ from labmw.transports.astm_pump import pump_astm
 from labmw.transports.connections import REFUSAL_INTERVAL, RefusalLog
 from labmw.transports.endpoints import Endpoint, make_endpoint
 from labmw.transports.hl7_pump import pump_hl7
+from labmw.wire.astm_link import REPEATED_FN_CHANGED
 
 log = structlog.get_logger(__name__)
 
@@ -57,16 +58,20 @@ class AnalyzerState:
     def as_dict(self) -> dict[str, Any]:
         a = self.analyzer
         peers = self.endpoint.peers if self.endpoint else []
-        return {"name": a.name, "protocol": a.protocol, "transport": a.transport,
+        error = self.error or (self.endpoint.error if self.endpoint else "")
+        return {"state": "failed" if error else "running", "name": a.name, "protocol": a.protocol, "transport": a.transport,
                 "endpoint": str(a.listen or a.connect or a.device), "peers": peers,
                 "connections": len(peers), "messages": int(self.counts["messages"]),
                 "results": int(self.counts["results"]),
                 "last_message_at": self.last_message_at.isoformat() if self.last_message_at else None,
-                "error": self.error}
+                "error": error}
 
 
 class Service:
     """One running labmw: :meth:`start`, then :meth:`wait_stopped` (or :meth:`stop`), then :meth:`close`."""
+
+    accept_broken_trail = False  # `labmw run --accept-broken-trail` (integrity.py)
+    _head_task: asyncio.Task[None] | None = None
 
     def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
@@ -93,6 +98,8 @@ class Service:
         """Open the store, start endpoints and the forwarder. Raises StoreError when the store cannot open."""
         self.runner = StoreRunner(self.settings.store_target, site=self.settings.site)
         self.pipeline = Pipeline(self.settings, self.runner.store, clock=self.clock)
+        await integrity.check_trail_at_start(self.runner, accept_broken=self.accept_broken_trail, now=self.clock())
+        self._head_task = asyncio.ensure_future(integrity.log_head_periodically(self._runner))
         await self._audit("service_started", data={"config": str(self.settings.path), "pid": os.getpid(),
                                                    "analyzers": sorted(self.settings.analyzers)})
         self._refusal_flusher = asyncio.ensure_future(self._flush_refusals_periodically())
@@ -107,7 +114,7 @@ class Service:
         for analyzer in self.settings.analyzers.values():
             await self._start_analyzer(analyzer)
         self._start_forwarder()
-        log.info("service_ready", analyzers=len(self.analyzers),
+        log.info("service_ready", analyzers=len(self.analyzers), failed=sorted(self.failed_analyzers()),
                  lis=str(self.settings.lis.connect) if self.settings.lis else None)
 
     async def _go_standby(self) -> None:
@@ -121,6 +128,16 @@ class Service:
         task.add_done_callback(self._role_events.discard)
         if self.on_role is not None:
             self.on_role(f"{role} (site {self.settings.site})")
+
+    def failed_analyzers(self) -> dict[str, str]:
+        """Analyzers that are configured but not working (port taken, device not openable): name -> why."""
+        return {name: d["error"] for name, d in ((n, s.as_dict()) for n, s in self.analyzers.items()) if d["error"]}
+
+    def ready_text(self) -> str:
+        """The sd_notify STATUS= line: how many analyzers run, and which failed and why."""
+        failed = self.failed_analyzers()
+        text = f"{len(self.analyzers) - len(failed)} of {len(self.analyzers)} analyzers running"
+        return text + ("; FAILED: " + "; ".join(f"{n} ({why})" for n, why in sorted(failed.items())) if failed else "")
 
     def stop(self) -> None:
         self._stopped.set()
@@ -144,6 +161,9 @@ class Service:
                 await self._audit_aggregated("connection_closed", self._closures.due(_loop_time(), flush=True))
             with contextlib.suppress(Exception):
                 await self._audit("service_stopped")
+            if self._head_task is not None:
+                self._head_task.cancel()
+                await integrity.log_head(self.runner, reason="stop")
             self.runner.close()
             self.runner = None
         log.info("service_stopped")
@@ -288,7 +308,8 @@ class Service:
             state.confirmed_id = message_id
 
         async def audit_discard(reason: str, text: bytes) -> None:
-            await self._audit("transfer_incomplete", analyzer=analyzer.name,
+            event = "frame_number_repeated" if reason.startswith(REPEATED_FN_CHANGED) else "transfer_incomplete"
+            await self._audit(event, analyzer=analyzer.name,
                               data={"reason": reason, "bytes": len(text), "peer": peer})
 
         return await pump_astm(reader, writer, analyzer=analyzer, handle=handle, audit_discard=audit_discard,
@@ -406,6 +427,8 @@ class Service:
 
     async def status(self) -> dict[str, Any]:
         """The snapshot `labmw status` prints."""
+        from labmw.qc.status import qc_states
+
         runner = self._runner()
         counts = await runner.call(runner.store.counts)
         lis = self.settings.lis
@@ -420,14 +443,26 @@ class Service:
             "held": counts["held"],
             "role": self.role.role if self.role is not None else "active",
             "site": self.settings.site,
+            "qc": await runner.call(qc_states, self.settings, runner.store, self.clock()),  # labmw.qc.status
+            "held_test_code_missing": counts.get("held_test_code_missing", 0),
         }
 
 
-async def serve(settings: Settings) -> int:
+class Companion(Protocol):
+    """Something served beside the service in the same process (the review workstation of ``[web]``)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def serve(settings: Settings, *, accept_broken_trail: bool = False,
+                companions: Sequence[Callable[[Service], Companion]] = ()) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads); returns the process exit code.
 
     The control socket comes first, so a second daemon for the same data directory stops before
     it binds any analyzer port; READY=1 goes to systemd only once every endpoint is up.
+    ``companions`` are built from the started service, started after it and stopped before it.
     """
     from labmw.daemon import operations
     from labmw.daemon.control import ControlServer
@@ -439,6 +474,7 @@ async def serve(settings: Settings) -> int:
     # loop (a flood on some other connection) holds it. 0.5 ms keeps commits, and so ACKs, prompt.
     sys.setswitchinterval(SWITCH_INTERVAL)
     service = Service(settings)
+    service.accept_broken_trail = accept_broken_trail
     notifier = Notifier.from_env()
     loop = asyncio.get_running_loop()
     background: set[asyncio.Task[None]] = set()
@@ -463,16 +499,24 @@ async def serve(settings: Settings) -> int:
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     watchdog = asyncio.ensure_future(notifier.run_watchdog())
     ops: operations.Operations | None = None
+    running: list[Companion] = []
     try:
         service.on_role = notifier.status
         await service.start()
         ops = await operations.start(service)  # metrics, alerts, retention (labmw/daemon/operations.py)
-        role = f"{service.role.role} (site {settings.site})" if service.role is not None else "active"
-        notifier.ready(f"{role}, {len(service.analyzers)} analyzers")
+        await asyncio.sleep(0.05)  # let serial endpoints try their device once, so STATUS= can say it failed
+        for make in companions:
+            running.append(make(service))
+            await running[-1].start()
+        role = f"{service.role.role} (site {settings.site}), " if service.role is not None else ""
+        notifier.ready(role + service.ready_text())
         await service.wait_stopped()
         notifier.stopping()
     finally:
         watchdog.cancel()
+        for companion in reversed(running):
+            with contextlib.suppress(Exception):
+                await companion.stop()
         if ops is not None:
             await ops.close()
         await service.close()

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from labmw.config import AnalyzerSettings, Settings
+from labmw.daemon.fidelity import astm_profile
 from labmw.daemon.pipeline import AuditNote, Decoded, Rejected, ResendKey, astm_content_key
 from labmw.errors import CodecError, MappingError
-from labmw.mapping.astm_lis2a import AstmProfile, map_message
+from labmw.mapping.astm_lis2a import map_message
 from labmw.mapping.astm_query import answer_note, answer_queries, read_query
 from labmw.model import Outcome
 from labmw.wire.astm_records import Record, decode_message
@@ -27,8 +28,7 @@ class AstmAdapter:
     def __init__(self, analyzer: AnalyzerSettings, settings: Settings) -> None:
         self.analyzer = analyzer
         self.settings = settings
-        self.profile = AstmProfile(test_code_component=analyzer.test_code_component,
-                                   specimen_component=analyzer.specimen_component, encoding=analyzer.encoding)
+        self.profile = astm_profile(analyzer)  # test code component, specimen field and component (issue 13)
 
     def decode(self, text: bytes) -> Decoded | Rejected:
         """The message text (records ending with CR) -> what to store. Raises nothing for content

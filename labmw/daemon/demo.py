@@ -19,8 +19,9 @@ import hl7
 from tomlkit.toml_document import TOMLDocument
 
 from labmw import config_edit
-from labmw.config import load
+from labmw.config import Settings, load
 from labmw.daemon.app import Service
+from labmw.store import Store
 from labmw.wire.astm_frames import ACK, ENQ, EOT, build_frames
 from labmw.wire.hl7_codec import build_ack
 from labmw.wire.mllp import BlockReceived, MllpFramer, frame
@@ -41,9 +42,11 @@ CASES = (
     DemoCase("DEMO-1", "PAT-A", "M", "19800315", "38", "20261120080000", "adult man, normal"),
     DemoCase("DEMO-2", "PAT-A", "M", "19800315", "85", "20261123080000", "same man 3 days later: high, rising"),
     DemoCase("DEMO-3", "PAT-B", "F", "19750101", "45", "20261123090000", "adult woman, high"),
-    DemoCase("DEMO-4", "PAT-C", "M", "19600101", "1250", "20261123100000", "alert value (>= 1000 U/L)"),
+    DemoCase("DEMO-4", "PAT-C", "M", "19600101", "650", "20261123100000", "adult man, 15.9 x ULN"),
     DemoCase("DEMO-5", "PAT-D", "F", "19900101", "<5", "20261123110000", "below the measuring range"),
-    DemoCase("DEMO-6", "PAT-E", "", "", "40", "20261123120000", "no sex or birth date sent"),
+    DemoCase("DEMO-6", "PAT-E", "", "", "40", "20261123120000", "no sex or birth date sent: held for a person"),
+    DemoCase("DEMO-7", "PAT-F", "M", "19700101", "1250", "20261123130000",
+             "above the measuring range 5-700: held for dilution"),
 )
 
 
@@ -128,6 +131,7 @@ async def run_demo(workdir: Path, timeout: float = 30.0) -> list[Row]:
     lis_port, analyzer_port = _free_port(), _free_port()
     settings = load(_configure(workdir, lis_port, analyzer_port))
     lis = _Lis()
+    held: dict[str, str] = {}
     lis_server = await asyncio.start_server(lis.handle, "127.0.0.1", lis_port)
     service = Service(settings)
     await service.start()
@@ -135,8 +139,9 @@ async def run_demo(workdir: Path, timeout: float = 30.0) -> list[Row]:
         await _analyzer(analyzer_port, CASES)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while len(lis.received) < len(CASES) and loop.time() < deadline:
+        while len(lis.received) + len(held) < len(CASES) and loop.time() < deadline:
             await asyncio.sleep(0.05)
+            held = _held(settings)
     finally:
         await service.close()
         lis_server.close()
@@ -145,12 +150,22 @@ async def run_demo(workdir: Path, timeout: float = 30.0) -> list[Row]:
     for case in CASES:
         message = by_specimen.get(case.specimen)
         if message is None:
-            rows.append(Row(case, "(not received: held for review?)", "", ()))
+            gates = held.get(case.specimen)
+            rows.append(Row(case, f"(held for review: {gates})" if gates else "(not received)", "", ()))
             continue
         obx = message.segment("OBX")
         notes = tuple(str(seg[3]).removeprefix("labmw: ") for seg in message if str(seg[0]) == "NTE")
         rows.append(Row(case, str(obx[8]), str(obx[7]), notes))
     return rows
+
+
+def _held(settings: Settings) -> dict[str, str]:
+    """Specimen -> the gates that hold it (autoverification fails closed: these wait for a person)."""
+    store = Store.open(settings.db_path)
+    try:
+        return {h.specimen: ", ".join(h.gates) or "held" for h in store.held_results()}
+    finally:
+        store.close()
 
 
 def demo(keep: Path | None = None) -> list[Row]:

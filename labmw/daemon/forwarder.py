@@ -4,11 +4,17 @@ Order matters to a LIS (a correction must not overtake the original), so the hea
 retried until it is acknowledged or rejected; nothing behind it jumps ahead. Each entry is sent
 with the same bytes and MSH-10 on every attempt, so a LIS can recognise a repeat.
 
-- AA/CA with MSA-2 == our MSH-10: delivered.
-- AE/AR/CE/CR: dead letter (visible in ``labmw queue list``); one ``alert_raised`` per episode of
+- AA/CA with MSA-2 == our MSH-10: delivered (codes compared case-insensitively).
+- AE/CE: dead letter (visible in ``labmw queue list``); one ``alert_raised`` per episode of
   rejections, not one per message (HL7.md §4.3, Mirth #6313).
-- no connection, a closed connection, no matching ACK before the deadline: retry with
-  exponential backoff (``retry_initial`` doubling up to ``retry_max``).
+- AR/CR ("receiving application unavailable", HL7 v2.5.1 §2.9 table 0008), no connection, a closed
+  connection, a LIS that does not take the message or answer before the deadline (one deadline
+  for the write and the ACK): retry with exponential backoff (``retry_initial`` doubling up to
+  ``retry_max``); after ``head_alert_attempts`` such attempts at the same head, one alert.
+- An entry that is not as the audit trail recorded it, or cannot be read as stored: refused,
+  dead-lettered with the reason and an alert; never sent, and the queue goes on behind it.
+- Deliveries the store cannot record (a full disk): nothing more is sent until they are recorded
+  (backoff, one alert), so no accepted result is sent again while the daemon runs.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import structlog
 from labmw.config import LisSettings
 from labmw.daemon.pipeline import utcnow
 from labmw.daemon.runner import StoreRunner
-from labmw.errors import CodecError, ForwardError
+from labmw.errors import CodecError, ForwardError, StoreError
 from labmw.store import OutboxEntry
 from labmw.transports.tls import client_context
 from labmw.wire.hl7_codec import Ack, parse_ack
@@ -31,6 +37,7 @@ from labmw.wire.mllp import BlockReceived, BlockTooLarge, MllpFramer, frame
 log = structlog.get_logger(__name__)
 
 ACCEPTED = ("AA", "CA")
+UNAVAILABLE = ("AR", "CR")  # the LIS application is not available: try again later
 POLL_INTERVAL = 1.0  # seconds between outbox checks when idle
 BATCH = 64  # outbox entries fetched per store call
 MARK_BATCH = 16  # deliveries recorded per store job
@@ -41,7 +48,7 @@ ERROR_BACKOFF_MAX = 30.0
 class ConnectionClosed(ForwardError):
     """The LIS closed or reset the connection (as opposed to staying silent)."""
 
-REJECTED = ("AE", "AR", "CE", "CR")
+REJECTED = ("AE", "CE")
 
 
 class LisConnection:
@@ -78,10 +85,15 @@ class LisConnection:
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
-            writer.close()
+            if writer.transport.get_write_buffer_size():
+                # Unsent bytes (a LIS that stopped reading): a graceful close would wait for them.
+                writer.transport.abort()
+            else:
+                writer.close()
             try:
-                await writer.wait_closed()
-            except OSError:
+                async with asyncio.timeout(self.settings.connect_timeout):
+                    await writer.wait_closed()
+            except (OSError, TimeoutError):
                 pass
 
     async def exchange(self, entry: OutboxEntry) -> Ack:
@@ -95,13 +107,18 @@ class LisConnection:
         """
         if self._writer is None or self._reader is None:
             raise ForwardError("not connected")
-        try:
-            self._writer.write(frame(entry.payload))
-            await self._writer.drain()
-        except OSError as exc:
-            raise ConnectionClosed(f"LIS connection lost while sending: {exc}") from None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.ack_timeout
+        try:
+            self._writer.write(frame(entry.payload))
+            # drain() inside the deadline: a LIS that stops reading must not hold the queue forever.
+            async with asyncio.timeout_at(deadline):
+                await self._writer.drain()
+        except TimeoutError:
+            raise ForwardError(f"LIS did not take {entry.control_id} within {self.settings.ack_timeout:g} s"
+                               " (not reading)") from None
+        except OSError as exc:
+            raise ConnectionClosed(f"LIS connection lost while sending: {exc}") from None
         while True:
             while self._blocks:
                 block = self._blocks.pop(0)
@@ -149,6 +166,11 @@ class Forwarder:
         self._after_id = 0  # entries up to this id were sent in this run (their marks may be in flight)
         self._marks: set[asyncio.Future[None]] = set()
         self._delivered: list[tuple[OutboxEntry, str, str]] = []  # accepted, not yet handed to the store
+        # Accepted by the LIS, but the store failed to record it: held here (never resent) until recorded.
+        self._unrecorded: list[tuple[OutboxEntry, str, str]] = []
+        self._unrecorded_alerted = False
+        self._head_alerted = 0  # outbox id of the head whose unacknowledged attempts were alerted
+        self._retry_now_seen: str | None = None
         self.link_state = "idle"
         self.last_error = ""
 
@@ -182,6 +204,8 @@ class Forwarder:
             # Looking from the start again (first pass, or after a failed attempt): the deliveries
             # recorded so far must be in the store first, or an accepted result would be sent twice.
             await self._settle_marks()
+        if self._unrecorded:
+            await self._record_unrecorded()
         batch = await self.runner.call(self.runner.store.pending_after, self._after_id, BATCH)
         if not batch:
             # Nothing newer. Clear the wake-up first, then look once more from the start (a dead
@@ -197,7 +221,8 @@ class Forwarder:
                 return
         try:
             for entry in batch:
-                if self._stopping:
+                if self._stopping or self._unrecorded:
+                    self._after_id = 0
                     return
                 if not await self.deliver(entry):
                     self._after_id = 0  # retry the head next time: order is kept
@@ -237,26 +262,88 @@ class Forwarder:
         def done(f: asyncio.Future[None]) -> None:
             self._marks.discard(f)
             if not f.cancelled() and f.exception() is not None:
-                # Still pending in the store, so they are sent again under the same MSH-10s later.
+                # Still pending in the store: kept here and recorded before anything else is sent
+                # (resending them would flood the LIS while the disk is full).
+                self._unrecorded.extend(items)
                 log.error("delivery_not_recorded", control_ids=[e.control_id for e, _, _ in items],
                           error=str(f.exception()))
 
         future.add_done_callback(done)
 
+    async def _record_unrecorded(self) -> None:
+        """Record the deliveries the store refused earlier; raises (so the caller backs off) while it still refuses."""
+        items = list(self._unrecorded)  # more may fail while this runs; they stay for the next turn
+        try:
+            await self.runner.call(self.runner.store.mark_delivered_many, items, now=self.clock())
+        except StoreError as exc:
+            if not self._unrecorded_alerted:
+                self._unrecorded_alerted = True
+                log.error("alert_raised", alert="deliveries_not_recorded", results=len(items), error=str(exc))
+            raise ForwardError(f"{len(items)} deliveries accepted by the LIS cannot be recorded, sending stopped:"
+                               f" {exc}") from None
+        del self._unrecorded[:len(items)]
+        if self._unrecorded_alerted:
+            self._unrecorded_alerted = False
+            log.warning("deliveries_recorded_again", results=len(items))
+            await self.runner.call(self.runner.store.append_audit, "alert_raised", now=self.clock(), actor="labmw",
+                                   data={"alert": "deliveries_not_recorded", "results": len(items),
+                                         "resolved": True})
+
+    async def _failed(self, entry: OutboxEntry, error: str, *, close: bool = True) -> None:
+        """An attempt without a usable answer: record it, alert once for a stuck head, back off."""
+        self.link_state = "down"
+        attempts = entry.attempts + 1
+        limit = self.settings.head_alert_attempts
+        stuck = limit > 0 and attempts >= limit
+        self.last_error = error + (f" (head of the queue {entry.control_id} unacknowledged after {attempts}"
+                                   " attempts)" if stuck else "")
+        if close:
+            await self.connection.close()
+        delay = self._backoff
+        self._backoff = min(self._backoff * 2, self.settings.retry_max)
+        log.warning("lis_delivery_failed", control_id=entry.control_id, error=error, retry_in_s=delay)
+        await self.runner.call(self.runner.store.mark_attempt_failed, entry, now=self.clock(), error=error,
+                               retry_in=delay)
+        if stuck and self._head_alerted != entry.id:
+            self._head_alerted = entry.id
+            log.error("alert_raised", alert="lis_head_unacknowledged", control_id=entry.control_id, attempts=attempts)
+            await self.runner.call(self.runner.store.append_audit, "alert_raised", now=self.clock(), actor="labmw",
+                                   analyzer=entry.analyzer, ref=entry.control_id,
+                                   data={"alert": "lis_head_unacknowledged", "attempts": attempts, "error": error})
+        await self._backoff_sleep(delay)
+
+    async def _backoff_sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when `labmw queue retry --now` is asked for meanwhile."""
+        store = self.runner.store
+        if self._retry_now_seen is None:
+            self._retry_now_seen = await self.runner.call(store.retry_now_requested)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while not self._stopping and (left := end - loop.time()) > 0:
+            await self._sleep(min(left, 1.0))
+            asked = await self.runner.call(store.retry_now_requested)
+            if asked != self._retry_now_seen:
+                self._retry_now_seen = asked
+                self._backoff = self.settings.retry_initial
+                log.info("lis_retry_now")
+                return
+
     async def deliver(self, entry: OutboxEntry) -> bool:
-        """One attempt at ``entry``; True when the LIS answered (accepted or rejected)."""
+        """One attempt at ``entry``; True when it is settled for now (accepted, rejected or refused)."""
+        if entry.problem:
+            # Not the message the trail recorded, or not readable as stored: never sent, and the
+            # entries behind it go on.
+            log.error("delivery_refused", control_id=entry.control_id, outbox_id=entry.id, reason=entry.problem)
+            await self.runner.call(self.runner.store.refuse, entry, now=self.clock(), reason=entry.problem)
+            return True
         try:
             ack = await self._attempt(entry)
         except ForwardError as exc:
-            self.link_state = "down"
-            self.last_error = str(exc)
-            await self.connection.close()
-            delay = self._backoff
-            self._backoff = min(self._backoff * 2, self.settings.retry_max)
-            log.warning("lis_delivery_failed", control_id=entry.control_id, error=str(exc), retry_in_s=delay)
-            await self.runner.call(self.runner.store.mark_attempt_failed, entry, now=self.clock(), error=str(exc),
-                                   retry_in=delay)
-            await self._sleep(delay)
+            await self._failed(entry, str(exc))
+            return False
+        if ack.code in UNAVAILABLE:
+            await self._failed(entry, f"LIS answered {ack.code} (application unavailable)"
+                               + (f": {ack.text}" if ack.text else ""), close=False)
             return False
         self.link_state = "up"
         self.last_error = ""

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from labmw.config import AnalyzerSettings
-from labmw.daemon.pipeline import Decoded, Rejected, ResendKey
+from labmw.daemon.pipeline import AuditNote, Decoded, Rejected, ResendKey
 from labmw.errors import CodecError, MappingError
 from labmw.mapping.hl7_inbound import (
     Hl7Header,
@@ -41,6 +41,7 @@ from labmw.mapping.hl7_inbound import (
     map_hl7,
     read_header,
 )
+from labmw.mapping.hl7_query import OrderQuery, answer_order_query, is_order_query, read_order_query
 from labmw.model import Outcome
 from labmw.wire.hl7_codec import ENCODING_CHARS, build_ack, escape, new_control_id, unaddressed_ack
 
@@ -96,6 +97,17 @@ class Hl7Adapter:
             return Rejected(protocol=self.protocol, reason=f"AE 100: {exc}", kind="E", error_code="100")
         if header.message_type == "ACK":
             return Ignored("an ACK is never acknowledged", header.control_id)
+        if is_order_query(header.message_type, header.trigger):  # IHE LAW LAB-27: "no order" at once
+            try:
+                query = read_order_query(payload, analyzer.encoding)
+            except CodecError:
+                pass  # not a readable QBP: refused below as an unsupported message type
+            else:
+                note = AuditNote(event="host_query_received", specimen=query.specimen_id,
+                                 data={"protocol": "hl7", "control_id": query.control_id, "query_tag": query.tag,
+                                       "query_name": query.name, "answer": "RSP^K11 NF (no order)"})
+                return Decoded(protocol=self.protocol, sender=header.sender, results=(), notes=(note,),
+                               context=query)
         try:
             mapped = map_hl7(payload, analyzer=analyzer.name, encoding=analyzer.encoding,
                              specimen_field=analyzer.specimen_field, lf_segments=analyzer.lf_segments)
@@ -120,8 +132,12 @@ class Hl7Adapter:
         """The ACK for ``outcome`` (no MLLP framing); b"" when none is to be sent. Raises nothing."""
         if isinstance(item, Ignored):
             return b""
-        header: Hl7Header | None = item.context if item is not None else None
         now = self.clock()
+        if isinstance(item, Decoded) and isinstance(item.context, OrderQuery):
+            if outcome.stored and not outcome.rejected_reason:
+                return answer_order_query(item.context, control_id=new_control_id(), now=now)
+            return unaddressed_ack("AE", text=NOT_STORED, error_code="207", now=now)
+        header: Hl7Header | None = item.context if item is not None else None
         if not outcome.stored:
             # Never silent, whatever MSH-15/16 say: the sender must keep the message (HL7.md 1.3 #5).
             return self._build(payload, header, now, ack_code(header, "E") or "AE", "207", NOT_STORED)

@@ -5,7 +5,7 @@ carrying the answer, and raises nothing:
 
 1. the protocol adapter decodes and maps it off the store thread (on the event loop; a large
    message in a worker thread so that one peer cannot stall the others), and the pipeline judges
-   the results whose rules need no history;
+   every result and builds its ORU there, reading the history it needs from a read-only snapshot;
 2. :meth:`Pipeline.commit` stores it (or its rejection) in one transaction on the store thread;
 3. the adapter builds the answer from the outcome.
 
@@ -31,6 +31,7 @@ from labmw.daemon.pipeline import Decoded, Pipeline, Rejected
 from labmw.daemon.runner import StoreRunner
 from labmw.errors import StoreError
 from labmw.model import Outcome
+from labmw.store import History
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +78,7 @@ class Intake:
         ``text``: what the adapter decodes (ASTM: the message text; default ``raw``).
         """
         now = self.clock()
-        item = await self._decode(text if text is not None else raw)
+        item = await self._decode(text if text is not None else raw, now)
         if isinstance(item, Ignored):
             log.warning("intake_message_ignored", reason=item.reason, control_id=item.control_id)
             return Outcome(answer=b"")
@@ -96,21 +97,29 @@ class Intake:
             answer = self._fallback_answer(raw, outcome)
         return replace(outcome, answer=answer)
 
-    async def _decode(self, text: bytes) -> Decoded | Rejected | Ignored:
+    async def _decode(self, text: bytes, now: datetime) -> Decoded | Rejected | Ignored:
         try:
             if len(text) > OFFLOAD_BYTES:
-                return await asyncio.to_thread(self._decode_now, text)
-            return self._decode_now(text)
+                return await asyncio.to_thread(self._decode_now, text, now)
+            return self._decode_now(text, now)
         except Exception as exc:  # noqa: BLE001 - the boundary: any decoder failure is a rejection
             return Rejected(protocol=self.adapter.protocol, event="intake_failed",
                             reason=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__,
                             kind="E", error_code="207")
 
-    def _decode_now(self, text: bytes) -> Decoded | Rejected | Ignored:
+    def _decode_now(self, text: bytes, now: datetime) -> Decoded | Rejected | Ignored:
         item = self.adapter.decode(text)
         if isinstance(item, Decoded):
-            item = self.pipeline.prepare(self.analyzer, item)
+            item = self.pipeline.prepare(self.analyzer, item, now, self._history())
         return item
+
+    def _history(self) -> History | None:
+        """The read-only history connection for judging here, or None (then the transaction judges)."""
+        try:
+            return self.pipeline.store.history_reader()
+        except StoreError as exc:
+            log.warning("history_reader_unavailable", error=str(exc))
+            return None
 
     async def _commit(self, item: Decoded | Rejected, raw: bytes, peer: str, now: datetime) -> Outcome:
         pipeline, analyzer = self.pipeline, self.analyzer

@@ -40,12 +40,20 @@ MIN_FREE_BYTES = 16 * 1024 * 1024  # below this the store is not "writable" for 
 LIS_STATES = ("up", "down", "idle", "not configured")
 # Group commits take milliseconds on a healthy disk (fsync); the upper buckets show a disk in trouble.
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-# Log event -> (counter name, help): the counters status keeps no number for.
-EVENT_COUNTERS = {
-    "astm_frame_rejected": ("labmw_analyzer_naks", "ASTM frames answered NAK (bad checksum, frame number, ...)."),
-    "hl7_message_rejected": ("labmw_analyzer_rejects", "HL7 messages answered AE/AR."),
-    "analyzer_connected": ("labmw_analyzer_connections_accepted", "Connections made with the analyzer."),
+# The counters status keeps no number for, and the log events that count them.
+COUNTERS = {
+    "labmw_analyzer_naks": "ASTM frames answered NAK (bad checksum, frame number, ...).",
+    "labmw_analyzer_rejects": "Messages stored but rejected (HL7 AE/AR, ASTM messages that cannot be judged).",
+    "labmw_analyzer_connections_accepted": "Connections made with the analyzer.",
 }
+EVENT_COUNTERS = {
+    "astm_frame_rejected": "labmw_analyzer_naks",
+    "hl7_message_rejected": "labmw_analyzer_rejects",
+    "astm_message_rejected": "labmw_analyzer_rejects",
+    "analyzer_connected": "labmw_analyzer_connections_accepted",
+}
+# The ASTM pump logs the first of a burst of rejected frames, then one line with the burst's count.
+REPEATED_EVENTS = "astm_frame_events_repeated"
 
 
 class Metrics:
@@ -58,8 +66,8 @@ class Metrics:
         self.commit_seconds = Histogram(
             "labmw_store_commit_seconds", "Time of each group commit of received messages (durable, fsynced).",
             buckets=COMMIT_BUCKETS, registry=self.registry)
-        self.events = {event: Counter(name, text, ["analyzer"], registry=self.registry)
-                       for event, (name, text) in EVENT_COUNTERS.items()}
+        self.counters = {name: Counter(name, text, ["analyzer"], registry=self.registry)
+                         for name, text in COUNTERS.items()}
         self._snapshot = _Snapshot()
         self.registry.register(self._snapshot)
         self._server: asyncio.Server | None = None
@@ -97,9 +105,14 @@ class Metrics:
         structlog.configure(processors=processors)
 
     def _count(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        counter = self.events.get(str(event_dict.get("event")))
-        if counter is not None:
-            counter.labels(analyzer=str(event_dict.get("analyzer", ""))).inc()
+        event = str(event_dict.get("event"))
+        analyzer = str(event_dict.get("analyzer", ""))
+        if event in EVENT_COUNTERS:
+            self.counters[EVENT_COUNTERS[event]].labels(analyzer=analyzer).inc()
+        elif event == REPEATED_EVENTS and event_dict.get("kind") == "FrameRejected":
+            more = int(event_dict.get("count", 1)) - 1  # the first of them was logged (and counted) alone
+            if more > 0:
+                self.counters["labmw_analyzer_naks"].labels(analyzer=analyzer).inc(more)
         return event_dict
 
     async def scrape(self) -> bytes:

@@ -2,10 +2,11 @@
 
 The protocol adapters (:mod:`labmw.daemon.astm_adapter`, :mod:`labmw.daemon.hl7_adapter`) decode
 and map a message into a :class:`Decoded` (or a :class:`Rejected`) off the store thread, and
-:meth:`Pipeline.prepare` judges there every result whose rules need no history. :meth:`Pipeline.commit`
-then runs on the store thread (see :class:`labmw.daemon.runner.StoreRunner`): the resend lookup,
-the history reads of the results that need them (read in the transaction that writes the new
-result, so the delta check is consistent) and the writes. The transport answers only after
+:meth:`Pipeline.prepare` judges there every result and builds its ORU, reading the history the
+rules need from a read-only snapshot. :meth:`Pipeline.commit` then runs on the store thread (see
+:class:`labmw.daemon.runner.StoreRunner`): the resend lookup, the history read again in the
+transaction that writes the new result (judged again there only if it changed, so the delta check
+stays consistent) and the writes. The transport answers only after
 ``commit`` returned, i.e. after the commit (PRODUCT.md guarantee 1).
 
 ``commit`` is total: anything but a :class:`StoreError` raised while storing a decoded message
@@ -23,17 +24,24 @@ from decimal import Decimal
 from typing import Any
 
 from labmw.config import AnalyzerSettings, Settings
+from labmw.daemon import autoverify
+from labmw.daemon.fidelity import keep_wire, method_for, record_gates
+from labmw.daemon.grouping import Ready, queue_by_specimen
 from labmw.errors import LabmwError, StoreError
 from labmw.mapping.hl7_oru import build_oru
+from labmw.mapping.identity import apply_gates
 from labmw.model import Decision, Evaluation, Method, Outcome, PreviousResult, RelatedResult, Result
+from labmw.qc.intake import qc_gate, split_controls, store_controls
 from labmw.rules.engine import evaluate
-from labmw.store import Store, Tx
+from labmw.store import History, Store, Tx
 
 __all__ = [
     "ASTM_RESEND_WINDOW",
+    "CID_PLACEHOLDER",
     "DUPLICATE_WINDOW",
     "AuditNote",
     "Decoded",
+    "Judged",
     "Outcome",
     "Pipeline",
     "Rejected",
@@ -88,6 +96,22 @@ class AuditNote:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Judged:
+    """A result judged off the store thread, with what the judgement read and the ORU it leads to."""
+
+    evaluation: Evaluation
+    #: The history the evaluation used (read from a snapshot): checked again inside the transaction.
+    history: tuple[PreviousResult | None, tuple[RelatedResult, ...]] | None = None
+    #: The ORU with :data:`CID_PLACEHOLDER` as MSH-10 (None: built in the transaction).
+    payload: bytes | None = None
+
+
+#: Stands for the outbound MSH-10 in an ORU built before the result has its id (alphanumeric, so
+#: no escaping touches it; replaced once the id is known).
+CID_PLACEHOLDER = "LABMWCIDPENDING0"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decoded:
     """A message its adapter could read: the mapped results and what the protocol adds."""
 
@@ -99,8 +123,8 @@ class Decoded:
     notes: tuple[AuditNote, ...] = ()
     #: Messages to send back on the same link (ASTM host-query answers).
     replies: tuple[bytes, ...] = ()
-    #: Per result, its evaluation when the rules needed no history (made off the store thread).
-    prejudged: tuple[Evaluation | None, ...] = ()
+    #: Per result, its judgement made off the store thread (None: judge in the transaction).
+    prejudged: tuple[Judged | None, ...] = ()
     #: The adapter's own context for its answer (the HL7 header); never read here.
     context: Any = None
 
@@ -129,16 +153,47 @@ class Pipeline:
         self.clock = clock
 
     # --- off the store thread --------------------------------------------------------------------
-    def prepare(self, analyzer: AnalyzerSettings, decoded: Decoded) -> Decoded:
-        """Judge every result whose rules read no history, so the store thread does not.
+    def prepare(self, analyzer: AnalyzerSettings, decoded: Decoded, now: datetime,
+                history: History | None = None) -> Decoded:
+        """Judge every result and build its ORU off the store thread, so the store thread does not.
 
-        Pure CPU; runs on the caller's thread. Raises nothing (:func:`judge` holds on any error).
+        A result whose rules read the patient's history is judged on a snapshot read from
+        ``history`` (a read-only connection); :meth:`commit` reads it again in its transaction and
+        judges there only if it changed. Without ``history`` such results are left to the
+        transaction. Pure CPU apart from that read; raises nothing.
         """
-        prejudged = []
+        prejudged: list[Judged | None] = []
+        inputs = autoverify.static_inputs(self.settings, analyzer)
         for result in decoded.results:
             method = self._method(analyzer, result)
-            prejudged.append(None if _needs_history(result, method) else judge(result, method))
+            try:
+                snapshot = None
+                if _needs_history(result, method):
+                    if history is None:
+                        prejudged.append(None)
+                        continue
+                    snapshot = self._history(history, result, method)
+                evaluation = self._finish(result, judge(result, method, previous=snapshot[0], related=snapshot[1],
+                                                        **inputs)
+                                          if snapshot is not None else judge(result, method, **inputs))
+                payload = None
+                if not evaluation.hold:
+                    payload = oru_for(self.settings, result, evaluation, method, CID_PLACEHOLDER, now)
+            except Exception:  # noqa: BLE001 - anything odd is judged in the transaction, as before
+                prejudged.append(None)
+                continue
+            prejudged.append(Judged(evaluation=evaluation, history=snapshot, payload=payload))
         return replace(decoded, prejudged=tuple(prejudged))
+
+    def _history(self, source: History, result: Result,
+                 method: Method | None) -> tuple[PreviousResult | None, tuple[RelatedResult, ...]]:
+        return self._previous(source, result, method), tuple(self._related(source, result, method))
+
+    @staticmethod
+    def _finish(result: Result, evaluation: Evaluation) -> Evaluation:
+        if not result.status:
+            return replace(evaluation, notes=(*evaluation.notes, NO_STATUS_NOTE))
+        return evaluation
 
     # --- on the store thread ---------------------------------------------------------------------
     def commit(self, analyzer: AnalyzerSettings, item: Decoded | Rejected, raw: bytes, peer: str, now: datetime,
@@ -203,13 +258,25 @@ class Pipeline:
                 tx.audit("control_id_reused", analyzer=analyzer.name, ref=str(message_id),
                          data={"control_id": item.resend.control_id, "sender": item.sender,
                                "earlier_message_id": earlier.reused_by, "level": "warning"})
-            queued = held = 0
             prejudged = item.prejudged or (None,) * len(results)
+            # QC (labmw.qc): control results are stored and judged first, never forwarded to the LIS.
+            _, controls = split_controls(self.settings, analyzer, results)
+            queued, held = 0, store_controls(tx, self.settings, analyzer, message_id, controls)
+            judged = {id(result) for result, _ in controls}
+            # lis.group "specimen": results are collected here and queued one ORU per specimen.
+            ready: list[Ready] | None = [] if self.settings.lis is None or self.settings.lis.group == "specimen" \
+                else None
             for result, evaluation in zip(results, prejudged, strict=True):
-                if self._store_result(tx, analyzer, message_id, digest, result, evaluation):
+                if id(result) in judged:
+                    continue
+                if self._store_result(tx, analyzer, message_id, digest, result, evaluation, ready=ready):
                     held += 1
                 else:
                     queued += 1
+            if ready:
+                late = queue_by_specimen(tx, self.settings, ready, lambda rid: control_id(self.store.install_id, rid))
+                held, queued = held + late, queued - late
+            record_gates(tx, analyzer, message_id, results)
             if item.resend is not None:
                 key = item.resend
                 tx.add_inbound_key(message_id=message_id, analyzer=analyzer.name,
@@ -237,31 +304,51 @@ class Pipeline:
         return _Earlier(duplicate_of=same, reused_by=earlier[0][0] if earlier and same is None else None)
 
     def _method(self, analyzer: AnalyzerSettings, result: Result) -> Method | None:
-        name = analyzer.map.get(result.test_code)
+        name = method_for(analyzer.map, result)  # the full test identifier first, then the code
         return self.settings.methods.get(name) if name else None
 
     def _store_result(self, tx: Tx, analyzer: AnalyzerSettings, message_id: int, digest: str, result: Result,
-                      evaluation: Evaluation | None) -> bool:
-        """Evaluate (unless done off the thread), store, audit and queue (or hold) one result; True when held."""
+                      judged: Judged | None, ready: list[Ready] | None = None) -> bool:
+        """Store, audit and queue (or hold) one result, judged here unless done off the thread; True when held."""
         method = self._method(analyzer, result)
         corrected = (tx.corrected_result(analyzer=analyzer.name, specimen=result.specimen_id,
                                          test_code=result.test_code)
                      if result.status == "C" and result.specimen_id else None)
         previous: PreviousResult | None = None
-        if evaluation is None:
-            try:
+        evaluation: Evaluation | None = None
+        related: tuple[RelatedResult, ...] | list[RelatedResult] = ()
+        # The gate policy with the kill switches in force now (read here, in the judging transaction).
+        inputs = autoverify.evaluate_inputs(self.settings, analyzer, tx)
+        # The QC state of this analyzer x method, read here too (labmw.qc): None when no control applies.
+        gate = qc_gate(tx, self.settings, analyzer.name, method.name if method else None)
+        inputs["qc"] = gate
+        try:
+            if judged is not None and judged.history is not None:
+                # The snapshot the judgement used must still be the history now, in this transaction.
+                if self._history(tx, result, method) != judged.history:
+                    judged = None
+            if judged is not None:
+                evaluation, previous = judged.evaluation, judged.history[0] if judged.history else None
+                if gate is not None or autoverify.suspended(inputs, result, method):
+                    # Judged off the thread without the store's state (QC, kill switches): judged again with it.
+                    related = judged.history[1] if judged.history else ()
+                    evaluation, judged = None, None
+            else:
                 previous = self._previous(tx, result, method)
                 related = self._related(tx, result, method)
-            except (ArithmeticError, ValueError) as exc:
-                # A time no window can be computed from (year 1, say): the history cannot be read,
-                # so the result cannot be judged: held for a person with the reason.
-                evaluation = _held_evaluation(method, f"history could not be read: {type(exc).__name__}: {exc}")
-            else:
-                evaluation = judge(result, method, previous=previous, related=related)
-        if not result.status:
-            evaluation = replace(evaluation, notes=(*evaluation.notes, NO_STATUS_NOTE))
+        except (ArithmeticError, ValueError) as exc:
+            # A time no window can be computed from (year 1, say): the history cannot be read,
+            # so the result cannot be judged: held for a person with the reason.
+            evaluation = self._finish(result, _held_evaluation(
+                method, f"history could not be read: {type(exc).__name__}: {exc}"))
+            judged = None
+        if evaluation is None:
+            evaluation = self._finish(result, judge(result, method, previous=previous, related=related, **inputs))
+        evaluation = apply_gates(result, evaluation)  # NO_SPECIMEN_ID, TEST_CODE_MISSING, IDENTITY_COLLISION
         state = "held" if evaluation.hold else "queued"
         result_id = tx.add_result(message_id=message_id, result=result, evaluation=evaluation, state=state)
+        autoverify.after_store(tx, result_id, evaluation)
+        keep_wire(tx, result_id, result)
         if corrected is not None:
             # The correction replaces the earlier value (kept, marked superseded) instead of
             # standing beside it as a second result of the same specimen and test.
@@ -275,20 +362,32 @@ class Pipeline:
         # 6.2 wants the rule inputs and the decision; one row keeps them together and the trail small).
         received: dict[str, Any] = {
             "message_id": message_id, "sha256": digest, "test_code": result.test_code,
+            "test_id": result.identity, "gates": list(result.gates),
             "raw_value": result.raw_value, "units": result.units, "instrument_flags": list(result.instrument_flags),
             "status": result.status, "collected_at": _iso(result.collected_at),
             "completed_at": _iso(result.completed_at), "evaluation": _evaluation_record(evaluation, previous)}
         if evaluation.hold:
             tx.audit("result_received", **who, ref=str(result_id), data={**received, "state": "held"})
-            tx.audit("result_held", **who, ref=str(result_id), data={"notes": list(evaluation.notes)})
+            tx.audit("result_held", **who, ref=str(result_id),
+                     data={"notes": list(evaluation.notes), "gates": list(evaluation.gates),
+                           "review_notes": list(evaluation.review_notes)})
             return True
+        if ready is not None:  # queued with the rest of its specimen (labmw.daemon.grouping)
+            ready.append(Ready(result_id=result_id, result=result, evaluation=evaluation, method=method,
+                               received=received))
+            return False
         cid = control_id(self.store.install_id, result_id)
         try:
-            payload = oru_for(self.settings, result, evaluation, method, cid, tx.now)
+            prebuilt = judged.payload if judged is not None else None
+            if prebuilt is not None and prebuilt.count(CID_PLACEHOLDER.encode()) == 1:
+                payload = prebuilt.replace(CID_PLACEHOLDER.encode(), cid.encode())
+            else:
+                payload = oru_for(self.settings, result, evaluation, method, cid, tx.now)
         except LabmwError as exc:
             # Not sendable as it stands (e.g. no test code for OBX-3): visibly held, never dropped.
             note = f"cannot build the message for the LIS, held for review: {exc}"
-            tx.hold_result(result_id, notes=(*evaluation.notes, note))
+            tx.hold_result(result_id, notes=evaluation.notes)
+            tx.record_gates(result_id, replace(evaluation, hold=True, review_notes=(*evaluation.review_notes, note)))
             tx.audit("result_received", **who, ref=str(result_id), data={**received, "state": "held"})
             tx.audit("result_held", **who, ref=str(result_id), data={"notes": [note]})
             return True
@@ -297,7 +396,7 @@ class Pipeline:
                  data={**received, "state": "queued", "outbox_id": outbox_id, "control_id": cid})
         return False
 
-    def _previous(self, tx: Tx, result: Result, method: Method | None) -> PreviousResult | None:
+    def _previous(self, tx: History, result: Result, method: Method | None) -> PreviousResult | None:
         window_days = method.delta_window_days if method is not None else None
         if method is None or window_days is None or not result.patient_id or result.value is None:
             return None
@@ -308,7 +407,7 @@ class Pipeline:
                                   not_before=at - timedelta(days=float(window_days)),
                                   other_than_specimen=result.specimen_id, patient_authority=result.patient_authority)
 
-    def _related(self, tx: Tx, result: Result, method: Method | None) -> list[RelatedResult]:
+    def _related(self, tx: History, result: Result, method: Method | None) -> list[RelatedResult]:
         """The patient's other analytes around this collection, for the Hy's-law note (when enabled)."""
         rule = method.hys_law if method is not None else None
         at = result.collected_at or result.completed_at
@@ -417,6 +516,8 @@ def _evaluation_record(evaluation: Evaluation, previous: PreviousResult | None) 
         "hold": evaluation.hold,
         "notes": list(evaluation.notes),
         "decisions": [{"rule": d.rule, "outcome": d.outcome, "inputs": dict(d.inputs)} for d in evaluation.decisions],
+        "gates": list(evaluation.gates), "flagged_gates": list(evaluation.flagged_gates),
+        "review_notes": list(evaluation.review_notes), "rules_version": evaluation.rules_version,
         "previous": None if previous is None else {"value": str(previous.value),
                                                     "collected_at": previous.collected_at.isoformat(),
                                                     "specimen": previous.specimen_id},

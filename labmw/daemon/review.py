@@ -28,8 +28,8 @@ def decide(settings: Settings, store: Store, result_id: int, *, decision: str, r
         return ""
     result, evaluation, _state = store.load_result(result_id)
     method = settings.methods.get(evaluation.method or "")
-    evaluation = dataclasses.replace(
-        evaluation, hold=False, notes=(*evaluation.notes, f"held for review, released by {actor}: {reason}"))
+    # Who released it and why is in the audit trail; the LIS gets only the clinician notes.
+    evaluation = dataclasses.replace(evaluation, hold=False)
     cid = control_id(store.install_id, result_id)
     payload = oru_for(settings, result, evaluation, method, cid, now)
     store.decide_held(result_id, decision="release", reason=reason, actor=actor, now=now, control_id=cid,

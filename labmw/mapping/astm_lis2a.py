@@ -20,10 +20,11 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
 
+from labmw.mapping.identity import TEST_CODE_MISSING, astm_value, join_id, mark_gates
 from labmw.model import Result
 from labmw.wire.astm_records import Record
 
@@ -63,9 +64,11 @@ class AstmProfile:
     specimen_component: int = 1
     encoding: str = "latin-1"
     final_statuses: tuple[str, ...] = ("F", "C")
+    #: the O record field holding the specimen ID (3 per E1394; 4 on Sysmex XP/XN: ``^^S123``)
+    specimen_field: int = 3
 
     def __post_init__(self) -> None:
-        if self.test_code_component < 1 or self.specimen_component < 1:
+        if self.test_code_component < 1 or self.specimen_component < 1 or self.specimen_field < 2:
             raise ValueError("component numbers start at 1")
         try:
             codecs.lookup(self.encoding)
@@ -110,6 +113,8 @@ class _Order:
     # Why specimen_id is empty, for the problem text; the default stands for "no O record yet".
     missing_reason: str = "no O record precedes it"
     collected_at: datetime | None = None
+    action_code: str = ""  # O-12: "Q" marks a quality-control specimen (E1394 §9.4.12)
+    order_code: str = ""  # O-5 as sent (universal test ID), for per-analyzer QC patterns
 
 
 def parse_value(text: str) -> tuple[str | None, Decimal | None]:
@@ -167,6 +172,7 @@ def map_message(records: Sequence[Record], *, analyzer: str, profile: AstmProfil
     seen_header = False
     patient, order = PatientContext(), _Order()
     r_count = 0  # running index of R records: Result.sequence
+    after_result = False  # the previous record was an R (or a C after an R)
     for line, record in enumerate(records, start=1):
         kind = record.type
         where = f"{kind} record at line {line}"
@@ -187,18 +193,28 @@ def map_message(records: Sequence[Record], *, analyzer: str, profile: AstmProfil
             if result is not None and not result.specimen_id:
                 problems.append(f"{where} (result {r_count}, test {result.test_code}) has no "
                                 f"specimen ID: {order.missing_reason}")
+            if result is not None and "Q" in (order.action_code, processing_id.upper()):
+                # O-12 action code or H-12 processing ID "Q": a control, never a patient result (labmw.qc).
+                result = replace(result, specimen_role="Q")
             if result is not None:
                 results.append(result)
         elif kind == "Q":
             queries.append(record)
         elif kind in _NOT_MAPPED:
             problems.append(f"{where} ({_NOT_MAPPED[kind]}) is not mapped")
+        elif kind == "C" and after_result and results:
+            # A comment after an R record belongs to that result (LIS2-A2 §11): kept with it, shown
+            # in review and forwarded as an NTE (#11).
+            text = " ".join(part.strip() for part in record.components(4) if part.strip())
+            if text:
+                results[-1] = replace(results[-1], comments=(*results[-1].comments, text))
         elif kind not in ("C", "L"):
             problems.append(f"{where} has unknown record type {kind!r} and was not mapped")
+        after_result = kind == "R" or (kind == "C" and after_result)
     if not seen_header:
         problems.append("message has no H record")
-    return MappedMessage(results=tuple(results), queries=tuple(queries), sender=sender,
-                         processing_id=processing_id, problems=tuple(problems))
+    return MappedMessage(results=mark_gates(results, processing_id=processing_id), queries=tuple(queries),
+                         sender=sender, processing_id=processing_id, problems=tuple(problems))
 
 
 def _map_patient(record: Record, where: str, problems: list[str]) -> PatientContext:
@@ -230,16 +246,18 @@ def _map_order(record: Record, profile: AstmProfile, where: str, problems: list[
     """Read the specimen ID and collection time of an O record (E1394 §9.4)."""
     # Composite or padded IDs are common (c311 "11625^CL-PL-24-0370   ^1^^004"): hence the
     # configurable component and the strip.
-    specimen = record.component(3, profile.specimen_component).strip()
-    if not specimen:
+    where_id = profile.specimen_field
+    specimen = record.component(where_id, profile.specimen_component).strip()
+    if not specimen and where_id == 3:  # the default place, with E1394's instrument specimen ID after it
         specimen = record.component(4, 1).strip()
-    why = "" if specimen else (f"O-3 component {profile.specimen_component} and O-4 component 1 "
-                               "are empty")
+    why = "" if specimen else (f"O-{where_id} component {profile.specimen_component}"
+                               + (" and O-4 component 1 are empty" if where_id == 3 else " is empty"))
     collected_text = record.component(8, 1).strip()
     collected_at = parse_astm_datetime(collected_text)
     if collected_text and collected_at is None:
         problems.append(f"{where} has an invalid collection time {collected_text!r} in O-8")
-    return _Order(specimen_id=specimen, missing_reason=why, collected_at=collected_at)
+    return _Order(specimen_id=specimen, missing_reason=why, collected_at=collected_at,
+                  action_code=record.component(12, 1).strip().upper(), order_code=record.text(5).strip())
 
 
 def _map_result(
@@ -255,27 +273,46 @@ def _map_result(
     """Build the Result for one R record (E1394 §10.1), or None with a problem when impossible."""
     code = record.component(3, profile.test_code_component).strip()
     host = _HOST_CODE.match(code)
+    # The full identifier: every component from the configured one on (GeneXpert "rpoB1^Ct",
+    # ARCHITECT "16^ALT^UNDILUTED^F"); a cobas host code is its number alone.
+    test_id = code if host is not None else join_id(record.components(3)[profile.test_code_component - 1:])
     if host is not None:
-        code = host.group(1)
+        code = test_id = host.group(1)
+    gates: tuple[str, ...] = ()
     if not code:
+        # Held, never dropped: a misconfigured component must be loud (issue 13).
         problems.append(f"{where} (result {sequence}) has no test code in R-3 component "
-                        f"{profile.test_code_component}")
-        return None
+                        f"{profile.test_code_component}; held as {TEST_CODE_MISSING}")
+        test_id, gates = join_id(record.components(3)), (TEST_CODE_MISSING,)
     raw_value = record.text(4)  # kept exactly: "<3.00", "-----", "-1^0.282"
-    comparator, value = parse_value(raw_value)
+    value_type, value_parts, comparator, value = astm_value(record.components(4))
+    if not value_type:
+        # One component left once the empty trailing ones are dropped ("NOT DETECTED^"): that is the value.
+        single = value_parts[0] if value_parts else ""
+        value_parts = (single,) if single != raw_value else ()
+        comparator, value = parse_value(single if value_parts else raw_value)
     completed_text = record.component(13, 1).strip()
     completed_at = parse_astm_datetime(completed_text)
     if completed_text and completed_at is None:
         problems.append(f"{where} (result {sequence}) has an invalid completion time "
                         f"{completed_text!r} in R-13")
+    units_parts = record.components(5)
     return Result(
         analyzer=analyzer,
         test_code=code,
+        test_id=test_id if test_id != code else "",
+        protocol="astm",
+        value_type=value_type,
+        value_parts=value_parts,
+        units_parts=tuple(units_parts) if len(units_parts) > 1 else (),
+        gates=gates,
         raw_value=raw_value,
         value=value,
         comparator=comparator,
-        units=record.text(5).strip(),
-        instrument_flags=tuple(f.strip() for f in record.repeats(7) if f.strip()),
+        units=(units_parts[0] if len(units_parts) > 1 else record.text(5)).strip(),
+        # A flag with components (ARCHITECT "EXP^<") is several flags: one OBX-8 repetition each.
+        instrument_flags=tuple(part.strip() for n in range(1, len(record.repeats(7)) + 1)
+                               for part in record.components(7, n) if part.strip()),
         instrument_range=record.text(6).strip(),
         status=record.text(9).strip(),
         completed_at=completed_at,
@@ -286,4 +323,5 @@ def _map_result(
         birth_date=patient.birth_date,
         sex=patient.sex,
         sequence=sequence,
+        order_code=order.order_code,
     )

@@ -25,6 +25,7 @@ from decimal import Decimal
 
 from labmw.errors import CodecError, MappingError
 from labmw.mapping.astm_lis2a import PatientContext, parse_value
+from labmw.mapping.identity import join_id, mark_gates
 from labmw.model import Result
 
 __all__ = ["Hl7Header", "Hl7Mapped", "UnsupportedMessage", "content_digest", "first_segment", "map_hl7",
@@ -105,6 +106,11 @@ class _Er7:
         if len(chars) < 4 or len(set(chars[:4] + self.field_sep)) != 5:
             raise CodecError(f"MSH-2 must hold four distinct encoding characters, got {chars[:8]!r}")
         self.component, self.repetition, self.escape, self.sub = chars[0], chars[1], chars[2], chars[3]
+        # CR LF segment ends (Windows senders): LF may not occur inside a segment, so the pair is
+        # unambiguous; it is read as CR and said so, rather than refusing the whole message.
+        self.crlf = "\r\n" in text
+        if self.crlf:
+            text = text.replace("\r\n", "\r")
         self.segments = [self._fields(line) for line in _lines(text, lf_segments, self.field_sep)]
 
     def _fields(self, line: str) -> list[str]:
@@ -283,11 +289,13 @@ def map_hl7(payload: bytes, *, analyzer: str, encoding: str, specimen_field: str
     er7 = _Er7(_decode(payload, encoding, problems), encoding=encoding, lf_segments=lf_segments)
     header = _header(er7)
     _check_supported(header)
+    if er7.crlf:
+        problems.append("segments end with CR LF; read as CR (HL7 v2 ends segments with CR only)")
     orders = _walk(er7, header.message_type == "OUL", problems)
     results: list[Result] = []
     for order in orders:
         results.extend(_order_results(er7, order, analyzer, specimen_field, problems))
-    return Hl7Mapped(header=header, results=tuple(results), problems=tuple(problems))
+    return Hl7Mapped(header=header, results=mark_gates(results), problems=tuple(problems))
 
 
 def _walk(er7: _Er7, oul: bool, problems: list[str]) -> list[_Order]:
@@ -403,13 +411,25 @@ def _result(er7: _Er7, obx: list[str], number: int, value_type: str, analyzer: s
     completed = _when(er7.comp(obx, 19) or er7.comp(obx, 14), f"OBX {number} completion time (OBX-19/OBX-14)",
                       problems)
     patient = order.patient
+    # Kept as sent for the LIS (issue 13): the whole OBX-3, OBX-4, OBX-2 and OBX-5's components.
+    test_id = join_id(er7.components(er7.raw(obx, 3).split(er7.repetition, 1)[0]))
+    units_parts = er7.components(er7.raw(obx, 6).split(er7.repetition, 1)[0])
     return Result(
         analyzer=analyzer, test_code=code, raw_value=raw, value=value, comparator=comparator,
+        test_id=test_id if test_id != code else "", protocol="hl7", sub_id=er7.comp(obx, 4), value_type=value_type,
+        value_parts=tuple(er7.components(raw_field.split(er7.repetition, 1)[0])) if raw_field != _NULL else (),
+        units_parts=tuple(units_parts) if len([p for p in units_parts if p]) > 1 else (),
         units=er7.comp(obx, 6), instrument_flags=_flags(er7, obx), instrument_range=er7.unescape(er7.raw(obx, 7)),
         status=status, completed_at=completed, specimen_id=specimen, collected_at=collected,
         patient_id=patient.patient_id, patient_authority=patient.authority,
         patient_name=patient.name, birth_date=patient.birth_date, sex=patient.sex,
-        sequence=number)
+        sequence=number, specimen_role=_specimen_role(er7, order), order_code=er7.comp(order.obr, 4))
+
+
+def _specimen_role(er7: _Er7, order: _Order) -> str:
+    """``Q`` when SPM-11 (specimen role, table 0369) says control: Q (QC) or C (calibrator/control)."""
+    role = er7.comp(order.spm, 11).upper() if order.spm is not None else ""
+    return "Q" if role in ("Q", "C") else ""
 
 
 def _structured_numeric(er7: _Er7, raw_field: str) -> tuple[str | None, Decimal | None]:

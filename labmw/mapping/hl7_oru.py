@@ -14,7 +14,7 @@ labmw's conclusions are added, never substituted: its flags as further OBX-8 rep
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 
 from labmw.errors import LocalProtocolError, MappingError
@@ -68,13 +68,47 @@ def build_oru(
     (OBX-3 and OBX-11 are required); :class:`~labmw.errors.LocalProtocolError` for a naive
     ``now``.
     """
-    if not result.test_code:
-        raise MappingError("result has no test code; OBX-3 is required")
-    if not result.status:
-        raise MappingError("result has no status; OBX-11 is required")
+    return build_oru_group(((result, evaluation, method),), control_id=control_id, now=now,
+                           sending_application=sending_application, sending_facility=sending_facility,
+                           receiving_application=receiving_application, receiving_facility=receiving_facility)
+
+
+def build_oru_group(
+    items: Sequence[tuple[Result, Evaluation, Method | None]],
+    *,
+    control_id: str,
+    now: datetime,
+    sending_application: str = "LABMW",
+    sending_facility: str = "",
+    receiving_application: str = "LIS",
+    receiving_facility: str = "",
+) -> bytes:
+    """One ORU^R01 for the results of one specimen: one OBR, one OBX (and its NTEs) per result.
+
+    ``items`` are ``(result, evaluation, method)`` in OBX order, all of one specimen and patient
+    (the first one's PID, specimen and collection time are used). With one item this is exactly
+    :func:`build_oru`. OBR-4 is the result's identifier for one result, else the analyzer's name as
+    a local code (a panel labmw did not order). Raises as :func:`build_oru` for any item, and
+    :class:`~labmw.errors.MappingError` for no items.
+    """
+    if not items:
+        raise MappingError("no results to send")
+    for result, _evaluation, _method in items:
+        if not result.test_code:
+            raise MappingError("result has no test code; OBX-3 is required")
+        if not result.status:
+            raise MappingError("result has no status; OBX-11 is required")
     if now.utcoffset() is None:
         raise LocalProtocolError("build_oru needs an aware 'now' (MSH-7 carries the offset)")
-    observation_id = _observation_id(result, method)
+    first = items[0][0]
+    ids = [_observation_id(result, method) for result, _evaluation, method in items]
+    statuses = {result.status for result, _evaluation, _method in items}
+    observations: list[str] = []
+    for number, ((result, evaluation, method), observation_id) in enumerate(zip(items, ids, strict=True), start=1):
+        observations.append(_obx(result, evaluation, method, observation_id, set_id=number))
+        observations.extend(join_segment("NTE", str(n), "O", escape(NOTE_PREFIX + note))
+                            for n, note in enumerate(evaluation.notes, start=1))
+    panel = ids[0] if len(items) == 1 else COMPONENT_SEP.join((escape(first.analyzer), escape(first.analyzer), "L"))
     segments = [
         join_segment(
             "MSH",
@@ -90,37 +124,44 @@ def build_oru(
             PROCESSING_ID,
             VERSION,
         ),
-        *_pid(result),
+        *_pid(first),
         join_segment(
             "OBR",
             "1",
             "",
-            escape(result.specimen_id),
-            observation_id,
+            escape(first.specimen_id),
+            panel,
             "",
             "",
-            format_ts(result.collected_at),
+            format_ts(first.collected_at),
             *[""] * 14,  # OBR-8 .. OBR-21
             format_ts(now),  # OBR-22: when this result report was produced
             "",
             "",
-            escape(result.status),  # OBR-25
+            escape(first.status if len(statuses) == 1 else ("C" if "C" in statuses else "F")),  # OBR-25
         ),
-        _obx(result, evaluation, method, observation_id),
-        *(
-            join_segment("NTE", str(number), "O", escape(NOTE_PREFIX + note))
-            for number, note in enumerate(evaluation.notes, start=1)
-        ),
+        *observations,
         # v2.5.1 allows SPM only as the SPECIMEN group closing ORDER_OBSERVATION, i.e. after
         # the OBSERVATION groups (OBX + their NTEs), not between OBR and OBX.
-        join_segment("SPM", "1", escape(result.specimen_id), "", _SPECIMEN_TYPE_UNKNOWN),
+        join_segment("SPM", "1", escape(first.specimen_id), "", _SPECIMEN_TYPE_UNKNOWN),
     ]
     return "".join(segment + SEGMENT_SEP for segment in segments).encode("utf-8")
 
 
 def _observation_id(result: Result, method: Method | None) -> str:
-    """OBX-3 / OBR-4 (CE): LOINC first when known, the instrument's local code as alternate."""
-    code = escape(result.test_code)
+    """OBX-3 / OBR-4 (CE): LOINC first when known, the instrument's full test identifier as alternate.
+
+    An HL7 analyzer's OBX-3 is a CE/CWE already: its components are kept as sent. An ASTM
+    identifier with components (GeneXpert ``rpoB1^Ct``) is one code: its ``^`` is escaped
+    (``rpoB1\\S\\Ct``), so the LIS reads back exactly what the instrument sent, and two results
+    the instrument told apart never share an OBX-3.
+    """
+    if result.test_id and result.protocol == "hl7":
+        sent = [escape(part) for part in result.test_id.split(COMPONENT_SEP)]
+        if method is not None and method.loinc:
+            sent = [escape(method.loinc), escape(method.analyte), "LN", *[*sent, "", ""][:3]]
+        return COMPONENT_SEP.join(sent).rstrip(COMPONENT_SEP)
+    code = escape(result.identity)
     parts: tuple[str, ...]
     if method is not None and method.loinc:
         parts = (escape(method.loinc), escape(method.analyte), "LN", code, code, "L")
@@ -160,8 +201,15 @@ def _date(day: date | None) -> str:
 
 
 def _value(result: Result) -> tuple[str, str]:
-    """(OBX-2, OBX-5): the value type and the instrument's reading, never re-formatted."""
-    raw = result.raw_value
+    """(OBX-2, OBX-5): the value type and the instrument's reading, never re-formatted.
+
+    The type chosen at intake wins (an HL7 analyzer's own OBX-2; SN/CWE for an ASTM value with
+    components): OBX-5 is then the sent components, each escaped, so ``^182`` stays SN ``^182``
+    and ``<=1.005`` stays ST. Otherwise NM, SN for a comparator, else ST (README "How values travel").
+    """
+    if result.value_parts and (result.value_type in ("SN", "CWE") or (result.value_type and result.protocol == "hl7")):
+        return result.value_type, COMPONENT_SEP.join(escape(part) for part in result.value_parts)
+    raw = result.value_parts[0] if len(result.value_parts) == 1 else result.raw_value
     if result.comparator is not None:
         match = _SN.fullmatch(raw)
         if match is not None:
@@ -177,17 +225,21 @@ def _repetitions(values: Iterable[str]) -> str:
     return REPETITION_SEP.join(escape(value) for value in values if value)
 
 
-def _obx(result: Result, evaluation: Evaluation, method: Method | None, observation_id: str) -> str:
+def _obx(result: Result, evaluation: Evaluation, method: Method | None, observation_id: str, *,
+         set_id: int = 1) -> str:
     value_type, value = _value(result)
     units = result.units or (method.units if method is not None else "")
+    # Composite units as sent (BA400 "U/L^U/L^A400"): every component kept, each escaped.
+    units_field = (COMPONENT_SEP.join(escape(part) for part in result.units_parts).rstrip(COMPONENT_SEP)
+                   if result.units_parts else escape(units))
     return join_segment(
         "OBX",
-        "1",
+        str(set_id),
         value_type,
         observation_id,
-        "",
+        escape(result.sub_id),  # OBX-4 as the analyzer sent it (part of its result identity)
         value,
-        escape(units),
+        units_field,
         escape(evaluation.applied_range),
         # Table 0078: the instrument's flags first (some receivers read only the first
         # repetition), then labmw's (HL7.md 2.7 item 2).

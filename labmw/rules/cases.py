@@ -33,21 +33,26 @@ Pure: the caller reads the file and passes the parsed document and ``now``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from labmw.errors import RuleError
-from labmw.model import Evaluation, Method
+from labmw.model import Evaluation, Method, QcGate
 from labmw.rules.alt_tiers import TIERS
+from labmw.rules.gates import GATE_NAMES, GatePolicy
 from labmw.rules.grading import describe_threshold
+from labmw.rules.qc_gate import QC_EXPIRED, QC_FAILED
 from labmw.rules.ranges import DISABLED, describe_partition
 from labmw.rules.scenario import PREVIOUS_SPECIMEN, Scenario, run_scenario
 
 _CASE_KEYS = frozenset({
     "name", "method", "value", "sex", "age", "units", "status", "previous", "previous_specimen",
     "related", "at", "flags", "hold", "range", "notes", "absent_notes", "decisions",
+    "instrument_flags", "analyzer", "suspended", "test_code", "gates", "without_ranges", "qc",
 })
+#: What a case may say of the QC state of its analyzer x method (``qc = "QC_FAILED"``; none: no QC applies).
+_QC_STATES = ("ok", QC_FAILED, QC_EXPIRED)
 # Decisions whose outcome means "judged, did not fire"; "skipped" and gates count as neither.
 _NEGATIVE = frozenset({"inside", "not critical", "not fired", "not graded", "not above",
                        "not a candidate"})
@@ -65,6 +70,11 @@ class Case:
     notes: tuple[str, ...] = ()
     absent_notes: tuple[str, ...] = ()
     decisions: Mapping[str, str] = field(default_factory=dict)
+    gates: tuple[str, ...] | None = None  # expected holding gates, exactly (None: not checked)
+    # Range ids (``labmw range list``) left out for this case only: what a gap in the ranges does.
+    without_ranges: tuple[int, ...] = ()
+    # The QC state of the result's analyzer x method ("" when no control material applies).
+    qc: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,7 +137,9 @@ def load_cases(doc: Mapping[str, Any], *, now: datetime) -> tuple[Case, ...]:
     return tuple(_case(f"cases[{i}]", item, default_at) for i, item in enumerate(raw))
 
 
-def check_cases(methods: Mapping[str, Method], cases: Sequence[Case]) -> CheckReport:
+def check_cases(methods: Mapping[str, Method], cases: Sequence[Case], *,
+                policies: Mapping[str, GatePolicy] | None = None,
+                default_policy: GatePolicy | None = None) -> CheckReport:
     """Run every case against ``methods`` and measure rule coverage.
 
     Coverage covers the methods the cases use: for each rule of :func:`method_rules`, at least one
@@ -139,16 +151,38 @@ def check_cases(methods: Mapping[str, Method], cases: Sequence[Case]) -> CheckRe
     seen: dict[tuple[str, str], set[bool]] = {}
     for case in cases:
         try:
-            evaluation = run_scenario(methods, case.scenario)
+            analyzer = case.scenario.analyzer
+            if analyzer and analyzer not in (policies or {}):
+                raise RuleError(f"unknown analyzer {analyzer!r}")
+            policy = (policies or {})[analyzer] if analyzer else default_policy
+            case_methods = methods
+            if case.without_ranges and case.scenario.method in methods:
+                method = methods[case.scenario.method]
+                kept = tuple(r for i, r in enumerate(method.ranges) if i not in case.without_ranges)
+                case_methods = {**methods, method.name: replace(method, ranges=kept)}
+            if case.qc:
+                base = policy or GatePolicy()
+                qc_state = QcGate(analyzer=analyzer or "case", method=case.scenario.method or "", state=case.qc,
+                                  run_id=1, rules=("1-3s",) if case.qc == QC_FAILED else ())
+                policy = replace(base, extra={**base.extra, "qc": qc_state})
+            evaluation = run_scenario(case_methods, case.scenario, policy=policy)
         except RuleError as exc:
             raise RuleError(f"case {case.name!r}: {exc}") from None
         results.append(CaseResult(case=case, evaluation=evaluation,
                                   mismatches=_mismatches(case, evaluation)))
         for rule, fired in rule_outcomes(evaluation):
-            seen.setdefault((case.scenario.method, rule), set()).add(fired)
-    used = dict.fromkeys(c.scenario.method for c in cases)
+            # Gates are one rule set for all methods: covered once, whichever method showed them.
+            scope = "*" if rule.startswith("gate.") else case.scenario.method
+            seen.setdefault((scope, rule), set()).add(fired)
+    used = dict.fromkeys(c.scenario.method for c in cases if c.scenario.method)
     gaps = []
     total = 0
+    for gate in GATE_NAMES:
+        total += 1
+        kinds = seen.get(("*", f"gate.{gate}"), set())
+        missing = [k for k, fired in (("positive", True), ("negative", False)) if fired not in kinds]
+        if missing:
+            gaps.append(f"gate {gate}: no {' and no '.join(missing)} case")
     for name in used:
         for rule in method_rules(methods[name]):
             total += 1
@@ -188,6 +222,9 @@ def rule_outcomes(evaluation: Evaluation) -> list[tuple[str, bool]]:
     out = []
     for d in evaluation.decisions:
         rule = d.rule
+        if rule.startswith("gate."):
+            out.append((rule, d.outcome != "pass"))
+            continue
         if rule == "reference_range":
             partition = d.inputs.get("partition", "")
             if not partition or partition.startswith("widest of"):
@@ -221,6 +258,8 @@ def _mismatches(case: Case, evaluation: Evaluation) -> tuple[str, ...]:
     for text in case.absent_notes:
         if any(text in note for note in evaluation.notes):
             found.append(f"notes: one contains {text!r}, expected none to")
+    if case.gates is not None and evaluation.gates != case.gates:
+        found.append(f"gates: expected {_flags(case.gates)}, got {_flags(evaluation.gates)}")
     for rule, outcome in case.decisions.items():
         outcomes = [d.outcome for d in evaluation.decisions if d.rule == rule]
         if outcome not in outcomes:
@@ -259,13 +298,49 @@ def _case(key: str, item: Any, default_at: datetime) -> Case:
         status=_text(item, key, "status", "F"), previous=_text(item, key, "previous", ""),
         previous_specimen=_text(item, key, "previous_specimen", PREVIOUS_SPECIMEN),
         related=tuple(related),
+        instrument_flags=tuple(_list(item, key, "instrument_flags")),
+        analyzer=_text(item, key, "analyzer", ""),
+        suspended=_flag(item, key, "suspended"),
+        test_code=_text(item, key, "test_code", "UNMAPPED"),
     )
+    gates = item.get("gates")
+    if gates is not None and not _strings(gates):
+        raise RuleError(f"{key}.gates: expected a list of gate names ([] for none)")
     range_text = item.get("range")
     if range_text is not None and not isinstance(range_text, str):
         raise RuleError(f"{key}.range: expected the OBX-7 text, e.g. \"9-59\" (\"\" for none)")
     return Case(name=_text(item, key, "name", key), scenario=scenario, flags=tuple(flags),
                 hold=hold, applied_range=range_text, notes=tuple(notes), absent_notes=tuple(absent),
-                decisions=dict(decisions))
+                decisions=dict(decisions), gates=tuple(gates) if gates is not None else None,
+                without_ranges=tuple(_ids(item, key)), qc=_qc_state(item, key))
+
+
+def _qc_state(item: Mapping[str, Any], key: str) -> str:
+    state = _text(item, key, "qc", "")
+    if state and state not in _QC_STATES:
+        raise RuleError(f"{key}.qc: expected one of {', '.join(_QC_STATES)}, got {state!r}")
+    return state
+
+
+def _ids(item: Mapping[str, Any], key: str) -> list[int]:
+    value = item.get("without_ranges", [])
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise RuleError(f"{key}.without_ranges: expected a list of range ids, e.g. [4]")
+    return list(value)
+
+
+def _list(item: Mapping[str, Any], key: str, name: str) -> list[str]:
+    value = item.get(name, [])
+    if not _strings(value):
+        raise RuleError(f"{key}.{name}: expected a list of texts")
+    return list(value)
+
+
+def _flag(item: Mapping[str, Any], key: str, name: str) -> bool:
+    value = item.get(name, False)
+    if not isinstance(value, bool):
+        raise RuleError(f"{key}.{name}: expected true or false")
+    return value
 
 
 def _text(item: Mapping[str, Any], key: str, name: str, default: str | None) -> str:

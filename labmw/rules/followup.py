@@ -31,7 +31,7 @@ from labmw.rules.delta import check_simple_delta, skip_reason
 from labmw.rules.draft import Draft
 from labmw.rules.grading import describe_threshold, grade, threshold_applies, uln_note
 from labmw.rules.hys_law import check_hys_law
-from labmw.rules.ranges import RangeSelection, normalize_sex
+from labmw.rules.ranges import WIDEST, RangeSelection, normalize_sex
 from labmw.rules.units import to_method_units
 
 
@@ -52,6 +52,15 @@ def check_followups(
     Raises: :class:`~labmw.errors.RuleError` for a misconfigured rule.
     """
     uln = selection.rule.high if selection.rule is not None else None
+    if selection.partition.startswith(WIDEST):
+        # Sex or age unknown: the widest band's ULN belongs to no patient, so no multiple or grade
+        # is computed from it (a woman's 2 x ULN would be graded against a man's limit).
+        draft.decide("grading", "not graded", reason="sex or age unknown: no patient ULN")
+        _thresholds(result, value, method, draft)
+        before, problem = _previous_in_method_units(previous, method)
+        _simple_delta(result, value, method, before, problem, draft)
+        _alt_delta(result, value, method, before, problem, uln, draft)
+        return
     _grade(value, uln, method, draft)
     _thresholds(result, value, method, draft)
     before, problem = _previous_in_method_units(previous, method)

@@ -20,6 +20,9 @@ DISABLED = "disabled"
 #: The status of a range row applied but not yet signed off (CLINICAL.md item 25).
 PENDING_REVIEW = "pending review"
 
+#: How the partition of a synthetic "widest band" selection starts.
+WIDEST = "widest of "
+
 #: Sex codes that can select a sex-specific range (HL7 table 0001 / ASTM P-9). Anything else
 #: ("U", "O", "A", "N", "") is "sex unknown" for range selection.
 KNOWN_SEXES: tuple[str, ...] = ("M", "F")
@@ -144,7 +147,7 @@ def select_range(
             f"{what}: widest band {_limits(widest)} of {len(candidates)} candidate ranges applied"
         ),
         age=age_text,
-        partition="widest of " + ", ".join(describe_partition(r) for _, r in candidates),
+        partition=WIDEST + ", ".join(describe_partition(r) for _, r in candidates),
     )
 
 

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from labmw.errors import RuleError
-from labmw.model import AgeBound, Evaluation, Method, PreviousResult, RelatedResult, Result
+from labmw.model import AgeBound, Evaluation, Method, PreviousResult, RelatedResult, Result, Suspension
 from labmw.rules.age import add_months, parse_age
 from labmw.rules.engine import evaluate
+from labmw.rules.gates import GatePolicy
 
 # The same value grammar as the ASTM mapping's parse_value (E1394 §10.1.4): an optional comparator
 # and a plain decimal number; anything else (``-----``, ``NA``) is not numeric. Repeated here
@@ -54,6 +55,13 @@ class Scenario:
     previous: str = ""
     previous_specimen: str = PREVIOUS_SPECIMEN
     related: tuple[str, ...] = ()
+    # Autoverification inputs: the instrument's own flags, the analyzer whose gate policy applies
+    # ("" = defaults: every gate holds), a kill switch in force, and the test code when ``method``
+    # is "" (a code mapped to no method).
+    instrument_flags: tuple[str, ...] = ()
+    analyzer: str = ""
+    suspended: bool = False
+    test_code: str = "UNMAPPED"
 
 
 def parse_value(text: str) -> tuple[str | None, Decimal | None]:
@@ -120,7 +128,8 @@ def birth_date_for(age: AgeBound, at: date) -> date:
     return add_months(at, -age.amount * (12 if age.unit == "y" else 1))
 
 
-def run_scenario(methods: Mapping[str, Method], scenario: Scenario) -> Evaluation:
+def run_scenario(methods: Mapping[str, Method], scenario: Scenario, *,
+                 policy: GatePolicy | None = None, rules_version: str = "") -> Evaluation:
     """Evaluate the scenario's result against its method from ``methods`` (the configuration).
 
     Output: the :class:`~labmw.model.Evaluation` the daemon would produce.
@@ -128,6 +137,18 @@ def run_scenario(methods: Mapping[str, Method], scenario: Scenario) -> Evaluatio
     related text, or a misconfigured method.
     """
     method = methods.get(scenario.method)
+    policy = policy if policy is not None else GatePolicy()
+    if scenario.suspended:
+        policy = replace(policy, suspensions=(
+            *policy.suspensions, Suspension(id=0, analyzer="", reason="suspended in this scenario")))
+    if method is None and not scenario.method:
+        # A test code mapped to no method: only the gates judge it.
+        result = Result(analyzer=scenario.analyzer or "rules-test", test_code=scenario.test_code,
+                        raw_value=scenario.value, value=parse_value(scenario.value)[1],
+                        comparator=parse_value(scenario.value)[0], units=scenario.units,
+                        status=scenario.status, instrument_flags=scenario.instrument_flags,
+                        collected_at=scenario.at, specimen_id=SPECIMEN, patient_id="TEST", sex=scenario.sex)
+        return evaluate(result, None, policy=policy, rules_version=rules_version)
     if method is None:
         known = ", ".join(sorted(methods)) or "none"
         raise RuleError(f"unknown method {scenario.method!r} (configured: {known})")
@@ -139,12 +160,14 @@ def run_scenario(methods: Mapping[str, Method], scenario: Scenario) -> Evaluatio
     )
     related = tuple(parse_related(r, scenario.at) for r in scenario.related)
     result = Result(
-        analyzer="rules-test", test_code=method.name, raw_value=scenario.value, value=value,
+        analyzer=scenario.analyzer or "rules-test", test_code=method.name,
+        instrument_flags=scenario.instrument_flags, raw_value=scenario.value, value=value,
         comparator=comparator, units=scenario.units, status=scenario.status,
         collected_at=scenario.at, specimen_id=SPECIMEN, patient_id="TEST", birth_date=birth,
         sex=scenario.sex,
     )
-    return evaluate(result, method, previous=previous, related=related)
+    return evaluate(result, method, previous=previous, related=related, policy=policy,
+                    rules_version=rules_version)
 
 
 def describe(evaluation: Evaluation) -> list[str]:
@@ -152,10 +175,13 @@ def describe(evaluation: Evaluation) -> list[str]:
     lines = [
         f"method: {evaluation.method or 'none'}",
         f"flags: {' '.join(evaluation.flags) or 'none'}",
-        f"hold: {'yes' if evaluation.hold else 'no'}",
+        f"hold: {'yes' if evaluation.hold else 'no'}"
+        + (f" (gates: {', '.join(evaluation.gates)})" if evaluation.gates else ""),
         f"applied range: {evaluation.applied_range or 'none'}",
         "notes:" if evaluation.notes else "notes: none",
         *(f"  {note}" for note in evaluation.notes),
+        *([f"for the reviewer: {note}" for note in evaluation.review_notes]),
+        *([f"rules version: {evaluation.rules_version}"] if evaluation.rules_version else []),
         "reasons:",
     ]
     for d in evaluation.decisions:
@@ -170,6 +196,10 @@ def as_json(evaluation: Evaluation) -> dict[str, object]:
         "method": evaluation.method,
         "flags": list(evaluation.flags),
         "hold": evaluation.hold,
+        "gates": list(evaluation.gates),
+        "flagged_gates": list(evaluation.flagged_gates),
+        "review_notes": list(evaluation.review_notes),
+        "rules_version": evaluation.rules_version,
         "applied_range": evaluation.applied_range,
         "notes": list(evaluation.notes),
         "decisions": [

@@ -1,5 +1,5 @@
 """Durable storage (the only package that imports sqlite3)."""
 
-from labmw.store.sqlite import OutboxEntry, Store, Tx
+from labmw.store.sqlite import History, HistoryReader, OutboxEntry, Store, Tx
 
-__all__ = ["OutboxEntry", "Store", "Tx"]
+__all__ = ["History", "HistoryReader", "OutboxEntry", "Store", "Tx"]

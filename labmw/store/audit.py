@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 GENESIS = "0" * 64
@@ -44,6 +44,8 @@ class Verification:
     count: int
     first_broken: int | None = None
     reason: str = ""
+    rows: int = 0  # stored rows checked against the hashes their events recorded
+    row_problem: str = ""  # (start-up check) the first stored row that does not match its seal
 
 
 def _canonical(seq: int, ts: str, event: str, actor: str, analyzer: str, specimen: str, patient: str,
@@ -51,6 +53,12 @@ def _canonical(seq: int, ts: str, event: str, actor: str, analyzer: str, specime
     body = {"seq": seq, "ts": ts, "event": event, "actor": actor, "analyzer": analyzer,
             "specimen": specimen, "patient": patient, "ref": ref, "data": data_json}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def event_canonical(seq: int, row: Mapping[str, Any] | sqlite3.Row, *, prefix: str = "") -> bytes:
+    """The canonical bytes of a stored event (columns named ``prefix`` + name, e.g. from a join)."""
+    return _canonical(seq, *(str(row[prefix + name]) for name in
+                             ("ts", "event", "actor", "analyzer", "specimen", "patient", "ref", "data")))
 
 
 def chain_hash(prev_hash: str, canonical: bytes) -> str:
@@ -99,12 +107,14 @@ def query(conn: sqlite3.Connection, *, specimen: str | None = None, patient: str
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
+    # Stored times are UTC; a bound given with another offset is the same instant in UTC (text
+    # comparison across offsets would be wrong by the offset).
     if since is not None:
         where.append("ts >= ?")
-        args.append(since.isoformat(timespec="milliseconds"))
+        args.append(_utc(since).isoformat(timespec="milliseconds"))
     if until is not None:
         where.append("ts <= ?")
-        args.append(until.isoformat(timespec="milliseconds"))
+        args.append(_utc(until).isoformat(timespec="milliseconds"))
     sql = "SELECT * FROM audit"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -112,6 +122,10 @@ def query(conn: sqlite3.Connection, *, specimen: str | None = None, patient: str
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     return [_event(row) for row in conn.execute(sql, args)]
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo is not None else value
 
 
 def _event(row: sqlite3.Row) -> AuditEvent:
@@ -124,10 +138,37 @@ def _event(row: sqlite3.Row) -> AuditEvent:
                       ref=row["ref"], data=data, prev_hash=row["prev_hash"], hash=row["hash"])
 
 
-def verify(rows: Sequence[sqlite3.Row] | sqlite3.Cursor) -> Verification:
-    """Recompute the chain; name the first event whose stored hash or link does not match."""
-    prev = GENESIS
-    expected_seq = 1
+def parse_head(text: str) -> tuple[int, str]:
+    """``SEQ:HASH`` (as `labmw audit head` prints it) -> (seq, hash); raises ValueError."""
+    seq_text, sep, digest = text.strip().partition(":")
+    digest = digest.strip().lower()
+    if not sep or not seq_text.strip().isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"expected SEQ:HASH (a number, a colon, 64 hex digits), got {text!r}")
+    return int(seq_text), digest
+
+
+def check_anchor(conn: sqlite3.Connection, head: tuple[int, str]) -> str:
+    """Why the trail does not contain the anchored event ``head`` as it was, or "" when it does."""
+    seq, digest = head
+    row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+    if row is None:
+        last = tail(conn)[0]
+        return (f"anchored event {seq} is missing (the trail ends at event {last}: truncated, "
+                "or an older copy of the file)")
+    if str(row[0]) != digest:
+        return f"event {seq} differs from the anchor (the chain was rebuilt, or the file replaced)"
+    return ""
+
+
+def verify(rows: Sequence[sqlite3.Row] | sqlite3.Cursor, *, start: tuple[int, str] = (0, GENESIS),
+           on_event: Callable[[int, str, str], None] | None = None) -> Verification:
+    """Recompute the chain; name the first event whose stored hash or link does not match.
+
+    ``start`` = (sequence, hash) of the event the rows follow (a verified checkpoint), GENESIS by
+    default. ``on_event(seq, event, data json)`` sees every event whose hash checked out.
+    """
+    prev = start[1]
+    expected_seq = start[0] + 1
     count = 0
     for row in rows:
         count += 1
@@ -146,6 +187,8 @@ def verify(rows: Sequence[sqlite3.Row] | sqlite3.Cursor) -> Verification:
                                     reason="content does not match its hash (event altered)")
         except (TypeError, ValueError, IndexError, KeyError) as exc:
             return Verification(ok=False, count=count, first_broken=expected_seq, reason=f"unreadable event: {exc}")
+        if on_event is not None:
+            on_event(seq, str(row["event"]), str(row["data"]))
         prev = row["hash"]
         expected_seq += 1
     return Verification(ok=True, count=count)

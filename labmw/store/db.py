@@ -115,7 +115,155 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX inbound_keys_content ON inbound_keys (analyzer, content_sha256, received_at);
     """,
-    # 5: several sites may share one history (PostgreSQL); each result names the site that measured it.
+    # 5: times compared as instants (issue #10 item 6). collected_at/completed_at keep the time as
+    # the instrument sent it (its offset, for display); the _utc twins hold the same instant in UTC
+    # as fixed-width text, which history queries compare. Rows from before are converted by
+    # SQLite's strftime (which applies an offset; naive times are local time, as in Python). The last key of
+    # an analyzer is found by (analyzer, id) for ASTM resend detection.
+    """
+    ALTER TABLE results ADD COLUMN collected_utc TEXT;
+    ALTER TABLE results ADD COLUMN completed_utc TEXT;
+    UPDATE results SET collected_utc = CASE WHEN substr(collected_at, 20) GLOB '*[-+Z]*'
+        THEN strftime('%Y-%m-%dT%H:%M:%S', collected_at) ELSE strftime('%Y-%m-%dT%H:%M:%S', collected_at, 'utc') END
+        WHERE collected_at IS NOT NULL;
+    UPDATE results SET completed_utc = CASE WHEN substr(completed_at, 20) GLOB '*[-+Z]*'
+        THEN strftime('%Y-%m-%dT%H:%M:%S', completed_at) ELSE strftime('%Y-%m-%dT%H:%M:%S', completed_at, 'utc') END
+        WHERE completed_at IS NOT NULL;
+    CREATE INDEX results_history_utc ON results (patient_id, method, collected_utc);
+    CREATE INDEX inbound_keys_last ON inbound_keys (analyzer);
+    """,
+    # 6 (integrity, issue #17): stored rows are bound to the trail (store/seals.py). An outbox entry
+    # points at the event holding its seal; rows stored before this upgrade are not sealed, and
+    # the meta keys say up to which id. The append-only triggers cover every way to write the
+    # table: an INSERT must extend the chain (next seq, linked to the last hash), so INSERT OR
+    # REPLACE, UPSERT or a re-insert of a deleted event are refused too.
+    """
+    ALTER TABLE outbox ADD COLUMN seal_seq INTEGER;
+    INSERT OR REPLACE INTO meta VALUES ('sealed_messages_after', (SELECT coalesce(max(id), 0) FROM messages));
+    INSERT OR REPLACE INTO meta VALUES ('sealed_results_after', (SELECT coalesce(max(id), 0) FROM results));
+    INSERT OR REPLACE INTO meta VALUES ('sealed_outbox_after', (SELECT coalesce(max(id), 0) FROM outbox));
+    CREATE TRIGGER audit_append_only BEFORE INSERT ON audit
+        WHEN NEW.seq IS NOT (SELECT coalesce(max(seq), 0) + 1 FROM audit)
+          OR NEW.prev_hash IS NOT coalesce((SELECT hash FROM audit WHERE seq = NEW.seq - 1),
+                                           '0000000000000000000000000000000000000000000000000000000000000000')
+        BEGIN SELECT RAISE(ABORT, 'audit trail is append-only: an event must extend the chain'); END;
+    """,
+    # 7: autoverification (#11): the gates that held a result, notes only the reviewer sees, the
+    # rule-set version it was judged under and since when it is held; the kill switch (read at
+    # judgement time, so a suspension made by the CLI holds the daemon's next result); the
+    # critical-value notification log (CLIA 493.1291(g): who notified whom, when, read back).
+    """
+    ALTER TABLE results ADD COLUMN gates TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE results ADD COLUMN review_notes TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE results ADD COLUMN rules_version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE results ADD COLUMN held_at TEXT;
+    CREATE TABLE autoverify_suspensions (
+        id INTEGER PRIMARY KEY,
+        analyzer TEXT NOT NULL,
+        method TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        suspended_at TEXT NOT NULL,
+        resumed_at TEXT,
+        resumed_by TEXT,
+        resume_reason TEXT
+    );
+    CREATE TABLE critical_notifications (
+        id INTEGER PRIMARY KEY,
+        result_id INTEGER NOT NULL UNIQUE REFERENCES results(id),
+        flag TEXT NOT NULL,
+        detected_at TEXT NOT NULL,
+        notified_at TEXT,
+        notified_by TEXT,
+        notified_to TEXT,
+        readback INTEGER NOT NULL DEFAULT 0,
+        alerted_at TEXT
+    );
+    """,
+    # 8: quality control (issue 12): control runs and their results, judged by Westgard rules, kept
+    # apart from patient results (never forwarded); a control result that matches no material is
+    # held in results with role 'qc', so review can never release it to the LIS.
+    """
+    CREATE TABLE qc_runs (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id),
+        analyzer TEXT NOT NULL,
+        method TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        status TEXT NOT NULL,
+        violated TEXT NOT NULL,
+        warnings TEXT NOT NULL,
+        override_reason TEXT NOT NULL DEFAULT '',
+        override_actor TEXT NOT NULL DEFAULT '',
+        overridden_at TEXT
+    );
+    CREATE INDEX qc_runs_lookup ON qc_runs (analyzer, method, id);
+    CREATE TABLE qc_results (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES qc_runs(id),
+        material TEXT NOT NULL,
+        level INTEGER NOT NULL,
+        lot TEXT NOT NULL,
+        specimen TEXT NOT NULL,
+        test_code TEXT NOT NULL,
+        raw_value TEXT NOT NULL,
+        value TEXT,
+        units TEXT NOT NULL,
+        mean TEXT NOT NULL,
+        sd TEXT NOT NULL,
+        z TEXT,
+        completed_at TEXT
+    );
+    CREATE INDEX qc_results_run ON qc_results (run_id);
+    ALTER TABLE results ADD COLUMN role TEXT NOT NULL DEFAULT '';
+    """,
+    # 9 (issue 13): what the instrument sent beyond the mapped columns (full test identifier, value
+    # and unit components, named gates) as JSON; one ORU may carry several results (grouping by
+    # specimen); and the indexes the message browser searches by (specimen already has one).
+    """
+    ALTER TABLE results ADD COLUMN wire TEXT NOT NULL DEFAULT '';
+    CREATE INDEX results_message ON results (message_id);
+    CREATE INDEX messages_received ON messages (received_at);
+    CREATE INDEX messages_analyzer ON messages (analyzer, received_at);
+    CREATE INDEX outbox_result ON outbox (result_id);
+    CREATE TABLE outbox_members (
+        outbox_id INTEGER NOT NULL REFERENCES outbox(id),
+        result_id INTEGER NOT NULL REFERENCES results(id),
+        PRIMARY KEY (outbox_id, result_id)
+    );
+    CREATE INDEX outbox_members_result ON outbox_members (result_id);
+    """,
+    # 10: review-workstation accounts (labmw web). Passwords only as memory-hard hashes; sessions only
+    # as the SHA-256 of their cookie token, so a copy of the database opens no session.
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE sessions (
+        token_sha256 TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users(name),
+        csrf_token TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_seen_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE INDEX sessions_user ON sessions (user_name);
+    CREATE TABLE login_failures (
+        id INTEGER PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX login_failures_user ON login_failures (user_name, at);
+    CREATE INDEX login_failures_peer ON login_failures (peer, at);
+    """,
+    # 11 (issue 16): several sites may share one history (PostgreSQL); each result names the site that measured it.
     """
     ALTER TABLE results ADD COLUMN site TEXT NOT NULL DEFAULT '';
     ALTER TABLE results ADD COLUMN patient_authority TEXT NOT NULL DEFAULT '';
@@ -157,9 +305,13 @@ def connect(path: Path) -> sqlite3.Connection:
     """
     ensure_private_dir(path.parent)
     try:
-        # Create the file 0600 ourselves so sqlite never creates it with the umask's bits.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        # Create the file 0600 ourselves so sqlite never creates it with the umask's bits. Only when
+        # it is missing: closing a descriptor of a database this process already has open through
+        # sqlite drops that connection's POSIX locks, and another process could then checkpoint and
+        # delete the WAL under it (sqlite.org/howtocorrupt.html §2.2) — the daemon serving [web] has two.
+        if not path.exists():
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
         os.chmod(path, 0o600)
         # 5 s: long enough for a CLI edit holding the write lock, short of the analyzer's 15 s reply timer.
         conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)

@@ -28,16 +28,19 @@ def snapshot(conn: sqlite3.Connection, *, since: tuple[int, int], now: datetime)
     oldest = conn.execute("SELECT min(created_at) FROM outbox WHERE state = 'pending'").fetchone()[0]
     age = None if oldest is None else max(0.0, (now - datetime.fromisoformat(oldest)).total_seconds())
     gates: dict[str, int] = {}
-    # The result_evaluated event of each held result, found through the audit's specimen index.
+    # The event holding each held result's evaluation (result_received, or result_evaluated in trails
+    # written before the two were one event), found through the audit's specimen index.
     rows = conn.execute(
-        "SELECT r.id, a.data FROM results r LEFT JOIN audit a ON a.specimen = r.specimen AND a.event = "
-        "'result_evaluated' AND a.ref = CAST(r.id AS TEXT) WHERE r.state = 'held'")
-    seen: set[int] = set()
+        "SELECT r.id, a.data FROM results r LEFT JOIN audit a ON a.specimen = r.specimen AND a.event IN "
+        "('result_received', 'result_evaluated') AND a.ref = CAST(r.id AS TEXT) WHERE r.state = 'held' "
+        "ORDER BY r.id, a.event")
+    by_result: dict[int, list[str]] = {}
     for result_id, data in rows:
-        if result_id in seen:
-            continue
-        seen.add(result_id)
-        for gate in _gates(data):
+        found = _gates(data)
+        if found != [OTHER_GATE] or result_id not in by_result:
+            by_result[result_id] = found
+    for found in by_result.values():
+        for gate in found:
             gates[gate] = gates.get(gate, 0) + 1
     results = conn.execute("SELECT count(*) FROM results WHERE id > ?", (since[0],)).fetchone()[0]
     held = conn.execute("SELECT count(DISTINCT ref) FROM audit WHERE seq > ? AND event = 'result_held'",
@@ -49,8 +52,16 @@ def snapshot(conn: sqlite3.Connection, *, since: tuple[int, int], now: datetime)
 def _gates(data: str | None) -> list[str]:
     """The rules whose decision held the result (outcome "hold", "hold U", ...); [OTHER_GATE] when none says so."""
     try:
-        decisions = json.loads(data)["decisions"] if data else []
-    except (ValueError, KeyError, TypeError):
+        record = json.loads(data) if data else {}
+        decisions = record.get("evaluation", record).get("decisions", []) if record else []
+    except (ValueError, KeyError, TypeError, AttributeError):
+        decisions = []
+    return hold_gates(decisions)
+
+
+def hold_gates(decisions: Any) -> list[str]:
+    """:func:`_gates` for already decoded rule decisions (the review workstation's held list uses it too)."""
+    if not isinstance(decisions, list):
         decisions = []
     names = sorted({str(d.get("rule")) for d in decisions
                     if isinstance(d, dict) and str(d.get("outcome", "")).startswith("hold")})

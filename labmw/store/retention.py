@@ -38,6 +38,9 @@ def purge(conn: sqlite3.Connection, cutoff: datetime, audit: Any) -> dict[str, A
     results, messages = found["results"], found["messages"]
     for chunk in _chunks(results):
         marks = ",".join("?" * len(chunk))
+        # A specimen's ORU (lis.group "specimen") lists its other results in outbox_members (issue 13).
+        conn.execute(f"DELETE FROM outbox_members WHERE result_id IN ({marks}) OR outbox_id IN"
+                     f" (SELECT id FROM outbox WHERE result_id IN ({marks}))", chunk + chunk)
         conn.execute(f"DELETE FROM outbox WHERE result_id IN ({marks})", chunk)
         conn.execute(f"UPDATE results SET superseded_by = NULL WHERE superseded_by IN ({marks})", chunk)
         conn.execute(f"DELETE FROM results WHERE id IN ({marks})", chunk)

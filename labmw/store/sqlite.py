@@ -8,21 +8,27 @@ self-contained call with its own transaction and its own audit event.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from labmw.errors import StoreError
-from labmw.model import Evaluation, PreviousResult, Result
+from labmw.model import Evaluation, PreviousResult, Result, Suspension
 from labmw.store import audit as audit_log
-from labmw.store import ops_stats, retention
+from labmw.store import autoverify as av
+from labmw.store import browser, ops_stats, retention, seals, trail_check
 from labmw.store.audit import AuditEvent, Verification
+from labmw.store.browse import Browse
 from labmw.store.db import connect, transaction
+from labmw.store.qc import QcStore, QcTx
+from labmw.store.result_wire import with_wire
+from labmw.store.users import Users
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +46,7 @@ class OutboxEntry:
     created_at: str
     updated_at: str
     last_error: str
+    problem: str = ""  # why this entry must not be sent as stored ("" when it can be)
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "control_id": self.control_id, "state": self.state, "attempts": self.attempts,
@@ -52,52 +59,38 @@ def _iso(value: datetime | date | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-class Tx:
-    """One write transaction's operations (see :meth:`Store.transaction`)."""
+def _as_zone_of(reference: datetime, utc: str) -> datetime:
+    """The stored UTC instant ``utc`` as aware UTC, or as naive local time when ``reference`` is
+    naive, so that the rules can subtract the two (a naive ASTM time against an HL7 one with offset)."""
+    value = datetime.fromisoformat(utc).replace(tzinfo=UTC)
+    if reference.tzinfo is not None:
+        return value
+    try:
+        return value.astimezone().replace(tzinfo=None)
+    except (OverflowError, ValueError, OSError):
+        return value.replace(tzinfo=None)
 
-    def __init__(self, conn: sqlite3.Connection, now: datetime) -> None:
-        self._conn = conn
-        self.now = now
-        # Audit rows are chained here and inserted in one statement when the block ends (see
-        # flush): a message makes some fifteen events, and one executemany beats fifteen round trips.
-        self._audit_tail: tuple[int, str] | None = None
-        self._audit_rows: list[audit_log.Row] = []
-        # The site this daemon serves ([service] site): stored with each result and in each audit
-        # event's data, so sites sharing one database keep their own views (see labmw.store.postgres).
-        self.site = ""
 
-    def flush(self) -> None:
-        """Write the buffered audit rows (called by Store.transaction before RELEASE/COMMIT)."""
-        if self._audit_rows:
-            self._conn.executemany(audit_log.INSERT, self._audit_rows)
-            self._audit_rows = []
+def utc_text(value: datetime | None) -> str | None:
+    """``value`` as the UTC instant in fixed-width text (seconds), for comparisons in SQL.
 
-    def add_message(self, *, analyzer: str, protocol: str, peer: str, raw: bytes, sha256: str, outcome: str) -> int:
-        cur = self._conn.execute(
-            "INSERT INTO messages (analyzer, protocol, peer, received_at, sha256, raw, outcome) VALUES (?,?,?,?,?,?,?)",
-            (analyzer, protocol, peer, self.now.isoformat(), sha256, raw, outcome))
-        return int(cur.lastrowid or 0)
+    A naive time (ASTM carries no zone: the instrument's clock) is taken as this host's local
+    time. A time too close to year 1 or 9999 to convert keeps its own digits.
+    """
+    if value is None:
+        return None
+    try:
+        value = value.astimezone(UTC)
+    except (OverflowError, ValueError, OSError):
+        pass
+    return value.replace(tzinfo=None).isoformat(timespec="seconds")
 
-    def add_result(self, *, message_id: int, result: Result, evaluation: Evaluation, state: str) -> int:
-        cur = self._conn.execute(
-            "INSERT INTO results (message_id, analyzer, specimen, patient_id, patient_name, birth_date, sex, test_code,"
-            " method, raw_value, value, comparator, units, instrument_flags, status, collected_at, completed_at,"
-            " flags, applied_range, notes, state, site, patient_authority)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (message_id, result.analyzer, result.specimen_id, result.patient_id, result.patient_name,
-             _iso(result.birth_date), result.sex, result.test_code, evaluation.method, result.raw_value,
-             str(result.value) if result.value is not None else None, result.comparator, result.units,
-             json.dumps(list(result.instrument_flags)), result.status, _iso(result.collected_at),
-             _iso(result.completed_at), json.dumps(list(evaluation.flags)), evaluation.applied_range,
-             json.dumps(list(evaluation.notes)), state, self.site, result.patient_authority))
-        return int(cur.lastrowid or 0)
 
-    def enqueue(self, *, result_id: int, control_id: str, payload: bytes) -> int:
-        cur = self._conn.execute(
-            "INSERT INTO outbox (result_id, control_id, payload, state, created_at, updated_at)"
-            " VALUES (?,?,?,'pending',?,?)",
-            (result_id, control_id, payload, self.now.isoformat(), self.now.isoformat()))
-        return int(cur.lastrowid or 0)
+class History:
+    """The history reads the rules need, on a connection: a write transaction's (:class:`Tx`) or a
+    :class:`HistoryReader`'s."""
+
+    _conn: sqlite3.Connection
 
     def previous_result(self, *, patient_id: str, method: str, before: datetime, not_before: datetime,
                         other_than_specimen: str = "", patient_authority: str = "") -> PreviousResult | None:
@@ -107,16 +100,16 @@ class Tx:
         and from another specimen (a correction is not compared with the value it corrects).
         """
         row = self._conn.execute(
-            "SELECT value, collected_at, specimen, units FROM results WHERE patient_id = ? AND patient_authority = ?"
+            "SELECT value, collected_utc, specimen, units FROM results WHERE patient_id = ? AND patient_authority = ?"
             " AND method = ?"
-            " AND value IS NOT NULL AND comparator IS NULL AND collected_at >= ? AND collected_at < ?"
+            " AND value IS NOT NULL AND comparator IS NULL AND collected_utc >= ? AND collected_utc < ?"
             " AND status IN ('F', 'C', '') AND superseded_by IS NULL AND state NOT IN ('rejected', 'held')"
-            " AND specimen != ? ORDER BY collected_at DESC, id DESC LIMIT 1",
-            (patient_id, patient_authority, method, not_before.isoformat(), before.isoformat(),
+            " AND specimen != ? ORDER BY collected_utc DESC, id DESC LIMIT 1",
+            (patient_id, patient_authority, method, utc_text(not_before), utc_text(before),
              other_than_specimen)).fetchone()
         if row is None:
             return None
-        return PreviousResult(value=Decimal(row["value"]), collected_at=datetime.fromisoformat(row["collected_at"]),
+        return PreviousResult(value=Decimal(row["value"]), collected_at=_as_zone_of(before, row["collected_utc"]),
                               specimen_id=row["specimen"], units=row["units"])
 
     def recent_results(self, *, patient_id: str, around: datetime, hours: float, other_than_method: str,
@@ -127,14 +120,150 @@ class Tx:
 
         span = timedelta(hours=hours)
         rows = self._conn.execute(
-            "SELECT method, value, applied_range, collected_at, specimen FROM results WHERE patient_id = ?"
+            "SELECT method, value, applied_range, collected_utc, specimen FROM results WHERE patient_id = ?"
             " AND patient_authority = ? AND method IS NOT NULL AND method != ? AND value IS NOT NULL"
             " AND comparator IS NULL"
-            " AND collected_at BETWEEN ? AND ? AND superseded_by IS NULL AND state != 'rejected'",
-            (patient_id, patient_authority, other_than_method, (around - span).isoformat(),
-             (around + span).isoformat()))
-        return [(r["method"], Decimal(r["value"]), r["applied_range"], datetime.fromisoformat(r["collected_at"]),
+            " AND collected_utc BETWEEN ? AND ? AND superseded_by IS NULL AND state != 'rejected'",
+            (patient_id, patient_authority, other_than_method, utc_text(around - span), utc_text(around + span)))
+        return [(r["method"], Decimal(r["value"]), r["applied_range"], _as_zone_of(around, r["collected_utc"]),
                  r["specimen"]) for r in rows]
+
+
+
+class HistoryReader(History):
+    """A read-only connection for judging off the store thread (WAL: it sees the last commit and
+    never blocks the writer). What it reads is a snapshot: the intake reads it again inside the
+    writing transaction and judges there if it changed. Raises StoreError when it cannot read."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the database for reading: {exc}") from exc
+        self._conn.row_factory = sqlite3.Row
+
+    def previous_result(self, **kwargs: Any) -> PreviousResult | None:
+        try:
+            return super().previous_result(**kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the history: {exc}") from exc
+
+    def recent_results(self, **kwargs: Any) -> list[tuple[str, Decimal, str, datetime, str]]:
+        try:
+            return super().recent_results(**kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the history: {exc}") from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class Tx(History):
+    """One write transaction's operations (see :meth:`Store.transaction`)."""
+
+    def __init__(self, conn: sqlite3.Connection, now: datetime) -> None:
+        self._conn = conn
+        # Every stored time is UTC, whatever zone the caller's clock is in (issue #10 item 6).
+        self.now = now.astimezone(UTC) if now.tzinfo is not None else now
+        # Audit rows are chained here and inserted in one statement when the block ends (see
+        # flush): a message makes some fifteen events, and one executemany beats fifteen round trips.
+        self._audit_tail: tuple[int, str] | None = None
+        self._audit_rows: list[audit_log.Row] = []
+        # Rows inserted here whose hash the next audit event with the same ref will carry (seals.py).
+        self._unsealed: list[tuple[tuple[str, ...], str, int]] = []  # (refs it may be named by, table, id)
+        # The site this daemon serves ([service] site): stored with each result and in each audit
+        # event's data, so sites sharing one database keep their own views (see labmw.store.postgres).
+        self.site = ""
+
+    def _stored(self, table: str, row_id: int, *refs: str) -> None:
+        self._unsealed.append((refs, table, row_id))
+
+    def _take_seals(self, ref: str, seq: int) -> list[dict[str, Any]]:
+        """The seals of rows waiting for an event about ``ref`` (which gets sequence ``seq``)."""
+        if not self._unsealed:
+            return []
+        taken = [item for item in self._unsealed if ref in item[0]]
+        if not taken:
+            return []
+        self._unsealed = [item for item in self._unsealed if ref not in item[0]]
+        out = []
+        for _, table, row_id in taken:
+            out.append({"table": table, "id": row_id, "sha256": seals.stored_hash(self._conn, table, row_id)})
+            if table == "outbox":
+                # The forwarder finds the seal of an entry by this pointer (the seal itself is in the chain).
+                self._conn.execute("UPDATE outbox SET seal_seq = ? WHERE id = ?", (seq, row_id))
+        return out
+
+    @property
+    def qc(self) -> QcTx:
+        """QC runs and control results in this transaction (labmw.store.qc)."""
+        return QcTx(self._conn, self.now)
+
+    def flush(self) -> None:
+        """Write the buffered audit rows (called by Store.transaction before RELEASE/COMMIT)."""
+        while self._unsealed:
+            # A row no event named: it still gets its own event, so nothing stored escapes the trail.
+            self.audit("row_stored", ref=self._unsealed[0][0][0])
+        if self._audit_rows:
+            self._conn.executemany(audit_log.INSERT, self._audit_rows)
+            self._audit_rows = []
+
+    def add_message(self, *, analyzer: str, protocol: str, peer: str, raw: bytes, sha256: str, outcome: str) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO messages (analyzer, protocol, peer, received_at, sha256, raw, outcome) VALUES (?,?,?,?,?,?,?)",
+            (analyzer, protocol, peer, self.now.isoformat(), sha256, raw, outcome))
+        message_id = int(cur.lastrowid or 0)
+        self._stored("messages", message_id, str(message_id))
+        return message_id
+
+    def add_result(self, *, message_id: int, result: Result, evaluation: Evaluation, state: str) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO results (message_id, analyzer, specimen, patient_id, patient_name, birth_date, sex, test_code,"
+            " method, raw_value, value, comparator, units, instrument_flags, status, collected_at, completed_at,"
+            " flags, applied_range, notes, state, collected_utc, completed_utc, site, patient_authority)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (message_id, result.analyzer, result.specimen_id, result.patient_id, result.patient_name,
+             _iso(result.birth_date), result.sex, result.test_code, evaluation.method, result.raw_value,
+             str(result.value) if result.value is not None else None, result.comparator, result.units,
+             json.dumps(list(result.instrument_flags)), result.status, _iso(result.collected_at),
+             _iso(result.completed_at), json.dumps(list(evaluation.flags)), evaluation.applied_range,
+             json.dumps(list(evaluation.notes)), state, utc_text(result.collected_at), utc_text(result.completed_at),
+             self.site, result.patient_authority))
+        result_id = int(cur.lastrowid or 0)
+        self._stored("results", result_id, str(result_id))
+        return result_id
+
+    def set_result_wire(self, result_id: int, wire: str) -> None:
+        """Keep what the instrument sent beyond the mapped columns (JSON, labmw.mapping.identity.wire_json)."""
+        self._conn.execute("UPDATE results SET wire = ? WHERE id = ?", (wire, result_id))
+
+    def standing_results(self, message_id: int) -> list[dict[str, Any]]:
+        """The results of a message that still stand (not superseded, not replaced by a reprocess), by id."""
+        rows = self._conn.execute("SELECT * FROM results WHERE message_id = ? AND superseded_by IS NULL"
+                                  " AND state != 'reprocessed' ORDER BY id", (message_id,))
+        return [dict(r) for r in rows]
+
+    def latest_result_id(self, message_id: int) -> int:
+        row = self._conn.execute("SELECT max(id) FROM results WHERE message_id = ?", (message_id,)).fetchone()
+        return int(row[0] or 0)
+
+    def set_result_state(self, result_id: int, state: str) -> None:
+        self._conn.execute("UPDATE results SET state = ? WHERE id = ?", (state, result_id))
+
+    def add_outbox_members(self, outbox_id: int, result_ids: Sequence[int]) -> None:
+        """Further results carried by outbox entry ``outbox_id`` (one ORU per specimen); delivered with it."""
+        self._conn.executemany("INSERT INTO outbox_members (outbox_id, result_id) VALUES (?, ?)",
+                               [(outbox_id, rid) for rid in result_ids])
+
+    def enqueue(self, *, result_id: int, control_id: str, payload: bytes) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO outbox (result_id, control_id, payload, state, created_at, updated_at)"
+            " VALUES (?,?,?,'pending',?,?)",
+            (result_id, control_id, payload, self.now.isoformat(), self.now.isoformat()))
+        outbox_id = int(cur.lastrowid or 0)
+        # Named by its MSH-10 (result_queued) or by its result (result_received, the one intake).
+        self._stored("outbox", outbox_id, control_id, str(result_id))
+        return outbox_id
 
     def corrected_result(self, *, analyzer: str, specimen: str, test_code: str) -> tuple[int, str] | None:
         """(id, raw value) of the standing result a correction of this specimen and test replaces."""
@@ -157,6 +286,9 @@ class Tx:
             self._audit_tail = audit_log.tail(self._conn)
         if self.site and "site" not in (data or {}):
             data = {**(data or {}), "site": self.site}
+        sealed = self._take_seals(ref, self._audit_tail[0] + 1)
+        if sealed:
+            data = {**(data or {}), "stored": sealed}
         row = audit_log.make_row(self._audit_tail, event, ts=self.now, actor=actor, analyzer=analyzer,
                                  specimen=specimen, patient=patient, ref=ref, data=data)
         self._audit_rows.append(row)
@@ -202,6 +334,47 @@ class Tx:
         return [(int(row[0]), str(row[1])) for row in rows]
 
 
+    # --- autoverification (labmw.store.autoverify) ------------------------------------------------
+    def record_gates(self, result_id: int, evaluation: Evaluation) -> None:
+        """Keep the gates, reviewer notes, rule-set version and hold time with a stored result."""
+        av.record_gates(self._conn, result_id, evaluation, self.now)
+
+    def active_suspensions(self) -> tuple[Suspension, ...]:
+        """The kill switches in force now (read at judgement time: effective at once)."""
+        return av.active_suspensions(self._conn)
+
+    def note_rules_version(self, version: str, *, actor: str, how: str, before: str = "") -> bool:
+        """Record the rule-set version in force; a change is a ``rules_version_changed`` event with both.
+
+        ``before`` is used when no version was recorded yet (a database older than the version
+        stamp). Returns True when the version changed.
+        """
+        stored = av.recorded_rules_version(self._conn)
+        if stored == version:
+            return False
+        recorded = stored or before
+        if recorded == version:
+            av.record_rules_version(self._conn, version)
+            return False
+        self.audit("rules_version_changed", actor=actor, data={"before": recorded, "after": version, "how": how})
+        av.record_rules_version(self._conn, version)
+        return True
+
+    def add_critical(self, result_id: int, flag: str) -> None:
+        """Open a critical-value notification for a result flagged HH or LL."""
+        av.add_critical(self._conn, result_id, flag, self.now)
+
+    def alert_overdue_criticals(self, *, before: datetime) -> int:
+        """Audit ``critical_overdue`` once for each unnotified critical detected before ``before``."""
+        fresh = [c for c in av.overdue_criticals(self._conn, before=before) if c["alerted_at"] is None]
+        av.mark_alerted(self._conn, [c["id"] for c in fresh], self.now)
+        for c in fresh:
+            self.audit("critical_overdue", analyzer=c["analyzer"], specimen=c["specimen"], patient=c["patient"],
+                       ref=str(c["result_id"]),
+                       data={"critical_id": c["id"], "detected_at": c["detected_at"], "flag": c["flag"]})
+        return len(fresh)
+
+
 class Store:
     """The SQLite store. Not thread-safe: the daemon drives it from one dedicated thread."""
 
@@ -210,8 +383,14 @@ class Store:
         self.path = path
         self._group_depth = 0  # > 0 inside group(): transactions become savepoints
         self.site = ""  # [service] site, handed to every Tx
+        self._reader: HistoryReader | None = None
         row = conn.execute("SELECT value FROM meta WHERE key = 'install_id'").fetchone()
         self.install_id: str = row[0]
+
+    @property
+    def qc(self) -> QcStore:
+        """QC runs for the CLI and status, and the documented override (labmw.store.qc)."""
+        return QcStore(self)
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -219,7 +398,25 @@ class Store:
         return cls(connect(path), path)
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         self._conn.close()
+
+    def history_reader(self) -> HistoryReader:
+        """The store's read-only history connection (one, opened on first use; any thread may use it)."""
+        if self._reader is None:
+            self._reader = HistoryReader(self.path)
+        return self._reader
+
+    @property
+    def users(self) -> Users:
+        """Review-workstation accounts, sessions and failed logins (see :mod:`labmw.store.users`)."""
+        return Users(self._conn, self.transaction)
+
+    @property
+    def browse(self) -> Browse:
+        """Read-only queries for the review workstation's pages (see :mod:`labmw.store.browse`)."""
+        return Browse(self._conn)
 
     @contextlib.contextmanager
     def transaction(self, now: datetime) -> Iterator[Tx]:
@@ -294,21 +491,74 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the audit trail: {exc}") from exc
 
-    def verify_audit(self) -> Verification:
+    def verify_audit(self, *, expect_head: tuple[int, str] | None = None) -> Verification:
+        """The chain, the anchor and every stored row it covers (see :func:`trail_check.verify_all`)."""
         try:
-            return audit_log.verify(self._conn.execute("SELECT * FROM audit ORDER BY seq"))
+            return trail_check.verify_all(self._conn, expect_head=expect_head)
+        except sqlite3.Error as exc:
+            return Verification(ok=False, count=0, first_broken=None, reason=f"cannot read the audit trail: {exc}")
+
+    def audit_head(self) -> tuple[int, str]:
+        """(sequence, hash) of the newest event: the anchor to keep outside the database."""
+        try:
+            return audit_log.tail(self._conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the audit trail: {exc}") from exc
+
+    def verify_audit_since_checkpoint(self) -> Verification:
+        """The chain since the last verified checkpoint (see :func:`trail_check.verify_since_checkpoint`)."""
+        try:
+            return trail_check.verify_since_checkpoint(self._conn)
         except sqlite3.Error as exc:
             return Verification(ok=False, count=0, first_broken=None, reason=f"cannot read the audit trail: {exc}")
 
     # --- outbox ----------------------------------------------------------------------------------
+    # LEFT JOIN: an entry whose result row is gone is still listed (with its problem), never invisible.
     _OUTBOX_SELECT = (
-        "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code FROM outbox o JOIN results r ON r.id = o.result_id")
+        "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code FROM outbox o"
+        " LEFT JOIN results r ON r.id = o.result_id")
 
     def pending_after(self, after_id: int, limit: int) -> list[OutboxEntry]:
-        """Up to ``limit`` entries waiting for the LIS with ids above ``after_id``, oldest first."""
-        rows = self._conn.execute(f"{self._OUTBOX_SELECT} WHERE o.state = 'pending' AND o.id > ? ORDER BY o.id"
-                                  " LIMIT ?", (after_id, limit))
-        return [_entry(r) for r in rows]
+        """Up to ``limit`` entries waiting for the LIS with ids above ``after_id``, oldest first.
+
+        Each is checked against the hash its audit event recorded; an entry that does not match, or
+        that cannot be read as stored (e.g. a payload stored as TEXT), comes back with ``problem``
+        set and an empty payload, so that it is refused instead of sent or stopping the queue.
+        """
+        rows = self._conn.execute(trail_check.PENDING_WITH_SEALS, (after_id, limit))
+        out = []
+        for row in rows:
+            entry = _entry(row)
+            if not entry.problem:
+                problem = trail_check.outbox_seal_problem(self._conn, row)
+                if problem:
+                    entry = replace(entry, payload=b"", problem=problem)
+            out.append(entry)
+        return out
+
+    def refuse(self, entry: OutboxEntry, *, now: datetime, reason: str) -> None:
+        """Dead-letter an entry that must not be sent as stored (altered, or unreadable), with one
+        ``delivery_refused`` event and an alert: it needs a person, not a retry."""
+        with self.transaction(now) as tx:
+            self._conn.execute("UPDATE outbox SET state='dead', updated_at=?, last_error=? WHERE id=?",
+                               (now.isoformat(), f"refused: {reason}", entry.id))
+            if entry.result_id:
+                self._conn.execute("UPDATE results SET state='dead' WHERE id=?", (entry.result_id,))
+            tx.audit("delivery_refused", analyzer=entry.analyzer, specimen=entry.specimen, patient=entry.patient,
+                     ref=entry.control_id, data={"outbox_id": entry.id, "reason": reason})
+            tx.audit("alert_raised", analyzer=entry.analyzer, ref=entry.control_id,
+                     data={"alert": "outbox_entry_refused", "reason": reason, "outbox_id": entry.id})
+
+    def request_retry_now(self, *, now: datetime, actor: str) -> None:
+        """Ask the running forwarder to skip its backoff (`labmw queue retry --now`), audited."""
+        with self.transaction(now) as tx:
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('retry_now_at', ?)", (now.isoformat(),))
+            tx.audit("queue_retry_now", actor=actor)
+
+    def retry_now_requested(self) -> str:
+        """When `queue retry --now` was last asked for ("" never); the forwarder compares it with what it saw."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'retry_now_at'").fetchone()
+        return str(row[0]) if row is not None else ""
 
     def outbox(self, *, states: tuple[str, ...] = ("pending", "dead")) -> list[OutboxEntry]:
         marks = ",".join("?" * len(states))
@@ -347,6 +597,10 @@ class Store:
                 [(when, entry.id) for entry, _, _ in items])
             self._conn.executemany("UPDATE results SET state='delivered' WHERE id=?",
                                    [(entry.result_id,) for entry, _, _ in items])
+            # The other results of a specimen's ORU (lis.group = "specimen") were delivered with it.
+            self._conn.executemany("UPDATE results SET state='delivered' WHERE id IN"
+                                   " (SELECT result_id FROM outbox_members WHERE outbox_id=?)",
+                                   [(entry.id,) for entry, _, _ in items])
             for entry, ack_code, ack_text in items:
                 tx.audit("result_delivered", analyzer=entry.analyzer, specimen=entry.specimen, patient=entry.patient,
                          ref=entry.control_id, data={"outbox_id": entry.id, "ack_code": ack_code,
@@ -366,6 +620,8 @@ class Store:
             self._conn.execute("UPDATE outbox SET state='dead', attempts=attempts+1, updated_at=?, last_error=?"
                                " WHERE id=?", (now.isoformat(), reason, entry.id))
             self._conn.execute("UPDATE results SET state='dead' WHERE id=?", (entry.result_id,))
+            self._conn.execute("UPDATE results SET state='dead' WHERE id IN"
+                               " (SELECT result_id FROM outbox_members WHERE outbox_id=?)", (entry.id,))
             tx.audit("delivery_dead_lettered", analyzer=entry.analyzer, specimen=entry.specimen,
                      patient=entry.patient, ref=entry.control_id,
                      data={"outbox_id": entry.id, "reason": reason, "attempt": entry.attempts + 1})
@@ -391,8 +647,11 @@ class Store:
     # --- review holds ----------------------------------------------------------------------------
     def held_results(self) -> list[HeldResult]:
         """Results a rule held back, oldest first."""
-        rows = self._conn.execute("SELECT * FROM results WHERE state = 'held' ORDER BY id")
-        return [_held(row) for row in rows]
+        rows = self._conn.execute("SELECT * FROM results WHERE state = 'held' ORDER BY id").fetchall()
+        held = [_held(row) for row in rows]
+        # A correction (status C) of a result the LIS already has needs more care than a first report.
+        return [dataclasses.replace(h, correction=h.correction and av.delivered_earlier(self._conn, h.id))
+                for h in held]
 
     def load_result(self, result_id: int) -> tuple[Result, Evaluation, str]:
         """A stored result as the pipeline saw it, with its evaluation and state; raises StoreError if absent."""
@@ -406,6 +665,7 @@ class Store:
             completed_at=_dt(row["completed_at"]), specimen_id=row["specimen"], collected_at=_dt(row["collected_at"]),
             patient_id=row["patient_id"], patient_authority=row["patient_authority"], patient_name=row["patient_name"],
             birth_date=date.fromisoformat(row["birth_date"]) if row["birth_date"] else None, sex=row["sex"])
+        result = with_wire(result, row["wire"] if "wire" in row.keys() else "")  # noqa: SIM118 - sqlite3.Row: "in" looks at values
         evaluation = Evaluation(method=row["method"], flags=tuple(json.loads(row["flags"])),
                                 applied_range=row["applied_range"], notes=tuple(json.loads(row["notes"])),
                                 hold=row["state"] == "held")
@@ -419,11 +679,15 @@ class Store:
             StoreError: the result does not exist or is not held (someone decided already).
         """
         with self.transaction(now) as tx:
-            row = self._conn.execute("SELECT specimen, patient_id, analyzer, state FROM results WHERE id = ?",
+            row = self._conn.execute("SELECT specimen, patient_id, analyzer, state, role FROM results WHERE id = ?",
                                      (result_id,)).fetchone()
             if row is None or row["state"] != "held":
                 raise StoreError(f"result {result_id} is not held for review"
                                  + (f" (it is {row['state']})" if row is not None else ""))
+            if decision == "release" and row["role"] == "qc":
+                # A control result is never a patient result (issue 12): it can only be rejected.
+                raise StoreError(f"result {result_id} is a QC result: it is never sent to the LIS; add its "
+                                 "material with `labmw qc material add`, or reject it")
             new_state = "queued" if decision == "release" else "rejected"
             self._conn.execute("UPDATE results SET state = ? WHERE id = ?", (new_state, result_id))
             who = {"analyzer": row["analyzer"], "specimen": row["specimen"], "patient": row["patient_id"]}
@@ -434,6 +698,69 @@ class Store:
                 tx.audit("result_queued", actor=actor, ref=control_id, **who,
                          data={"outbox_id": outbox_id, "result_id": result_id})
 
+    # --- autoverification: kill switch, critical calls, report ----------------------------------
+    def active_suspensions(self) -> tuple[Suspension, ...]:
+        return av.active_suspensions(self._conn)
+
+    def suspend_autoverify(self, *, analyzer: str, method: str, reason: str, actor: str, now: datetime) -> int:
+        """Suspend autoverification (empty analyzer/method: all); audited. Returns the suspension's id."""
+        with self.transaction(now) as tx:
+            sid = av.suspend(self._conn, analyzer=analyzer, method=method, reason=reason, actor=actor, now=now)
+            tx.audit("autoverify_suspended", actor=actor, analyzer=analyzer, ref=str(sid),
+                     data={"analyzer": analyzer, "method": method, "reason": reason})
+        return sid
+
+    def resume_autoverify(self, *, analyzer: str, method: str, reason: str, actor: str, now: datetime) -> list[int]:
+        """End the suspensions of exactly this scope; audited. Raises StoreError when there is none."""
+        with self.transaction(now) as tx:
+            ids = av.resume(self._conn, analyzer=analyzer, method=method, reason=reason, actor=actor, now=now)
+            tx.audit("autoverify_resumed", actor=actor, analyzer=analyzer, ref=",".join(map(str, ids)),
+                     data={"analyzer": analyzer, "method": method, "reason": reason, "suspensions": ids})
+        return ids
+
+    def criticals(self, *, only_open: bool = False) -> list[dict[str, Any]]:
+        return av.criticals(self._conn, only_open=only_open)
+
+    def notify_critical(self, critical_id: int, *, to: str, readback: bool, actor: str, now: datetime) -> None:
+        """Record who notified whom of a critical value, when, and whether it was read back; audited."""
+        with self.transaction(now) as tx:
+            row = av.notify_critical(self._conn, critical_id, to=to, readback=readback, actor=actor, now=now)
+            tx.audit("critical_notified", actor=actor, ref=str(row["result_id"]),
+                     data={"critical_id": critical_id, "to": to, "readback": readback})
+
+    def alert_overdue_criticals(self, *, before: datetime, now: datetime) -> list[dict[str, Any]]:
+        """Unnotified criticals detected before ``before``; each not yet alerted raises one audit event."""
+        overdue = av.overdue_criticals(self._conn, before=before)
+        if any(c["alerted_at"] is None for c in overdue):
+            with self.transaction(now) as tx:
+                tx.alert_overdue_criticals(before=before)
+        return overdue
+
+    def held_extras(self, result_id: int) -> dict[str, Any]:
+        """Gates, reviewer notes, rule-set version and hold time of a stored result."""
+        extras = av.held_extras(self._conn, result_id)
+        extras["correction_of_delivered"] = av.delivered_earlier(self._conn, result_id)
+        return extras
+
+    def review_detail(self, result_id: int) -> dict[str, Any]:
+        """A result with its raw message, rule outcomes and the patient's previous results (review show)."""
+        return av.review_detail(self._conn, result_id)
+
+    def autoverification_report(self, *, since: str | None, until: str | None) -> list[dict[str, Any]]:
+        return av.report(self._conn, since=since, until=until)
+
+    # --- message browser (labmw message list|show; labmw.store.browser) -------------------------------
+    def browse_messages(self, **filters: Any) -> list[dict[str, Any]]:
+        try:
+            return browser.list_messages(self._conn, **filters)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read messages: {exc}") from exc
+
+    def message_detail(self, message_id: int) -> dict[str, Any]:
+        try:
+            return browser.message_detail(self._conn, message_id)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read message {message_id}: {exc}") from exc
     def ops_marks(self) -> tuple[int, int]:
         """(last result id, last audit seq): the start of "since the daemon started" for the metrics."""
         return ops_stats.marks(self._conn)
@@ -471,7 +798,10 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Queue depth and held results, for `labmw status`."""
         return {"pending": self.count_outbox("pending"), "dead": self.count_outbox("dead"),
-                "held": int(self._conn.execute("SELECT count(*) FROM results WHERE state='held'").fetchone()[0])}
+                "held": int(self._conn.execute("SELECT count(*) FROM results WHERE state='held'").fetchone()[0]),
+                # Results that came without a test code (a misconfigured R-3 component): loud in status.
+                "held_test_code_missing": int(self._conn.execute(
+                    "SELECT count(*) FROM results WHERE state='held' AND test_code=''").fetchone()[0])}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -487,26 +817,49 @@ class HeldResult:
     flags: tuple[str, ...]
     reason: str
     collected_at: str
+    gates: tuple[str, ...] = ()
+    held_at: str = ""
+    correction: bool = False  # a correction (status C) of a result already delivered to the LIS
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "analyzer": self.analyzer, "specimen": self.specimen, "patient": self.patient,
                 "method": self.method, "test_code": self.test_code, "value": self.value, "units": self.units,
-                "flags": list(self.flags), "reason": self.reason, "collected_at": self.collected_at}
+                "flags": list(self.flags), "reason": self.reason, "collected_at": self.collected_at,
+                "gates": list(self.gates), "held_since": self.held_at, "correction": self.correction}
 
 
 def _held(row: sqlite3.Row) -> HeldResult:
     return HeldResult(id=row["id"], analyzer=row["analyzer"], specimen=row["specimen"], patient=row["patient_id"],
                       method=row["method"] or "", test_code=row["test_code"], value=row["raw_value"],
                       units=row["units"], flags=tuple(json.loads(row["flags"])),
-                      reason="; ".join(json.loads(row["notes"])), collected_at=row["collected_at"] or "")
+                      reason="; ".join([*json.loads(row["review_notes"]), *json.loads(row["notes"])]),
+                      collected_at=row["collected_at"] or "", gates=tuple(json.loads(row["gates"])),
+                      held_at=row["held_at"] or "", correction=(row["status"] or "").upper() == "C")
 
 
 def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
 def _entry(row: sqlite3.Row) -> OutboxEntry:
-    return OutboxEntry(id=row["id"], control_id=row["control_id"], payload=bytes(row["payload"]), state=row["state"],
-                       attempts=row["attempts"], result_id=row["result_id"], analyzer=row["analyzer"],
-                       specimen=row["specimen"], patient=row["patient_id"], test_code=row["test_code"],
-                       created_at=row["created_at"], updated_at=row["updated_at"], last_error=row["last_error"])
+    """One outbox row; a row that is not as labmw writes it is described in ``problem``, never raised."""
+    problems: list[str] = []
+    payload = row["payload"]
+    if not isinstance(payload, bytes):
+        problems.append(f"payload stored as {type(payload).__name__ if payload is not None else 'NULL'}, "
+                        "not as the bytes queued")
+        payload = b""
+    if row["analyzer"] is None:
+        problems.append(f"its result (id {row['result_id']}) is missing")
+    attempts = row["attempts"] if isinstance(row["attempts"], int) else 0
+    result_id = row["result_id"] if isinstance(row["result_id"], int) else 0
+    return OutboxEntry(id=int(row["id"]), control_id=_text(row["control_id"]), payload=payload,
+                       state=_text(row["state"]), attempts=attempts, result_id=result_id,
+                       analyzer=_text(row["analyzer"]), specimen=_text(row["specimen"]),
+                       patient=_text(row["patient_id"]), test_code=_text(row["test_code"]),
+                       created_at=_text(row["created_at"]), updated_at=_text(row["updated_at"]),
+                       last_error=_text(row["last_error"]), problem="; ".join(problems))

@@ -34,7 +34,7 @@ from labmw.wire.astm_events import (
     SendFailed,
 )
 from labmw.wire.astm_frames import EOT
-from labmw.wire.astm_link import AstmLink
+from labmw.wire.astm_link import REPEATED_FN_CHANGED, AstmLink
 
 log = structlog.get_logger(__name__)
 
@@ -145,6 +145,10 @@ async def _drain(link: AstmLink, handle: HandleMessage, audit_discard: AuditDisc
             elif isinstance(event, MessageDiscarded):
                 log.warning("astm_transfer_incomplete", reason=event.reason, bytes=len(event.text))
                 await audit_discard(event.reason, event.text)
+            elif isinstance(event, FrameRejected) and event.reason.startswith(REPEATED_FN_CHANGED):
+                # Not a retransmission: a result would be lost if we ACKed it, so NAK and audit it.
+                _log_event(event)
+                await audit_discard(event.reason, b"")
             else:
                 _log_event(event)
         for (kind, detail), count in repeats.items():

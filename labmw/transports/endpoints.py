@@ -53,6 +53,8 @@ class Endpoint:
         #: Each live stream's counters (bytes, messages, last activity), by its writer.
         self.activity: dict[Any, Activity] = {}
         self._task: asyncio.Task[None] | None = None
+        #: why the endpoint cannot work right now (a serial device that cannot be opened), "" when it can
+        self.error = ""
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -165,10 +167,12 @@ class SerialEndpoint(Endpoint):
             except OSError as exc:
                 log.warning("serial_open_failed", analyzer=self.analyzer.name, device=self.analyzer.device,
                             error=str(exc), retry_in_s=delay)
+                self.error = f"cannot open {self.analyzer.device}: {exc.strerror or exc}"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
                 continue
             delay = RECONNECT_INITIAL
+            self.error = ""
             await self._serve(stream, stream, self.analyzer.device)
             stream.close()
             await asyncio.sleep(RECONNECT_INITIAL)

@@ -51,6 +51,8 @@ INTERRUPT_DELAY = 15.0  #: after we honoured a receiver interrupt (or until the 
 RETRY_DELAY = 10.0
 #: Refusals of one frame, and failed tries (bids and transfers) of one message, before giving up.
 MAX_TRIES = 6
+#: Start of the reason of a NAK for a frame that repeats the last frame number with other text.
+REPEATED_FN_CHANGED = "different text under the repeated frame number"
 #: A sender that got our ACK answers it at once (EOT or its next frame); one whose ACK was lost
 #: waits out its 15 s reply timer first. A reply within this many seconds confirms the ACK.
 CONFIRM_WITHIN = 5.0
@@ -176,6 +178,8 @@ class _Transfer:
     delimiter: int = f.DEFAULT_DELIMITER
     expected_fn: int = 1
     last_fn: int | None = None
+    #: text and terminator of the last accepted frame: a repeated FN is a retransmission only if they match
+    last_frame: tuple[bytes, bool] = (b"", False)
 
     def append(self, frame: f.Frame, fn: int, scan: f.RecordScan) -> None:
         base = len(self.text)
@@ -185,6 +189,7 @@ class _Transfer:
             self.ends.extend(base + end for end in scan.ends)
         self.head, self.delimiter = scan.head, scan.delimiter
         self.last_fn, self.expected_fn = fn, (fn + 1) % 8
+        self.last_frame = (frame.text, frame.final)
 
     def take_messages(self) -> list[ev.MessageReceived]:
         """Cut the complete messages off the front; the newest frame ended the last of them.
@@ -459,8 +464,12 @@ class AstmLink:
             tolerated = (expected, received)
         rx = self._rx
         if fn != rx.expected_fn:
-            if fn == rx.last_fn:
+            if fn == rx.last_fn and rx.last_frame == (frame.text, frame.final):
                 return _Step(Input.FRAME_DUPLICATE, fn=fn, tolerated=tolerated)
+            if fn == rx.last_fn:
+                # E1381 §1.5: a repeated FN is a retransmission of the same frame. Other text under
+                # it is a new frame the sender numbered wrongly: ACKing it as a duplicate loses it.
+                return _Step(Input.FRAME_BAD, fn=fn, reason=f"{REPEATED_FN_CHANGED} {fn}")
             reason = f"unexpected frame number {fn} (expected {rx.expected_fn})"
             return _Step(Input.FRAME_BAD, fn=fn, reason=reason)
         # Everything held for this transfer counts, not only the open message: complete messages in
@@ -550,7 +559,8 @@ class AstmLink:
         assert step.fn is not None  # internal invariant (set by _judge), not input validation
         rx = self._rx
         before = _Transfer(text=bytearray(rx.text), frames=list(rx.frames), ends=list(rx.ends), head=rx.head,
-                           delimiter=rx.delimiter, expected_fn=rx.expected_fn, last_fn=rx.last_fn)  # fmt: skip
+                           delimiter=rx.delimiter, expected_fn=rx.expected_fn, last_fn=rx.last_fn,
+                           last_frame=rx.last_frame)  # fmt: skip
         self._saved = (before, step.fn)
         self._append(step)
         self._events.extend(self._rx.take_messages())

@@ -10,6 +10,7 @@ error condition codes).
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -80,7 +81,13 @@ def escape(text: str) -> str:
     2.7.6) and hex-escapes every non-ASCII character by code point (``ü`` -> ``\\Xfc\\``,
     ``€`` -> ``\\X20ac\\``, ``\\x05`` -> ``\\X 5\\``), which mangles UTF-8 names.
     """
+    if _PLAIN.fullmatch(text):  # the common case (codes, numbers, IDs): nothing to replace
+        return text
     return _escape(text, FIELD_SEP, COMPONENT_SEP, REPETITION_SEP, ESCAPE_CHAR, SUBCOMPONENT_SEP)
+
+
+#: Text without a default encoding character or a control character: escape() returns it as is.
+_PLAIN = re.compile(r"[^|^&~\\\x00-\x1f\x7f]*")
 
 
 def _escape(text: str, field: str, component: str, repetition: str, esc: str, sub: str) -> str:
@@ -153,15 +160,22 @@ def _raw(segment: hl7.Segment, number: int) -> str:
     return str(segment(number)) if number < len(segment) else ""
 
 
-def _leaf(message: hl7.Message, segment: hl7.Segment, number: int, component: int = 1) -> str:
-    """First repetition, given component, first subcomponent of a field, unescaped."""
-    raw = _raw(segment, number)
-    separators = message.separators  # "\r|~^&": segment, field, repetition, component, sub
-    first = raw.split(separators[2], 1)[0]
-    parts = first.split(separators[3])
+def _first_leaf(raw: str, repetition: str, component_sep: str, sub: str, component: int = 1) -> str:
+    """First repetition, given component, first subcomponent of a raw field (still escaped).
+
+    The one reading of a field both ACK parsers use, so MSA-2 ``abcd-7^LIS`` is ``abcd-7`` whichever
+    path an acknowledgement takes.
+    """
+    parts = raw.split(repetition, 1)[0].split(component_sep)
     if component > len(parts):
         return ""
-    value = parts[component - 1].split(separators[4], 1)[0]
+    return parts[component - 1].split(sub, 1)[0]
+
+
+def _leaf(message: hl7.Message, segment: hl7.Segment, number: int, component: int = 1) -> str:
+    """First repetition, given component, first subcomponent of a field, unescaped."""
+    separators = message.separators  # "\r|~^&": segment, field, repetition, component, sub
+    value = _first_leaf(_raw(segment, number), separators[2], separators[3], separators[4], component)
     return str(message.unescape(value)) if value else ""
 
 
@@ -186,7 +200,7 @@ def parse_ack(payload: bytes, encoding: str = "utf-8") -> Ack:
     if not msa_segments:
         raise CodecError("HL7 message has no MSA segment, it is not an acknowledgement")
     msa = msa_segments[0]
-    code = _leaf(message, msa, 1).strip()
+    code = _leaf(message, msa, 1).strip().upper()  # table 0008 codes, whatever case the LIS writes
     if not code:
         raise CodecError("MSA-1 (acknowledgement code) is empty")
     texts = [_leaf(message, msa, 3)]
@@ -217,7 +231,7 @@ def _plain_ack(payload: bytes, encoding: str) -> Ack | None:
         return None
     if not text.startswith("MSH") or len(text) < 8 or "ERR" in text:
         return None
-    field, component, escape = text[3], text[4], text[6]
+    field, component, repetition, escape, sub = text[3], text[4], text[5], text[6], text[7]
     msh = msa = None
     for segment in text.split("\r"):
         if segment.startswith("MSH" + field):
@@ -228,11 +242,14 @@ def _plain_ack(payload: bytes, encoding: str) -> Ack | None:
         return None
     msa_fields = msa.split(field)
     msh_fields = msh.split(field)
-    code = msa_fields[1].split(component)[0].strip() if len(msa_fields) > 1 else ""
+
+    def leaf(number: int) -> str:
+        return _first_leaf(msa_fields[number], repetition, component, sub) if len(msa_fields) > number else ""
+
+    code = leaf(1).strip().upper()
     if not code:
         return None
-    return Ack(code=code, control_id=msa_fields[2] if len(msa_fields) > 2 else "",
-               text=msa_fields[3].split(component)[0] if len(msa_fields) > 3 else "",
+    return Ack(code=code, control_id=leaf(2), text=leaf(3),
                message_type=msh_fields[8] if len(msh_fields) > 8 else "")
 
 

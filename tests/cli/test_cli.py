@@ -155,8 +155,8 @@ def test_run_hands_the_loaded_settings_to_the_daemon(config: Path, monkeypatch: 
 
     seen = {}
 
-    async def fake_serve(settings):  # noqa: ANN001, ANN202
-        seen["settings"] = settings
+    async def fake_serve(settings, **options):  # noqa: ANN001, ANN003, ANN202
+        seen["settings"], seen["options"] = settings, options
         return 0
 
     monkeypatch.setattr(daemon_app, "serve", fake_serve)
@@ -164,3 +164,4 @@ def test_run_hands_the_loaded_settings_to_the_daemon(config: Path, monkeypatch: 
     result = invoke(config, "run")
     assert result.exit_code == 0, result.output
     assert seen["settings"].path == config and "ALT-P5P" in seen["settings"].methods
+    assert seen["options"] == {"accept_broken_trail": False}, "the broken-trail override is off unless asked for"

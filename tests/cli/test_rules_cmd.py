@@ -90,7 +90,7 @@ def test_rules_test_prints_hold_and_every_reason(config: Path) -> None:
     lines = result.output.splitlines()
     assert lines[:4] == ["method: ALT-P5P", "flags: H D", "hold: yes", "applied range: 8-41"]
     assert "  delta hold (ALT implausible fall): 150 vs 800 U/L at 2026-11-21 20:00, -650 U/L (-81.3%) in 12 h; " \
-           "clearance with a 47 h half-life leaves at least 670.2 U/L, hold below 335.1 U/L: check the specimen's " \
+           "clearance with a 34.6 h half-life leaves at least 629.1 U/L, hold below 314.5 U/L: check the specimen's " \
            "identity" in lines
     for rule in ("reference_range: H", "critical: not critical", "grading: grade 2", "alt_delta.significant_change: D",
                  "alt_delta.implausible_fall: hold", "alt_delta.abrupt_rise: not fired", "hys_law: not a candidate"):
@@ -102,8 +102,10 @@ def test_rules_test_json(config: Path) -> None:
     result = invoke(config, "rules", "test", "--method", "ALT-P5P", "--value", "1.02", "--units", "ukat/L",
                     "--sex", "M", "--age", "45y", "--json")
     shown = json.loads(result.output)
-    assert shown["flags"] == ["H"] and shown["hold"] is False and shown["applied_range"] == "0.15-0.98"
-    assert shown["decisions"][0] == {"rule": "units", "outcome": "converted",
+    assert shown["flags"] == ["H"] and shown["hold"] is False and shown["applied_range"] == "0.15-0.99"
+    assert shown["gates"] == [] and len(shown["rules_version"]) == 16
+    assert [d for d in shown["decisions"] if not d["rule"].startswith("gate.")][0] == {
+                                     "rule": "units", "outcome": "converted",
                                      "inputs": {"units": "ukat/L", "method_units": "U/L", "factor": "60",
                                                 "value": "61.20"}}
 

@@ -101,12 +101,25 @@ def test_status_help() -> None:
 
 
 def test_status_json_is_the_daemons_object(config: Path, daemon: _Daemon) -> None:
-    """`status --json` prints the object the daemon answered, and that it is running with this file."""
+    """`status --json` prints the object the daemon answered, that it is running with this file, and the
+    kill switches and overdue criticals (#11)."""
     result = invoke(config, "--json")
     assert result.exit_code == 0, result.output
     reply = json.loads(result.stdout)
     assert {k: v for k, v in reply.items() if k in STATUS} == STATUS
     assert reply["running"] is True and reply["config_error"] is None and reply["config_drift"] is None
+    assert reply["autoverify"] == {"suspensions": [], "overdue_criticals": []}
+
+
+def test_status_shows_a_suspension(config: Path, daemon: _Daemon) -> None:
+    """A kill switch in force is the first thing an operator must see (CAP GEN.43893)."""
+    from labmw.cli import app
+
+    assert runner.invoke(app, ["--config", str(config), "autoverify", "suspend", "--reason", "QC failed"]).exit_code == 0
+    out = invoke(config).stdout
+    assert "SUSPENDED autoverification for all analyzers / all methods" in out and "QC failed" in out
+    shown = json.loads(invoke(config, "--json").stdout)
+    assert shown["autoverify"]["suspensions"][0]["reason"] == "QC failed"
 
 
 def test_status_for_people_shows_every_part(config: Path, daemon: _Daemon) -> None:

@@ -34,8 +34,13 @@ MLLP_SEND = str(Path(sys.executable).with_name("mllp_send"))
 
 
 def configure(tmp_path: Path, lis_port: int, analyzer_port: int) -> Path:
-    """The README's commands, with an HL7 analyzer instead of the ASTM one."""
-    return peers.configure(tmp_path, lis_port, analyzer_port, protocol="hl7", analyzer="mx", code="ALT")
+    """The README's commands, with an HL7 analyzer instead of the ASTM one.
+
+    The IHE LAW sample's test 10020 is mapped to no method: this analyzer forwards such codes
+    (``--unmapped forward``) instead of holding them, the default (#11).
+    """
+    return peers.configure(tmp_path, lis_port, analyzer_port, protocol="hl7", analyzer="mx", code="ALT",
+                           unmapped="forward")
 
 
 def hl7apy_oru(control_id: str, *, specimen: str, value: str, sex: str = "M") -> bytes:

@@ -137,13 +137,23 @@ def test_sysmex_missing_specimen_is_reported_per_result() -> None:
 
 
 def test_sysmex_default_component_reports_missing_codes() -> None:
-    """With the default component 4 every Sysmex R record is reported, not silently dropped."""
+    """With the default component 4 every Sysmex R record is kept and held TEST_CODE_MISSING, not dropped."""
     message = map_sample("sysmex_xn550_1.astm")
-    assert message.results == ()
+    assert len(message.results) == 41
+    assert all("TEST_CODE_MISSING" in r.gates and not r.test_code for r in message.results)
+    assert message.results[0].test_id == "^^^^WBC^1" and message.results[0].raw_value == "8.13"
     assert message.problems[0] == (
-        "R record at line 6 (result 1) has no test code in R-3 component 4"
+        "R record at line 6 (result 1) has no test code in R-3 component 4; held as TEST_CODE_MISSING"
     )
-    assert len(message.problems) == 41
+    assert len(message.problems) == 82  # and no specimen ID in O-3 for each
+
+
+def test_sysmex_specimen_in_o4_component_3() -> None:
+    """XP/XN put the sample number in O-4 component 3: --specimen-field O-4 --specimen-component 3."""
+    message = map_sample("sysmex_xn550_1.astm", AstmProfile(test_code_component=5, specimen_field=4,
+                                                             specimen_component=3))
+    assert {r.specimen_id for r in message.results} == {"27"}
+    assert not any(r.gates for r in message.results) and message.problems == ()
 
 
 def test_c311_composite_padded_specimen() -> None:
@@ -252,12 +262,13 @@ def test_bad_timestamps_are_problems() -> None:
 
 
 def test_result_without_test_code_is_reported_and_keeps_numbering() -> None:
-    """An R with no code is not mapped, is reported, and still counts for the sequence."""
+    """An R with no code is kept and held TEST_CODE_MISSING, is reported, and counts for the sequence."""
     message = map_text(b"H|\\^&\rO|1|S\rR|1|^^^|5\rR|2|^^^ALT|7\rL|1\r")
     assert message.problems == (
-        "R record at line 3 (result 1) has no test code in R-3 component 4",
+        "R record at line 3 (result 1) has no test code in R-3 component 4; held as TEST_CODE_MISSING",
     )
-    assert [(r.test_code, r.sequence) for r in message.results] == [("ALT", 2)]
+    assert [(r.test_code, r.sequence, r.gates) for r in message.results] == [
+        ("", 1, ("TEST_CODE_MISSING",)), ("ALT", 2, ())]
 
 
 @pytest.mark.parametrize(
@@ -411,5 +422,17 @@ def test_mapping_mutated_captures_raises_only_labmw_errors(
         message = map_message(records, analyzer="fuzz", profile=profile)
     except LabmwError:
         return
-    assert all(isinstance(r, Result) and r.test_code and r.sequence >= 1 for r in message.results)
+    assert all(isinstance(r, Result) and (r.test_code or "TEST_CODE_MISSING" in r.gates) and r.sequence >= 1
+               for r in message.results)
     assert all(isinstance(p, str) and p for p in message.problems)
+
+
+def test_comment_records_after_a_result_stay_with_it() -> None:
+    """#11: C records right after an R belong to that result (shown in review, sent as NTE); others do not."""
+    text = (b"H|\\^&|||c501\rP|1||P1\rO|1|S1||^^^ALTL\rC|1|I|order comment|G\r"
+            b"R|1|^^^ALTL|30|U/L||Samp.S||F\rC|1|I|sample^short|G\rC|2|I|repeat advised|G\r"
+            b"R|2|^^^ASTL|25|U/L||N||F\rL|1|N\r")
+    mapped = map_text(text)
+    alt, ast = by_code(mapped, "ALTL"), by_code(mapped, "ASTL")
+    assert alt.comments == ("sample short", "repeat advised") and alt.instrument_flags == ("Samp.S",)
+    assert ast.comments == ()

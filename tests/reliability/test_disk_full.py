@@ -104,7 +104,8 @@ def test_disk_full_naks_the_final_frame_and_recovers_when_space_returns(tmp_path
             daemon.stop()
             lis.stop()
     assert stored_full2 == 1
-    assert len(refusals) == 1 and refusals[0]["data"]["refusals"] == 3, "the ASTM refusals are audited once space returns"
+    # 3 ASTM NAKs and 1 HL7 AE: refusals of both protocols are counted (issue 17) and audited once space returns.
+    assert len(refusals) == 1 and refusals[0]["data"]["refusals"] == 4, "the refusals are audited once space returns"
     assert "full" in refusals[0]["data"]["first_error"]
     ids = {**lis.control_ids_by_specimen(), **lis_back.control_ids_by_specimen()}
     assert set(ids) == {"FULL0", "FULL1", "FULL2", "FULLH"} and all(len(v) == 1 for v in ids.values()), ids

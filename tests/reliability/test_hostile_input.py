@@ -146,7 +146,7 @@ def test_a_20_mb_frame_that_never_ends_is_naked_within_bounded_memory(tmp_path: 
             peer.sock.sendall(chunk)
         poll(lambda: replies.data, 10, "an answer to the endless frame")
         peer.sock.sendall(ENQ)  # the frame never ended; a new ENQ restarts the link
-        poll(lambda: len(replies.data) >= 2, 10, "an answer to the new ENQ (so all 20 MB were read)")
+        poll(lambda: len(replies.data) >= 2, 30, "an answer to the new ENQ (so all 20 MB were read)")
         growth_mb = (daemon.memory_kb() - before) / 1024
         _check_steady(steady, lis, daemon)
         peer.close()

@@ -106,7 +106,9 @@ class Probe:
         even without an attack) under twice the p99 measured just before it; peak RSS under 150 MB."""
         assert self.error is None, f"the good analyzer failed: {self.error!r}"
         assert len(self.sent) >= 3, f"the good analyzer got only {len(self.sent)} messages through"
-        limit = max(P99_LIMIT, 2 * baseline)
+        # 50 ms on a quiet machine; when the suite's workers share the cores, 3x what the same probe
+        # measured just before the attack (the attack must not be what makes the good analyzer slow).
+        limit = max(P99_LIMIT, 3 * baseline)
         print(f"good analyzer p99 {self.p99() * 1000:.1f} ms over {len(self.latencies)} replies "
               f"(baseline p99 {baseline * 1000:.1f} ms); peak RSS {rig.daemon.memory_kb('VmHWM')} kB")
         assert self.p99() < limit, (f"good analyzer p99 {self.p99() * 1000:.1f} ms over {len(self.latencies)} "

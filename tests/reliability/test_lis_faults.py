@@ -1,4 +1,4 @@
-"""The LIS misbehaves, for real: down for a while, rejecting (AE/AR), silent, trickling, answering
+"""The LIS misbehaves, for real: down for a while, rejecting (AE/CE), silent, trickling, answering
 for the wrong message, hanging up after every ACK. The daemon is a real process, the LIS a real
 MLLP server on a real socket, the analyzer a real ASTM sender (PRODUCT.md guarantee 2).
 
@@ -75,7 +75,9 @@ def _rejecting(lis: ScriptedLis, code: str) -> None:
 
 
 def test_rejections_dead_letter_with_one_alert_per_episode_and_retry_works(tmp_path: Path, lab: MakeLab) -> None:
-    """AE/AR: dead letter at once (no automatic retry), one alert per episode, `queue retry` resends the same MSH-10."""
+    """AE/CE: dead letter at once (no automatic retry), one alert per episode, `queue retry` resends the same MSH-10.
+
+    (AR/CR mean "application unavailable" and are retried with backoff: test_integrity.py.)"""
     lis_port, port = free_port(), free_port()
     config = lab(lis_port, port)
     fast_lis(config)
@@ -95,8 +97,8 @@ def test_rejections_dead_letter_with_one_alert_per_episode_and_retry_works(tmp_p
         labmw(config, "queue", "retry", "--all")
         poll(lambda: _all_delivered(db, 3), 15, "every dead letter delivered after --all")
 
-        # A second episode: AR twice, and a retry of both while the LIS still rejects.
-        _rejecting(lis, "AR")
+        # A second episode: CE twice, and a retry of both while the LIS still rejects.
+        _rejecting(lis, "CE")
         send_session(port, [_msg(s) for s in ("REJ4", "REJ5")])
         poll(lambda: len([e for e in outbox(db) if e["state"] == "dead"]) == 2, 15, "two new dead letters")
         labmw(config, "queue", "retry", "--all")
@@ -118,7 +120,7 @@ def test_rejections_dead_letter_with_one_alert_per_episode_and_retry_works(tmp_p
     assert len(audit_events(db, "result_delivered")) == 3
     assert len(audit_events(db, "alert_raised")) == 2, "exactly one more alert for the second episode"
     assert [e["specimen"] for e in final_queue] == ["REJ4", "REJ5"]
-    assert all("AR" in e["last_error"] and e["attempts"] == 2 for e in final_queue)
+    assert all("CE" in e["last_error"] and e["attempts"] == 2 for e in final_queue)
 
 
 @pytest.mark.parametrize("stall", [Silent(), Ack("AA", byte_delay=0.1)], ids=["silent", "trickling"])

@@ -12,6 +12,7 @@ from labmw.errors import RuleError
 from labmw.model import Method, RangeRule
 from labmw.rules.age import parse_age
 from labmw.rules.cases import check_cases, load_cases, method_rules
+from labmw.rules.gates import GATE_NAMES
 
 NOW = datetime(2026, 3, 1, 8, 0)
 METHOD = Method(
@@ -60,8 +61,9 @@ def test_each_kind_of_mismatch_is_reported(changes: dict[str, Any], mismatch: st
 def test_coverage_comes_from_what_cases_did() -> None:
     """A rule counts as covered only by a case where it fired and one where it was judged and did not."""
     report = run(case(), case(name="man 57", value="57", flags=[]))
-    assert report.rules == len(method_rules(METHOD)) == 3
-    assert report.gaps == (
+    assert len(method_rules(METHOD)) == 3
+    assert report.rules == 3 + len(GATE_NAMES)  # every gate is a rule too, covered once for all methods
+    assert _method_gaps(report) == (
         "ALT-T reference_range F 18y+: no positive and no negative case",
         "ALT-T critical: no positive case",
     )
@@ -72,7 +74,37 @@ def test_coverage_complete() -> None:
     """With both kinds of case for every rule there are no gaps."""
     report = run(case(), case(name="m57", value="57", flags=[]), case(name="f43", sex="F", value="43"),
                  case(name="f39", sex="F", value="39", flags=[]), case(name="hh", value="1000", flags=["HH"]))
-    assert report.gaps == () and report.lines()[-1] == "coverage: each of 3 rules has a positive and a negative case"
+    assert _method_gaps(report) == ()
+
+
+def _method_gaps(report: Any) -> tuple[str, ...]:
+    return tuple(g for g in report.gaps if not g.startswith("gate "))
+
+
+def test_every_gate_needs_a_positive_and_a_negative_case() -> None:
+    """Gates are rules of rules check: ordinary cases only pass them, so each lacks a positive case."""
+    report = run(case(), case(name="man 57", value="57", flags=[]))
+    gate_gaps = [g for g in report.gaps if g.startswith("gate ")]
+    # ALT-T has no measuring range: NEEDS_DILUTION is never judged for it; the QC gates are judged
+    # only where a case names the QC state of its analyzer x method.
+    unjudged = ("NEEDS_DILUTION", "QC_FAILED", "QC_EXPIRED")
+    assert gate_gaps == [f"gate {name}: no positive {'and no negative ' if name in unjudged else ''}case"
+                         for name in GATE_NAMES]
+    held = run(case(), case(name="suspended", suspended=True, flags=["H"], hold=True, gates=["AUTOVERIFY_SUSPENDED"]),
+               case(name="unmapped", method="", test_code="XYZ", flags=[], hold=True, gates=["METHOD_UNKNOWN"]),
+               case(name="bad flag", instrument_flags=["E"], hold=True, gates=["INSTRUMENT_FLAG"]),
+               case(name="prelim", status="P", flags=[], hold=True, gates=["RESULT_STATUS"]),
+               case(name="units", units="mmol/L", flags=[], hold=True, gates=["UNIT_UNKNOWN"]),
+               case(name="dashes", value="-----", flags=[], hold=True, gates=["ABSURD"]),
+               case(name="no sex", sex="", hold=True, gates=["DEMOG_INCOMPLETE"]),
+               case(name="child", age="10y", flags=[], hold=True, gates=["NO_RANGE"]),
+               case(name="qc failed", qc="QC_FAILED", flags=["H"], hold=True, gates=["QC_FAILED"]),
+               case(name="qc expired", qc="QC_EXPIRED", flags=["H"], hold=True, gates=["QC_EXPIRED"]),
+               case(name="qc ok", qc="ok"))
+    assert held.failed == ()
+    assert [g for g in held.gaps if g.startswith("gate ")] == [
+        "gate NEEDS_DILUTION: no positive and no negative case",  # ALT-T has no measuring range
+        "gate RANGE_UNAPPROVED: no positive case"]
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from labmw.errors import RuleError
-from labmw.model import AgeBound, DeltaRule, Evaluation, Method, PreviousResult, RangeRule, Result
+from labmw.model import AgeBound, DeltaRule, Evaluation, Grading, Method, PreviousResult, RangeRule, Result
 from labmw.rules.age import parse_age
 from labmw.rules.engine import evaluate
+from labmw.rules.gates import DEFAULT_TEXTS, GatePolicy
 
 COLLECTED = datetime(2026, 11, 22, 8, 0)
 ADULT = date(1980, 5, 1)
@@ -66,35 +67,36 @@ def decision(evaluation: Evaluation, rule: str) -> tuple[str, dict[str, str]]:
 
 
 @pytest.mark.parametrize(
-    ("res", "flags", "applied"),
+    ("res", "flags", "applied", "gates"),
     [
-        (result("85"), ("H",), "9-59"),
-        (result("45", sex="F"), ("H",), "8-41"),
-        (result("44"), (), "9-59"),
-        (result("59"), (), "9-59"),  # equal to a limit is inside
-        (result("9"), (), "9-59"),
-        (result("8.9"), ("L",), "9-59"),
-        (result("1250"), ("HH",), "9-59"),
-        (result("1000"), ("HH",), "9-59"),  # critical is inclusive
-        (result("8000"), ("HH", ">"), "9-59"),
-        (result("4"), ("L", "<"), "9-59"),
-        (result("<5"), ("<",), ""),
-        (result(">7000"), (">",), ""),
-        (result("<=5"), (), ""),
-        (result("85", status="P"), (), ""),
-        (result("85", sex=""), ("H",), "8-59"),
-        (result("50", sex=""), (), "8-59"),
-        (result("85", birth_date=date(2008, 11, 23)), (), ""),  # 17 years, adult ranges only
-        (result("85", birth_date=date(2008, 11, 22)), ("H",), "9-59"),  # 18th birthday
+        (result("85"), ("H",), "9-59", ()),
+        (result("45", sex="F"), ("H",), "8-41", ()),
+        (result("44"), (), "9-59", ()),
+        (result("59"), (), "9-59", ()),  # equal to a limit is inside
+        (result("9"), (), "9-59", ()),
+        (result("8.9"), ("L",), "9-59", ()),
+        (result("1250"), ("HH",), "9-59", ()),
+        (result("1000"), ("HH",), "9-59", ()),  # critical is inclusive
+        (result("8000"), ("HH", ">"), "9-59", ("NEEDS_DILUTION",)),  # never released as a raw above-range number
+        (result("4"), ("L", "<"), "9-59", ()),
+        (result("<5"), ("L", "<"), "9-59", ()),  # <5 is below the lower limit 9
+        (result(">7000"), ("HH", ">"), "9-59", ("NEEDS_DILUTION",)),  # above critical-high 1000 whatever it is
+        (result("<=5"), ("L",), "9-59", ()),  # may be 5, inside the measuring range, but below 9
+        (result("85", status="P"), (), "", ("RESULT_STATUS",)),
+        (result("85", sex=""), ("H",), "8-59", ("DEMOG_INCOMPLETE",)),
+        (result("50", sex=""), (), "8-59", ("DEMOG_INCOMPLETE",)),
+        (result("85", birth_date=date(2008, 11, 23)), (), "", ("NO_RANGE",)),  # 17 years, adult ranges only
+        (result("85", birth_date=date(2008, 11, 22)), ("H",), "9-59", ()),  # 18th birthday
     ],
 )
-def test_acceptance_cases(res: Result, flags: tuple[str, ...], applied: str) -> None:
-    """The ALT-T acceptance table: flags in table-0078 order and the OBX-7 applied range."""
+def test_acceptance_cases(res: Result, flags: tuple[str, ...], applied: str, gates: tuple[str, ...]) -> None:
+    """The ALT-T acceptance table: flags in table-0078 order, the OBX-7 applied range, the gates that hold."""
     evaluation = evaluate(res, ALT_T)
     assert evaluation.method == "ALT-T"
     assert evaluation.flags == flags
     assert evaluation.applied_range == applied
-    assert evaluation.hold is False
+    assert evaluation.gates == gates
+    assert evaluation.hold is bool(gates)
 
 
 def test_high_result_carries_a_grading_note() -> None:
@@ -158,41 +160,60 @@ def test_critical_low_replaces_low() -> None:
     assert evaluate(result("4"), method).flags == ("L",)
 
 
-def test_unmapped_test_code() -> None:
-    """No method: no flags, a note naming the test code, an 'unmapped' decision."""
+def test_unmapped_test_code_is_held_by_default() -> None:
+    """No method: gate METHOD_UNKNOWN holds it; the reviewer's reason names the test code."""
     evaluation = evaluate(result("85"), None)
-    assert evaluation == Evaluation(
-        method=None,
-        notes=("no method mapped for test code ALTL: forwarded without range flags",),
-        decisions=evaluation.decisions,
-    )
-    assert decision(evaluation, "method") == (
-        "unmapped",
-        {"test_code": "ALTL", "analyzer": "cobas-1"},
-    )
+    assert evaluation.flags == () and evaluation.hold and evaluation.gates == ("METHOD_UNKNOWN",)
+    assert evaluation.review_notes == (
+        "METHOD_UNKNOWN: test code ALTL is mapped to no method: its rules cannot be applied",)
+    assert decision(evaluation, "method") == ("unmapped", {"test_code": "ALTL", "analyzer": "cobas-1"})
+    assert decision(evaluation, "gate.METHOD_UNKNOWN")[0] == "hold"
+
+
+def test_unmapped_test_code_forwarded_when_the_analyzer_says_so() -> None:
+    """``unmapped = "forward"``: released with the clinician's NTE, no hold, decision 'forward'."""
+    evaluation = evaluate(result("85"), None, policy=GatePolicy(unmapped="forward"))
+    assert not evaluation.hold and evaluation.gates == ()
+    assert DEFAULT_TEXTS["METHOD_UNKNOWN"] in evaluation.notes
+    assert decision(evaluation, "gate.METHOD_UNKNOWN")[0] == "forward"
 
 
 @pytest.mark.parametrize(
-    ("res", "rule", "note"),
+    ("res", "rule", "note", "gate"),
     [
-        (result("85", status="P"), "status", "status P is not final: not range-checked"),
-        (result("8000", status="X"), "status", "status X is not final: not range-checked"),
-        (result("hemolysed"), "value", "value is not numeric: not range-checked"),
+        (result("85", status="P"), "status", "status P is not final: not range-checked", "RESULT_STATUS"),
+        (result("8000", status="X"), "status", "status X is not final: not range-checked", "RESULT_STATUS"),
+        (result("hemolysed"), "value", "value is not numeric: not range-checked", "ABSURD"),
         (
             result("85", units="ukat/L"),
             "units",
             "units ukat/L not checked: method ALT-T expects U/L",
+            "UNIT_UNKNOWN",
         ),
     ],
 )
-def test_results_that_are_not_checked(res: Result, rule: str, note: str) -> None:
-    """Non-final, non-numeric and foreign-unit results get no flags, a note and a decision why."""
+def test_results_that_are_not_checked(res: Result, rule: str, note: str, gate: str) -> None:
+    """Non-final, non-numeric and foreign-unit results get no flags, a note, and are held by their gate."""
     previous = PreviousResult(value=Decimal(1), collected_at=datetime(2026, 11, 21))
     evaluation = evaluate(res, replace(ALT_T, delta=DELTA), previous=previous)
     assert evaluation.flags == ()
     assert evaluation.applied_range == ""
     assert evaluation.notes == (note,)
-    assert [d.rule for d in evaluation.decisions] == [rule]
+    assert [d.rule for d in evaluation.decisions if not d.rule.startswith("gate.")] == [rule]
+    assert evaluation.gates == (gate,) and evaluation.hold
+    assert decision(evaluation, f"gate.{gate}")[0] == "hold"
+
+
+def test_a_gate_set_to_flag_releases_with_the_clinician_text() -> None:
+    """A method's ``gates = {RESULT_STATUS = "flag"}``: no hold, the reviewed NTE text instead."""
+    method = replace(ALT_T, gates=(("RESULT_STATUS", "flag"),))
+    evaluation = evaluate(result("85", status="P"), method, policy=GatePolicy(texts={"RESULT_STATUS": "Prelim."}))
+    assert not evaluation.hold and evaluation.flagged_gates == ("RESULT_STATUS",)
+    assert "Prelim." in evaluation.notes and evaluation.review_notes == ()
+    # The analyzer's setting applies when the method has none; the method's wins over it.
+    assert not evaluate(result("85", status="P"), ALT_T, policy=GatePolicy(actions={"RESULT_STATUS": "flag"})).hold
+    strict = replace(ALT_T, gates=(("RESULT_STATUS", "hold"),))
+    assert evaluate(result("85", status="P"), strict, policy=GatePolicy(actions={"RESULT_STATUS": "flag"})).hold
 
 
 @pytest.mark.parametrize(("status", "units"), [("", ""), ("C", "u/l"), (" f ", " U/L ")])
@@ -201,14 +222,41 @@ def test_empty_status_and_units_mean_final_and_method_units(status: str, units: 
     assert evaluate(result("85", status=status, units=units), ALT_T).flags == ("H",)
 
 
-def test_comparator_value_is_not_range_checked() -> None:
-    """'<5' gets '<' from the measuring range but no L and a note why."""
-    evaluation = evaluate(result("<5"), ALT_T)
-    assert evaluation.notes == (
-        "below measuring range 5-7000",
-        "comparator value <5: not checked against reference range",
-    )
-    assert decision(evaluation, "measuring_range")[0] == "<"
+@pytest.mark.parametrize(
+    ("raw", "method", "flags", "note"),
+    [
+        (">1500", ALT_T, ("HH",), ""),  # above critical-high 1000 whatever the true value
+        (">1000", ALT_T, ("HH",), ""),  # > 1000 is >= 1000
+        (">=1000", ALT_T, ("HH",), ""),
+        (">500", ALT_T, ("H",), ">500 does not decide the critical limit 1000"),
+        (">30", ALT_T, (), ">30 does not decide the critical limit 1000 or upper reference limit 59"),
+        (">59", replace(ALT_T, critical_high=None), ("H",), ""),
+        (">=59", replace(ALT_T, critical_high=None), (), ">=59 does not decide the upper reference limit 59"),
+        ("<8", replace(ALT_T, measuring_low=None, ranges=(RangeRule(low=Decimal(10), high=Decimal(49)),)),
+         ("L",), ""),
+        ("<30", replace(ALT_T, measuring_low=None, ranges=(RangeRule(low=Decimal(10), high=Decimal(49)),)),
+         (), "<30 does not decide the lower reference limit 10"),
+        ("<9", ALT_T, ("L",), ""),  # < 9 is below the lower limit 9
+        ("<=9", ALT_T, (), "<=9 does not decide the lower reference limit 9"),
+    ],
+)
+def test_comparator_values_are_judged_against_every_limit_they_decide(
+    raw: str, method: Method, flags: tuple[str, ...], note: str
+) -> None:
+    """'>X' is above every limit <= X, '<X' below every limit >= X; an open limit is said in a note."""
+    evaluation = evaluate(result(raw), method)
+    assert tuple(f for f in evaluation.flags if f not in ("<", ">")) == flags
+    if note:
+        assert note in evaluation.notes
+    else:
+        assert not any("does not decide" in n for n in evaluation.notes)
+
+
+def test_comparator_grade_is_a_lower_bound() -> None:
+    """'>1500' with ULN 59 and CTCAE grades: at least grade 4 (> 20 x ULN)."""
+    method = replace(ALT_T, grading=Grading(scheme="CTCAE v5.0", above_uln=(Decimal(1), Decimal(3), Decimal(5),
+                                                                             Decimal(20))))
+    assert decision(evaluate(result(">1500"), method), "grading")[0] == "at least grade 4"
 
 
 DELTA = DeltaRule(abs_change=Decimal(20), pct_change=Decimal(50))

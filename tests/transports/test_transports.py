@@ -64,7 +64,7 @@ def test_serial_analyzer_on_a_pty_reaches_the_lis(tmp_path: Path) -> None:
     lis = MllpLis(lis_port).start()
     try:
         with daemon(config, log=tmp_path / "daemon.log"):
-            time.sleep(1.0)  # the daemon opens the device
+            time.sleep(3.0)  # the daemon opens the device (slower when the suite's workers share the cores)
             # A bad checksum first: NAKed; the retransmission is accepted.
             os.write(master, ENQ)
             assert _read_byte(master) == ACK

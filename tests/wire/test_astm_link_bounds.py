@@ -12,8 +12,8 @@ import time
 import pytest
 from astm_script import ACK, ENQ, EOT, NAK, drain, feed, frame
 
-from labmw.wire.astm_events import AckConfirmed, MessageDiscarded, MessageReceived
 from labmw.wire import astm_link
+from labmw.wire.astm_events import AckConfirmed, MessageDiscarded, MessageReceived
 from labmw.wire.astm_link import CONFIRM_WITHIN, MAX_TRANSFER_MESSAGES, REJECTING, AstmLink
 
 H = b"H|\\^&|||labmw-test\r"
@@ -32,7 +32,7 @@ def test_whole_messages_in_etb_frames_are_bounded_by_count() -> None:
     feed(link, ENQ)
     events, out = feed(link, _frames(MAX_TRANSFER_MESSAGES + 10, MESSAGE))
     assert out.count(ACK) == MAX_TRANSFER_MESSAGES and out.endswith(NAK) and link.state == REJECTING
-    assert [e for e in events if isinstance(e, MessageDiscarded)][0].reason.startswith("transfer exceeds")
+    assert next(e for e in events if isinstance(e, MessageDiscarded)).reason.startswith("transfer exceeds")
     assert [e for e in events if isinstance(e, MessageReceived)] == []
 
 
@@ -51,7 +51,7 @@ def test_a_flood_of_empty_frames_is_bounded_by_frame_count() -> None:
     limit = 64 * 1024 // 240 + 64
     _, out = feed(link, _frames(limit + 100, b""))
     assert out.count(ACK) == limit and out.endswith(NAK * 100) and link.state == REJECTING
-    assert len(link._rx.frames) == 0  # noqa: SLF001 - the point is that nothing is held any more
+    assert len(link._rx.frames) == 0
 
 
 def test_cutting_messages_off_a_transfer_is_linear(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,7 +62,7 @@ def test_cutting_messages_off_a_transfer_is_linear(monkeypatch: pytest.MonkeyPat
         link = AstmLink(max_message_bytes=64 * 1024 * 1024)
         feed(link, ENQ)
         feed(link, _frames(count, MESSAGE))
-        rx = link._rx  # noqa: SLF001 - the reassembly state itself
+        rx = link._rx
         gc.disable()  # a collection landing in one run would look like superlinear growth
         try:
             begun = time.perf_counter()

@@ -200,3 +200,15 @@ def test_parse_ack_turns_python_hl7_assertions_into_codec_errors() -> None:
     """A malformed MSH-2 makes python-hl7 assert; parse_ack answers CodecError (found by fuzzing)."""
     with pytest.raises(CodecError):
         parse_ack(b"MSH~^~\\&|LIS|F|LABMW|F|20261125||ACK^R01^ACK|A1|P|2.5.1\rMSA|AA|abc-1|ok\r")
+
+
+@pytest.mark.parametrize("with_err", [False, True], ids=["fast-path", "full-parser"])
+def test_parse_ack_one_msa2_reading_and_case_insensitive_codes(with_err: bool) -> None:
+    """Issue #10 item 5: MSA-2 `abcd-7^LIS` is `abcd-7` and `aa` is AA, whether or not an ERR segment
+    sends the ACK through python-hl7 (the two paths used to disagree on MSA-2)."""
+    payload = (b"MSH|^~\\&|LIS||LABMW||20240501||ACK^R01^ACK|9|P|2.5.1\r"
+               b"MSA|aa|abcd-7^LIS~other|fine^x\r"
+               + (b"ERR|||0^Message accepted^HL70357|I\r" if with_err else b""))
+    ack = parse_ack(payload)
+    assert (ack.code, ack.control_id) == ("AA", "abcd-7")
+    assert ack.text.startswith("fine")

@@ -1,0 +1,115 @@
+"""Checking the audit trail against itself, its anchor and the rows it sealed (issue #17).
+
+- :func:`verify_all` (``labmw audit verify``): the whole chain, then the anchored event
+  (``--expect-head``), then every stored row against the hash its event recorded; the first
+  problem is reported.
+- :func:`verify_since_checkpoint` (the daemon at start): the chain from the last verified checkpoint
+  on, so that it costs the same however long the trail is; the checkpoint then moves to the head.
+- :func:`outbox_seal_problem` (the forwarder, via ``Store.pending_after``): is this queue entry the one
+  the trail recorded?
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from labmw.store import audit as audit_log
+from labmw.store import seals
+from labmw.store.audit import Verification
+from labmw.store.db import transaction
+
+CHECKPOINT_KEY = "audit_checkpoint"
+
+# Pending entries with the audit event their seal is in (columns prefixed a_), for outbox_seal_problem.
+PENDING_WITH_SEALS = (
+    "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code, a.ts AS a_ts, a.event AS a_event,"
+    " a.actor AS a_actor, a.analyzer AS a_analyzer, a.specimen AS a_specimen, a.patient AS a_patient,"
+    " a.ref AS a_ref, a.data AS a_data, a.prev_hash AS a_prev_hash, a.hash AS a_hash"
+    " FROM outbox o LEFT JOIN results r ON r.id = o.result_id LEFT JOIN audit a ON a.seq = o.seal_seq"
+    " WHERE o.state = 'pending' AND o.id > ? ORDER BY o.id LIMIT ?")
+
+
+def verify_all(conn: sqlite3.Connection, *, expect_head: tuple[int, str] | None = None) -> Verification:
+    """The chain, then the anchor, then the stored rows; raises sqlite3.Error when unreadable."""
+    checker = seals.RowChecker(conn)
+    result = audit_log.verify(conn.execute("SELECT * FROM audit ORDER BY seq"), on_event=checker.feed)
+    if not result.ok:
+        return result
+    if expect_head is not None:
+        reason = audit_log.check_anchor(conn, expect_head)
+        if reason:
+            return Verification(ok=False, count=result.count, first_broken=expect_head[0], reason=reason)
+    problem = checker.finish()
+    if problem is not None:
+        return Verification(ok=False, count=result.count, first_broken=problem.seq, reason=problem.describe())
+    return Verification(ok=True, count=result.count, rows=checker.checked)
+
+
+def verify_since_checkpoint(conn: sqlite3.Connection) -> Verification:
+    """The chain after the last verified checkpoint; on success the head becomes the checkpoint.
+
+    The rows those events sealed are checked too, and the first mismatch is returned in
+    ``row_problem`` rather than as a failure: the chain is sound, the forwarder refuses an altered
+    queue entry by itself, and one edited row should not stop a lab (it is alerted once, as the
+    checkpoint moves past it). Raises sqlite3.Error when unreadable.
+    """
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (CHECKPOINT_KEY,)).fetchone()
+    start = (0, audit_log.GENESIS)
+    if row is not None:
+        try:
+            start = audit_log.parse_head(str(row[0]))
+        except ValueError:
+            start = (0, audit_log.GENESIS)  # unreadable checkpoint: verify everything
+        if start[0]:
+            reason = audit_log.check_anchor(conn, start)
+            if reason:
+                return Verification(ok=False, count=0, first_broken=start[0], reason=f"last verified checkpoint: {reason}")
+    checker = seals.RowChecker(conn)
+    result = audit_log.verify(conn.execute("SELECT * FROM audit WHERE seq > ? ORDER BY seq", (start[0],)),
+                              start=start, on_event=checker.feed)
+    if not result.ok:
+        return result
+    head = audit_log.tail(conn)
+    with transaction(conn):
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (CHECKPOINT_KEY, f"{head[0]}:{head[1]}"))
+    problem = checker.first_problem()
+    return Verification(ok=True, count=result.count, rows=checker.checked,
+                        row_problem=problem.describe() if problem else "")
+
+
+def _sealed_after(conn: sqlite3.Connection, table: str) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (seals.EPOCH_KEY[table],)).fetchone()
+    try:
+        return int(row[0]) if row is not None else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def outbox_seal_problem(conn: sqlite3.Connection, row: sqlite3.Row) -> str:
+    """Why the entry in ``row`` (from :data:`PENDING_WITH_SEALS`) is not the one the trail recorded ("" when it is).
+
+    The seal's own event is re-hashed too, so an edit of the payload and of its seal together
+    shows here without walking the chain.
+    """
+    entry_id, seq = int(row["id"]), row["seal_seq"]
+    if seq is None:
+        if entry_id <= _sealed_after(conn, "outbox"):
+            return ""  # queued before this file's rows were sealed (an upgrade)
+        return "no hash of this entry is recorded in the audit trail"
+    if row["a_hash"] is None:
+        return f"the audit event recording this entry (event {seq}) is missing"
+    canonical = audit_log.event_canonical(int(seq), row, prefix="a_")
+    if audit_log.chain_hash(str(row["a_prev_hash"]), canonical) != row["a_hash"]:
+        return f"the audit event recording this entry (event {seq}) was altered"
+    try:
+        data = json.loads(row["a_data"])
+        recorded = {(t, i): d for t, i, d in seals.seals_of(data)} if isinstance(data, dict) else {}
+    except (TypeError, ValueError):
+        recorded = {}
+    digest = recorded.get(("outbox", entry_id))
+    if digest is None:
+        return f"audit event {seq} does not record this entry"
+    if seals.row_hash("outbox", tuple(row[c] for c in seals.SEALED["outbox"])) != digest:
+        return f"the stored message does not match the hash recorded in audit event {seq}"
+    return ""
