@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +15,29 @@ from labmw.store import Store
 from labmw.store.engines import open_store
 
 
+_SHARE_KEY = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The controller (or a run without workers) names the directory where the run's one PostgreSQL
+    # cluster is described; xdist's workers inherit the environment variable.
+    if not hasattr(config, "workerinput") and pg_cluster.SHARE_ENV not in os.environ:
+        os.environ[pg_cluster.SHARE_ENV] = tempfile.mkdtemp(prefix="labmw-pg-share-")
+        config.stash[_SHARE_KEY] = Path(os.environ[pg_cluster.SHARE_ENV])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    share = config.stash.get(_SHARE_KEY, None)
+    if share is not None:
+        pg_cluster.stop_shared(share)
+        os.environ.pop(pg_cluster.SHARE_ENV, None)
+
+
+
 @pytest.fixture(scope="session")
-def pg() -> Iterator[pg_cluster.Cluster]:
-    """One throwaway PostgreSQL cluster for the whole session (started on first use)."""
-    cluster = pg_cluster.start()
-    yield cluster
-    cluster.stop()
+def pg() -> pg_cluster.Cluster:
+    """The run's throwaway PostgreSQL cluster (started on first use, one for all workers)."""
+    return pg_cluster.shared()
 
 
 @dataclass

@@ -14,10 +14,14 @@ once the WAL is flushed and an ACK after it is safe; group commit through savepo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +30,17 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from labmw.errors import StoreError
+from labmw.model import PreviousResult
 from labmw.store import audit as audit_log
-from labmw.store import pg_schema, retention
+from labmw.store import autoverify as av
+from labmw.store import pg_schema, retention, trail_check
 from labmw.store.audit import AuditEvent, Verification
-from labmw.store.sqlite import HeldResult, OutboxEntry, Store, Tx, _entry, _held
+from labmw.store.sqlite import HeldResult, HistoryReader, OutboxEntry, Store, Tx, _entry, _held
 
-# Tables whose INSERT hands back the new row's id (sqlite3's cursor.lastrowid).
-_RETURNING_ID = re.compile(r"^\s*INSERT INTO (messages|results|outbox|inbound_keys)\b", re.IGNORECASE)
+# Tables whose INSERT hands back the new row's id (sqlite3's cursor.lastrowid): those with an
+# identity column ``id`` (pg_schema); the others (meta, users, sessions, outbox_members, leases) have none.
+_RETURNING_ID = re.compile(r"^\s*INSERT (?:OR IGNORE )?INTO (messages|results|outbox|inbound_keys|autoverify_suspensions"
+                           r"|critical_notifications|qc_runs|qc_results|login_failures)\b", re.IGNORECASE)
 POOL_TIMEOUT = 5.0  # seconds to wait for a connection: short of the analyzer's 15 s reply timer
 
 
@@ -86,9 +94,24 @@ class _Cursor:
         return iter(self.fetchall())
 
 
-def translate(sql: str) -> str:
-    """sqlite3's ``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""
-    return sql.replace("%", "%%").replace("?", "%s")
+# The few SQLite idioms the store's SQL uses, in PostgreSQL's words (see translate).
+_SQLITE_IDIOMS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^\s*BEGIN IMMEDIATE\s*$", re.IGNORECASE), "BEGIN"),
+    # meta is the only table written with OR REPLACE (its key is the primary key).
+    (re.compile(r"^\s*INSERT OR REPLACE INTO meta (.*)$", re.IGNORECASE | re.DOTALL),
+     r"INSERT INTO meta \1 ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
+    (re.compile(r"^\s*INSERT OR IGNORE INTO (.*)$", re.IGNORECASE | re.DOTALL), r"INSERT INTO \1 ON CONFLICT DO NOTHING"),
+    (re.compile(r"group_concat\(DISTINCT ([\w.]+)\)", re.IGNORECASE), r"string_agg(DISTINCT \1, ',')"),
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def translate(sql: str, *, placeholders: bool = True) -> str:
+    """The store's SQLite SQL for PostgreSQL: the idioms above, and sqlite3's ``?`` placeholders as
+    psycopg's ``%s`` (a literal ``%`` doubled). Cached: the store's statements are a fixed set."""
+    for pattern, replacement in _SQLITE_IDIOMS:
+        sql = pattern.sub(replacement, sql)
+    return sql.replace("%", "%%").replace("?", "%s") if placeholders else sql
 
 
 class PgConnection:
@@ -130,7 +153,7 @@ class PgConnection:
                 cur.execute(translate(sql) + " RETURNING id", params)
                 row = cur.fetchone()
                 return _Cursor(cur, lastrowid=int(row[0]) if row else None)
-            cur.execute(translate(sql) if params else sql, params or None)
+            cur.execute(translate(sql, placeholders=bool(params)), params or None)
             return _Cursor(cur)
         except psycopg.Error as exc:
             raise StoreError(f"database error: {_text(exc)}") from exc
@@ -146,7 +169,28 @@ class PgConnection:
         self.release()
 
 
-def make_pool(url: str, *, size: int = 3) -> ConnectionPool:
+class PgHistoryReader(HistoryReader):
+    """The history reads on a connection of their own (any thread; one caller at a time)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pg = PgConnection(pool)
+        self._conn = self._pg  # type: ignore[assignment]  # the sqlite3 shim
+        self._lock = threading.Lock()
+
+    def previous_result(self, **kwargs: Any) -> PreviousResult | None:
+        with self._lock:
+            return super().previous_result(**kwargs)
+
+    def recent_results(self, **kwargs: Any) -> list[tuple[str, Decimal, str, datetime, str]]:
+        with self._lock:
+            return super().recent_results(**kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            self._pg.close()
+
+
+def make_pool(url: str, *, size: int = 4) -> ConnectionPool:
     """A pool of autocommit connections configured for the store's guarantees."""
 
     def configure(conn: psycopg.Connection[Any]) -> None:
@@ -156,10 +200,17 @@ def make_pool(url: str, *, size: int = 3) -> ConnectionPool:
         conn.execute("SET idle_in_transaction_session_timeout = '10s'")
         conn.execute("SET application_name = 'labmw'")
 
+    kwargs = {"autocommit": True, "connect_timeout": 5, "keepalives_idle": 5, "keepalives_interval": 2,
+              "keepalives_count": 3}
+    # One plain connection first: a refused or misnamed server is a clear error at once, where the
+    # pool would retry quietly until its timeout.
+    try:
+        psycopg.connect(url, **kwargs).close()  # type: ignore[arg-type]
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot connect to the database {redact(url)}: {_text(exc)}") from None
     pool = ConnectionPool(url, min_size=1, max_size=size, open=False, configure=configure, timeout=POOL_TIMEOUT,
                           check=ConnectionPool.check_connection,
-                          kwargs={"autocommit": True, "connect_timeout": 5, "keepalives_idle": 5,
-                                  "keepalives_interval": 2, "keepalives_count": 3})
+                          kwargs=kwargs)
     try:
         pool.open(wait=True, timeout=POOL_TIMEOUT)
     except PoolTimeout:
@@ -217,8 +268,17 @@ class PgStore(Store):
             raise StoreError(f"cannot open database {redact(url)}: {_text(exc)}") from None
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self._pg.close()
         self._pool.close()
+
+    def history_reader(self) -> HistoryReader:
+        """A second connection for judging off the store thread (READ COMMITTED: the last commit)."""
+        if self._reader is None:
+            self._reader = PgHistoryReader(self._pool)
+        return self._reader
 
     @property
     def pool(self) -> ConnectionPool:
@@ -311,9 +371,15 @@ class PgStore(Store):
         except StoreError as exc:
             raise StoreError(f"cannot read the audit trail: {exc}") from exc
 
-    def verify_audit(self) -> Verification:
+    def verify_audit(self, *, expect_head: tuple[int, str] | None = None) -> Verification:
         try:
-            return super().verify_audit()
+            return super().verify_audit(expect_head=expect_head)
+        except StoreError as exc:
+            return Verification(ok=False, count=0, first_broken=None, reason=f"cannot read the audit trail: {exc}")
+
+    def verify_audit_since_checkpoint(self) -> Verification:
+        try:
+            return super().verify_audit_since_checkpoint()
         except StoreError as exc:
             return Verification(ok=False, count=0, first_broken=None, reason=f"cannot read the audit trail: {exc}")
 
@@ -323,10 +389,20 @@ class PgStore(Store):
         return (f" AND {alias}.site = ?", (self.site,)) if self.site else ("", ())
 
     def pending_after(self, after_id: int, limit: int) -> list[OutboxEntry]:
-        clause, args = self._site_clause("r")
-        rows = self._pg.execute(f"{self._OUTBOX_SELECT} WHERE o.state = 'pending' AND o.id > ?{clause}"
-                                " ORDER BY o.id LIMIT ?", (after_id, *args, limit))
-        return [_entry(r) for r in rows]
+        """As for SQLite (each entry checked against its seal), this site's entries only."""
+        if not self.site:
+            return super().pending_after(after_id, limit)
+        where = "WHERE o.state = 'pending' AND o.id > ?"
+        sql = trail_check.PENDING_WITH_SEALS.replace(where, where + " AND (r.site = ? OR r.id IS NULL)")
+        out = []
+        for row in self._pg.execute(sql, (after_id, self.site, limit)):
+            entry = _entry(row)
+            if not entry.problem:
+                problem = trail_check.outbox_seal_problem(self._conn, row)
+                if problem:
+                    entry = dataclasses.replace(entry, payload=b"", problem=problem)
+            out.append(entry)
+        return out
 
     def outbox(self, *, states: tuple[str, ...] = ("pending", "dead")) -> list[OutboxEntry]:
         clause, args = self._site_clause("r")
@@ -342,14 +418,20 @@ class PgStore(Store):
         return int(row[0])
 
     def held_results(self) -> list[HeldResult]:
-        clause, args = self._site_clause("results")
-        rows = self._pg.execute(f"SELECT * FROM results WHERE state = 'held'{clause} ORDER BY id", args)
-        return [_held(row) for row in rows]
+        if not self.site:
+            return super().held_results()
+        rows = self._pg.execute("SELECT * FROM results WHERE state = 'held' AND site = ? ORDER BY id", (self.site,))
+        held = [_held(row) for row in rows]
+        return [dataclasses.replace(h, correction=h.correction and av.delivered_earlier(self._conn, h.id))
+                for h in held]
 
     def counts(self) -> dict[str, int]:
         clause, args = self._site_clause("results")
         held = self._pg.execute(f"SELECT count(*) FROM results WHERE state='held'{clause}", args).fetchone()
-        return {"pending": self.count_outbox("pending"), "dead": self.count_outbox("dead"), "held": int(held[0])}
+        missing = self._pg.execute(f"SELECT count(*) FROM results WHERE state='held' AND test_code=''{clause}",
+                                   args).fetchone()
+        return {"pending": self.count_outbox("pending"), "dead": self.count_outbox("dead"), "held": int(held[0]),
+                "held_test_code_missing": int(missing[0])}
 
     # --- operations (labmw.store.ops_stats, retention): SQLite's pragmas have PostgreSQL twins ----------
     def probe_writable(self) -> None:
@@ -405,12 +487,13 @@ def _audit_query(conn: PgConnection, *, specimen: str | None = None, patient: st
     if site is not None:
         where.append("audit.data::jsonb ->> 'site' = ?")
         args.append(site)
+    # Stored times are UTC (as in labmw.store.audit.query).
     if since is not None:
         where.append("ts >= ?")
-        args.append(since.isoformat(timespec="milliseconds"))
+        args.append((since.astimezone(UTC) if since.tzinfo else since).isoformat(timespec="milliseconds"))
     if until is not None:
         where.append("ts <= ?")
-        args.append(until.isoformat(timespec="milliseconds"))
+        args.append((until.astimezone(UTC) if until.tzinfo else until).isoformat(timespec="milliseconds"))
     sql = "SELECT * FROM audit"
     if where:
         sql += " WHERE " + " AND ".join(where)
