@@ -228,3 +228,52 @@ def test_retention_purge_and_health_probe_work_on_both_engines(store: Store) -> 
     assert summary["results"] == 1 and summary["kept_unfinished"] == 1
     assert [e.specimen for e in store.outbox(states=("pending",))] == ["NEW"]
     assert "retention_purged" in [e.event for e in store.audit_events()] and store.verify_audit().ok
+
+
+def test_accounts_qc_autoverification_and_the_browser_on_both_engines(store: Store) -> None:
+    """The store's later modules speak both engines' SQL: web accounts and sessions, QC runs and their
+    override, suspensions and critical notifications, rule-set version, message browser, ORU members
+    and their retention, and the chain with its seals verifies afterwards."""
+    users = store.users
+    users.add(name="ann", role="reviewer", password_hash="h", actor="root", now=T0)
+    ann = users.get("ann")
+    assert ann is not None and ann.enabled
+    users.start_session(token_sha256="t" * 64, user=ann, csrf_token="c", peer="127.0.0.1", now=T0,
+                        expires_at=T0 + timedelta(hours=1))
+    assert users.session("t" * 64, now=T0) is not None
+    users.record_failure(name="bob", peer="10.0.0.9", reason="bad password", now=T0, throttled=False)
+    assert users.failures_since(name="bob", peer="10.0.0.9", since=T0 - timedelta(minutes=1))[0] == 1
+    users.set_enabled("ann", enabled=False, actor="root", now=T0)
+    assert users.session("t" * 64, now=T0) is None and not users.get("ann").enabled  # type: ignore[union-attr]
+
+    rid = _keep(store, _alt("40", T0, specimen="Q1"))
+    other = _keep(store, _alt("41", T0, specimen="Q1"))
+    with store.transaction(T0) as tx:
+        mid = tx.add_message(analyzer="c501", protocol="astm", peer="x", raw=b"qc", sha256="1" * 64,
+                             outcome="accepted")
+        run_id = tx.qc.add_run(message_id=mid, analyzer="c501", method="ALT-T", violated=("1-3s",), warnings=())
+        tx.qc.add_result(run_id=run_id, material="N1", level=1, lot="L1", specimen="QC1", test_code="ALTL",
+                         raw_value="99", value=Decimal("99"), units="U/L", mean=Decimal("40"), sd=Decimal("3"),
+                         z=Decimal("19.7"), completed_at=T0)
+        tx.add_critical(rid, "HH")
+        tx.add_critical(rid, "HH")  # once per result (OR IGNORE / ON CONFLICT DO NOTHING)
+        entry = store.outbox(states=("pending",))[0]
+        tx.add_outbox_members(entry.id, [other])
+    assert store.qc.accept(run_id, reason="lot change", actor="root", now=T0).accepted
+    (critical,) = store.criticals()
+    store.notify_critical(critical["id"], to="Dr X", readback=True, actor="root", now=T0)
+    assert store.criticals()[0]["readback"] is True
+    sid = store.suspend_autoverify(analyzer="c501", method="ALT-T", reason="drift", actor="root", now=T0)
+    assert sid and [s.method for s in store.active_suspensions()] == ["ALT-T"]
+    assert store.resume_autoverify(analyzer="c501", method="ALT-T", reason="fixed", actor="root", now=T0) == [sid]
+    with store.transaction(T0) as tx:
+        assert tx.note_rules_version("v1", actor="root", how="test")
+    messages = store.browse_messages(specimen="Q1")
+    assert [m["specimens"] for m in messages] == [["Q1"], ["Q1"]]
+    assert store.message_detail(messages[0]["id"])["results"]
+    store.request_retry_now(now=T0, actor="root")
+    assert store.retry_now_requested()
+
+    store.mark_delivered(entry, now=T0, ack_code="AA", ack_text="")
+    assert store.load_result(other)[2] == "delivered", "an ORU member is delivered with its entry"
+    assert store.verify_audit().ok and store.verify_audit_since_checkpoint().ok

@@ -3,13 +3,12 @@ DST change or another analyzer's offset never hides the previous result or the r
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
+from conftest import Engine
 
 from labmw.model import Evaluation, Result
 from labmw.store import Store
@@ -19,8 +18,8 @@ NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
 
 @pytest.fixture(name="store")
-def _store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(tmp_path / "labmw.sqlite3")
+def _store(engine: Engine) -> Iterator[Store]:
+    store = engine.open()
     yield store
     store.close()
 
@@ -47,11 +46,12 @@ def test_the_previous_result_is_found_across_a_dst_change(store: Store) -> None:
                                   not_before=at - timedelta(days=7)) is None
 
 
-def test_the_stored_text_keeps_the_offset_and_the_utc_twin_the_instant(store: Store, tmp_path: Path) -> None:
+def test_the_stored_text_keeps_the_offset_and_the_utc_twin_the_instant(store: Store, engine: Engine) -> None:
     _add(store, datetime(2026, 10, 25, 1, 30, tzinfo=CEST), "S1")
-    with sqlite3.connect(tmp_path / "labmw.sqlite3") as db:
-        row = db.execute("SELECT collected_at, collected_utc FROM results").fetchone()
-    assert row == ("2026-10-25T01:30:00+02:00", "2026-10-24T23:30:00")
+    db = engine.raw()
+    row = db.execute("SELECT collected_at, collected_utc FROM results").fetchone()
+    db.close()
+    assert tuple(row) == ("2026-10-25T01:30:00+02:00", "2026-10-24T23:30:00")
 
 
 def test_audit_since_with_an_offset_means_that_instant(store: Store) -> None:
