@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,6 +16,7 @@ from conftest import Engine
 from labmw.errors import StoreError
 from labmw.model import Evaluation, Result
 from labmw.store import Store
+from labmw.store.engines import open_store
 from labmw.store.postgres import PgStore, redact
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -277,3 +279,29 @@ def test_accounts_qc_autoverification_and_the_browser_on_both_engines(store: Sto
     store.mark_delivered(entry, now=T0, ack_code="AA", ack_text="")
     assert store.load_result(other)[2] == "delivered", "an ORU member is delivered with its entry"
     assert store.verify_audit().ok and store.verify_audit_since_checkpoint().ok
+
+
+def test_the_same_work_gives_the_same_trail_on_both_engines(tmp_path: Path, pg_engine: Engine) -> None:
+    """`audit verify` is one algorithm over the same bytes: the same writes at the same times give the
+    same chain head, the same seals, and the same verdict on both engines."""
+    heads = []
+    for target in (tmp_path / "data" / "labmw.sqlite3", pg_engine.target):
+        store = open_store(target, site="north")
+        try:
+            for n, value in enumerate(("200", "40")):
+                with store.transaction(T0 + timedelta(hours=6 * n)) as tx:
+                    result = _alt(value, T0 + timedelta(hours=6 * n), specimen=f"S{n}")
+                    mid = tx.add_message(analyzer="c501", protocol="astm", peer="x", raw=b"H|\\^&\rR|" + value.encode(),
+                                         sha256="0" * 64, outcome="accepted")
+                    tx.audit("message_received", analyzer="c501", ref=str(mid))
+                    rid = tx.add_result(message_id=mid, result=result, evaluation=Evaluation(method="ALT-T"),
+                                        state="queued")
+                    tx.audit("result_received", specimen=f"S{n}", ref=str(rid))
+                    tx.enqueue(result_id=rid, control_id=f"fixed-{rid}", payload=b"MSH|x|" + value.encode())
+                    tx.audit("result_queued", specimen=f"S{n}", ref=f"fixed-{rid}")
+            verdict = store.verify_audit()
+            assert verdict.ok and verdict.rows == 6, verdict
+            heads.append((store.audit_head(), [e.data.get("stored") for e in store.audit_events()]))
+        finally:
+            store.close()
+    assert heads[0] == heads[1]
