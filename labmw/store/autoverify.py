@@ -192,11 +192,11 @@ def review_detail(conn: sqlite3.Connection, result_id: int) -> dict[str, Any]:
             "raw": bytes(row["raw_message"]).decode("latin-1"), "decisions": decisions, "previous": previous}
 
 
-def recorded_rules_version(conn: sqlite3.Connection) -> str:
-    row = conn.execute("SELECT value FROM meta WHERE key = 'rules_version'").fetchone()
+def recorded_rules_version(conn: sqlite3.Connection, key: str = "rules_version") -> str:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return str(row[0]) if row is not None else ""
 
 
-def record_rules_version(conn: sqlite3.Connection, version: str) -> None:
-    conn.execute("INSERT INTO meta (key, value) VALUES ('rules_version', ?) "
-                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (version,))
+def record_rules_version(conn: sqlite3.Connection, version: str, key: str = "rules_version") -> None:
+    conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, version))

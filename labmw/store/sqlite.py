@@ -349,15 +349,17 @@ class Tx(History):
         ``before`` is used when no version was recorded yet (a database older than the version
         stamp). Returns True when the version changed.
         """
-        stored = av.recorded_rules_version(self._conn)
+        # Sites sharing one database each have their own rule set (their own analyzers): one key per site.
+        key = f"rules_version:{self.site}" if self.site else "rules_version"
+        stored = av.recorded_rules_version(self._conn, key)
         if stored == version:
             return False
         recorded = stored or before
         if recorded == version:
-            av.record_rules_version(self._conn, version)
+            av.record_rules_version(self._conn, version, key)
             return False
         self.audit("rules_version_changed", actor=actor, data={"before": recorded, "after": version, "how": how})
-        av.record_rules_version(self._conn, version)
+        av.record_rules_version(self._conn, version, key)
         return True
 
     def add_critical(self, result_id: int, flag: str) -> None:

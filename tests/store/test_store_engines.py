@@ -305,3 +305,18 @@ def test_the_same_work_gives_the_same_trail_on_both_engines(tmp_path: Path, pg_e
         finally:
             store.close()
     assert heads[0] == heads[1]
+
+
+def test_each_site_keeps_its_own_rules_version(pg_engine: Engine) -> None:
+    """Two sites' daemons with their own rule sets writing in turn: no rules_version_changed per message."""
+    north, south = pg_engine.open(site="north"), pg_engine.open(site="south")
+    try:
+        for _ in range(3):
+            for store, version in ((north, "vn"), (south, "vs")):
+                with store.transaction(T0) as tx:
+                    tx.note_rules_version(version, actor="labmw", how="configuration loaded by the daemon")
+        changes = [e.data["site"] for e in north.audit_events(event="rules_version_changed")]
+        assert changes == ["north", "south"]
+    finally:
+        north.close()
+        south.close()
