@@ -53,7 +53,8 @@ def configure(workdir: Path, lis_port: int, ports: list[tuple[str, int]], *, url
     labmw(config, "range", "add", "ALT-T", "--sex", "M", "--age-min", "18y", "--low", "9", "--high", "59")
     labmw(config, "range", "add", "ALT-T", "--sex", "F", "--age-min", "18y", "--low", "8", "--high", "41")
     labmw(config, "delta", "set", "ALT-T", "--abs", "30", "--pct", "50")
-    labmw(config, "lis", "set", "--connect", f"127.0.0.1:{lis_port}")
+    # One ORU per result, as the workload counts them (bench/daemon_ctl.py does the same).
+    labmw(config, "lis", "set", "--connect", f"127.0.0.1:{lis_port}", "--group", "result")
     maps = [arg for code in PANEL for arg in ("--map", f"{code}=ALT-T")]
     for n, (host, port) in enumerate(ports, start=1):
         labmw(config, "analyzer", "add", f"a{n:03d}", "--protocol", "astm", "--transport", "tcp-server",

@@ -1,11 +1,12 @@
 """A throwaway PostgreSQL cluster for the tests: initdb + pg_ctl in a temporary directory on a free port.
 
 One cluster per test run, shared by the pytest-xdist workers (:func:`shared`: the first worker to
-need it starts it under a file lock, the controller stops it at the end); each test gets a fresh
-database per test module copied from a migrated template (CREATE DATABASE ... TEMPLATE, far faster
-than running the migrations again) and reset after each test (:meth:`Cluster.reset_database`). The cluster runs with fsync off: it is
-thrown away, and what the store guarantees (synchronous_commit on in its sessions) is checked by the
-settings the sessions see, not by pulling the plug.
+need it starts it under a file lock, the controller stops it at the end); one database per test
+module, copied from a migrated template (CREATE DATABASE ... TEMPLATE, far faster than running the
+migrations again) and reset after each test (:meth:`Cluster.reset_database`), so each test sees a new
+database. The tests' cluster runs with fsync off: it is thrown away, and what the store guarantees
+(synchronous_commit on in its sessions) is checked by the settings the sessions see, not by pulling
+the plug. The bench (bench/engines.py) starts its own with fsync on.
 PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user that
 Debian's package creates (``.ci/run`` installs it). Nothing machine-wide is started or changed.
 
@@ -103,8 +104,11 @@ class Cluster:
         return ["runuser", "-u", self.run_as, "--", *args] if self.run_as else list(args)
 
 
-def start() -> Cluster:
-    """initdb, start on a free port, create the roles and the migrated template database."""
+def start(*, durable: bool = True) -> Cluster:
+    """initdb, start on a free port, create the roles and the migrated template database.
+
+    ``durable=False`` (the tests) runs without fsync; the bench keeps it on, as in production.
+    """
     bin_dir = _bin_dir()
     run_as = "postgres" if os.geteuid() == 0 else None
     root = Path(tempfile.mkdtemp(prefix="labmw-pg-"))
@@ -117,7 +121,7 @@ def start() -> Cluster:
     # A socket directory of its own: the default /var/run/postgresql may not exist or belong to us.
     cluster._ctl("start", "-w", "-t", "60", "-l", str(root / "server.log"),
                  "-o", f"-p {cluster.port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
-                 " -c fsync=off -c full_page_writes=off")
+                 + ("" if durable else " -c fsync=off -c full_page_writes=off"))
     with cluster.admin() as conn:
         for role in ("labmw_owner", "labmw_service"):
             conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}-pw'")
@@ -144,7 +148,7 @@ def shared() -> Cluster:
             d = json.loads(info.read_text())
             return Cluster(root=Path(d["root"]), port=int(d["port"]), bin_dir=Path(d["bin_dir"]),
                            run_as=d["run_as"], _counter=itertools.count(1))
-        cluster = start()
+        cluster = start(durable=False)
         info.write_text(json.dumps({"root": str(cluster.root), "port": cluster.port,
                                     "bin_dir": str(cluster.bin_dir), "run_as": cluster.run_as}))
         return cluster
