@@ -320,3 +320,18 @@ def test_each_site_keeps_its_own_rules_version(pg_engine: Engine) -> None:
     finally:
         north.close()
         south.close()
+
+
+def test_the_history_reader_sees_the_last_commit_from_another_thread(store: Store) -> None:
+    """The intake judges off the store thread on the read-only history connection (then checks again
+    in the writing transaction): on PostgreSQL it is a pooled connection of its own."""
+    _keep(store, _alt("200", T0, specimen="H1"))
+    found: list[object] = []
+    reader = store.history_reader()
+    thread = threading.Thread(target=lambda: found.append(reader.previous_result(
+        patient_id="P1", method="ALT-T", before=T0 + timedelta(hours=6), not_before=T0 - timedelta(days=7))))
+    thread.start()
+    thread.join(10)
+    (previous,) = found
+    assert previous is not None and previous.value == Decimal("200") and previous.specimen_id == "H1"  # type: ignore[attr-defined]
+    assert store.history_reader() is reader
