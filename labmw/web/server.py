@@ -89,14 +89,14 @@ async def serve_web(settings: Settings, *, listen: Endpoint | None = None,
 
     Raises UsageError when there is no database yet (as every other reading command does).
     """
-    if not settings.db_path.exists():
+    if not settings.store_url and not settings.db_path.exists():
         raise UsageError(f"no database at {settings.db_path} (run `labmw init` or start the daemon once)")
     web = web_settings(settings, listen)
 
     async def status() -> dict[str, Any]:
         return await asyncio.to_thread(query_status, settings.control_socket, 3.0, config=settings.path)
 
-    runner = StoreRunner(settings.db_path)
+    runner = StoreRunner(settings.store_target, site=settings.site)
     try:
         # Each decision reads the file as it is now, as `labmw review release` does.
         app = build_app(_context(settings, web, runner, lambda: load(settings.path), status, clock))
@@ -136,7 +136,7 @@ class DaemonWeb:
             # The analyzers and the LIS queue matter more than the workstation: keep running, say why.
             log.error("web_not_started", error=str(exc))
             return
-        self._runner = StoreRunner(settings.db_path)
+        self._runner = StoreRunner(settings.store_target, site=settings.site)
         app = build_app(_context(settings, web, self._runner, lambda: self.service.settings, self.service.status,
                                  self.clock))
         self._server = _Server(_config(app, web))
