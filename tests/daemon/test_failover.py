@@ -51,7 +51,8 @@ def test_kill9_of_the_active_hands_over_and_loses_nothing(tmp_path: Path, pg_eng
         with daemon(node_a, wait_port=None) as a:
             wait_until(lambda: listening(a_host, port), what="node a to become active")
             with daemon(node_b, wait_port=None):
-                wait_until(lambda: _role(node_b) == "standby", what="node b to report standby")
+                wait_until(lambda: _role(node_b) == "standby", interval=0.5,  # each poll is a CLI process
+                           what="node b to report standby")
                 assert not listening(b_host, port), "the standby holds no listener"
                 assert _role(node_a) == "active"
                 sender = threading.Thread(target=analyzer, daemon=True)

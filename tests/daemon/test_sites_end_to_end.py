@@ -44,7 +44,7 @@ def test_one_site_holds_the_implausible_fall(tmp_path: Path) -> None:
     try:
         with daemon(config, wait_port=port):
             astm_send(port, [alt_message(**FIRST), alt_message(**SECOND)])
-            wait_until(lambda: bool(_held(config)), what="the fall to be held")
+            wait_until(lambda: bool(_held(config)), interval=0.5, what="the fall to be held")  # a CLI per poll
             assert [h["specimen"] for h in _held(config)] == ["S1"]
             wait_until(lambda: len(lis.received) >= 1, what="the first result at the LIS")
     finally:
@@ -62,7 +62,7 @@ def test_south_holds_the_fall_from_norths_result(tmp_path: Path, pg_engine: Engi
             astm_send(north_port, [alt_message(**FIRST)])
             wait_until(lambda: len(north_lis.received) >= 1, what="north's result at north's LIS")
             astm_send(south_port, [alt_message(**SECOND)])
-            wait_until(lambda: bool(_held(south)), what="south to hold the fall")
+            wait_until(lambda: bool(_held(south)), interval=0.5, what="south to hold the fall")
             held = _held(south)
             assert [h["specimen"] for h in held] == ["S1"] and "200" in str(held[0]["reason"])
             assert _held(north) == []
