@@ -12,12 +12,16 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import hl7
 import hl7.mllp
+import typer.main
+from click.testing import CliRunner
 
 ENQ, ACK, NAK, EOT, STX, ETX, ETB = b"\x05", b"\x06", b"\x15", b"\x04", b"\x02", b"\x03", b"\x17"
 LABMW = [str(Path(sys.executable).with_name("labmw"))]
@@ -133,9 +137,38 @@ def alt_message(*, specimen: str, patient: str, sex: str, birth: str, value: str
     ]
 
 
-def labmw(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the real `labmw` console script."""
-    proc = subprocess.run([*LABMW, "--config", str(config), *args], capture_output=True, text=True, timeout=60)
+# Commands that serve until stopped, or whose point is a process of their own: always the console script.
+OWN_PROCESS = frozenset({"run", "web"})
+_cli: Any = None
+
+
+def run_cli(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """The `labmw` CLI's own Click command, run in this process; the answer shaped like the process's.
+
+    The same code path as the console script (``labmw.cli:main`` only calls the app), without a
+    Python start-up and an import of every command per call: the suite runs about 400 of them.
+    An exception the CLI let escape is a traceback on stderr and exit status 1, as in a process.
+    """
+    global _cli
+    if _cli is None:
+        from labmw.cli import app
+
+        _cli = typer.main.get_command(app)
+    result = CliRunner().invoke(_cli, list(argv), prog_name="labmw", catch_exceptions=True)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess([*LABMW, *argv], result.exit_code, result.stdout, stderr)
+
+
+def labmw(config: Path, *args: str, check: bool = True, process: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run a `labmw` command: in this process (:func:`run_cli`), or the real console script when
+    ``process`` is set or the command is one of :data:`OWN_PROCESS`."""
+    argv = ["--config", str(config), *args]
+    if process or (args and args[0] in OWN_PROCESS):
+        proc = subprocess.run([*LABMW, *argv], capture_output=True, text=True, timeout=60)
+    else:
+        proc = run_cli(argv)
     if check and proc.returncode != 0:
         raise AssertionError(f"labmw {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

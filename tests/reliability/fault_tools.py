@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import tomlkit
-from peers import ACK, ENQ, EOT, LABMW, astm_frame, wait_until
+from peers import ACK, ENQ, EOT, LABMW, astm_frame, run_cli, wait_until
 
 
 # --- configuration ----------------------------------------------------------------------------------
@@ -188,8 +188,9 @@ def outbox(db: Path | RowSource) -> list[dict[str, Any]]:
 
 def cli_json(config: Path, *args: str, prefix: Sequence[str] = ()) -> Any:
     """Run ``labmw ARGS --json`` and return the parsed output."""
-    proc = subprocess.run([*prefix, *LABMW, "--config", str(config), *args, "--json"], capture_output=True,
-                          text=True, timeout=60)
+    argv = ["--config", str(config), *args, "--json"]
+    proc = (subprocess.run([*prefix, *LABMW, *argv], capture_output=True, text=True, timeout=60) if prefix
+            else run_cli(argv))
     if proc.returncode != 0:
         raise AssertionError(f"labmw {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return json.loads(proc.stdout)
