@@ -286,6 +286,12 @@ MIGRATIONS: tuple[str, ...] = (
                 qc_results, outbox_members, users, sessions, login_failures TO {SERVICE_ROLE};
             -- DELETE: ended web sessions, and the retention purge's ORU members; still never audit.
             GRANT DELETE ON sessions, outbox_members TO {SERVICE_ROLE};
+            -- The columns a seal covers (store/seals.py) never change after the INSERT: the service
+            -- may UPDATE only the bookkeeping columns that move on by design.
+            REVOKE UPDATE ON messages, results, outbox, inbound_keys FROM {SERVICE_ROLE};
+            GRANT UPDATE (state, notes, superseded_by, role, wire, gates, review_notes, rules_version, held_at)
+                ON results TO {SERVICE_ROLE};
+            GRANT UPDATE (state, attempts, updated_at, last_error, seal_seq) ON outbox TO {SERVICE_ROLE};
             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {SERVICE_ROLE};
         END IF;
     END $$;

@@ -67,6 +67,10 @@ def test_south_holds_the_fall_from_norths_result(tmp_path: Path, pg_engine: Engi
             assert [h["specimen"] for h in held] == ["S1"] and "200" in str(held[0]["reason"])
             assert _held(north) == []
             assert list(north_lis.by_specimen()) == ["N1"] and south_lis.received == []
+            # A person at south releases it: it goes to south's LIS, through south's daemon only.
+            labmw(south, "review", "release", str(held[0]["id"]), "--reason", "identity checked")
+            wait_until(lambda: list(south_lis.by_specimen()) == ["S1"], what="the released result at south's LIS")
+            assert list(north_lis.by_specimen()) == ["N1"]
     finally:
         north_lis.stop()
         south_lis.stop()

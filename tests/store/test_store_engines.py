@@ -335,3 +335,32 @@ def test_the_history_reader_sees_the_last_commit_from_another_thread(store: Stor
     (previous,) = found
     assert previous is not None and previous.value == Decimal("200") and previous.specimen_id == "H1"  # type: ignore[attr-defined]
     assert store.history_reader() is reader
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE results SET raw_value = '11'",
+    "UPDATE results SET value = '11', collected_at = 'x'",
+    "UPDATE outbox SET payload = 'MSH|forged'::bytea",
+    "UPDATE outbox SET control_id = 'other'",
+    "UPDATE messages SET raw = 'forged'::bytea",
+    "UPDATE inbound_keys SET control_id = 'other'",
+    "DELETE FROM audit",
+    "UPDATE audit SET data = '{}'",
+], ids=["result-value", "result-columns", "payload", "msh10", "message", "dedupe-key", "audit-delete",
+        "audit-update"])
+def test_the_service_role_cannot_rewrite_what_a_seal_covers(pg_engine: Engine, statement: str) -> None:
+    """Privileges: the service's role may move a row's bookkeeping on (state, attempts, seal pointer)
+    but not change a sealed column, and never touch the trail, whatever the triggers say."""
+    store = pg_engine.open(site="north")
+    try:
+        _keep(store, _alt("110", T0))
+        assert pg_engine.cluster is not None
+        with pg_engine.cluster.admin(pg_engine.dbname) as admin:
+            admin.execute("ALTER TABLE audit DISABLE TRIGGER USER")  # privileges alone
+        with pytest.raises(StoreError, match="permission denied"):
+            store._conn.execute(statement)
+        store.mark_delivered(store.outbox(states=("pending",))[0], now=T0, ack_code="AA", ack_text="")
+        assert store.counts()["pending"] == 0, "the bookkeeping columns still move on"
+        assert store.verify_audit().ok
+    finally:
+        store.close()
