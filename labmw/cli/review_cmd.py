@@ -37,7 +37,7 @@ def review_list(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json"
                  for h in held])
 
 
-def _decide(ctx: typer.Context, result_id: int, decision: str, reason: str) -> str:
+def _decide(ctx: typer.Context, result_id: int, decision: str, reason: str) -> review.Decided:
     cfg = settings(ctx)
     store = open_store(ctx, cfg)
     try:
@@ -49,9 +49,8 @@ def _decide(ctx: typer.Context, result_id: int, decision: str, reason: str) -> s
 
 @review_app.command("release")
 def review_release(ctx: typer.Context, result_id: Annotated[int, typer.Argument(metavar="ID")], reason: Reason) -> None:
-    """Release a held result: it is forwarded to the LIS."""
-    cid = _decide(ctx, result_id, "release", reason)
-    typer.echo(f"result {result_id} released; queued for the LIS as {cid}")
+    """Release a held result: it is forwarded to the LIS (a second person's release where [review] asks one)."""
+    typer.echo(f"result {result_id} {_decide(ctx, result_id, 'release', reason).message}")
 
 
 @review_app.command("reject")
