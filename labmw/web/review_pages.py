@@ -74,7 +74,14 @@ async def held_list(request: Request, session: Session) -> Response:
              and (not want["method"] or h.method == want["method"])]
     await ctx.audit_view(request, session, patients=[h.patient for h, _ in shown],
                          specimens=[h.specimen for h, _ in shown])
-    return ctx.render(request, "held.html", session, rows=shown, want=want, choices=choices)
+
+    def awaiting() -> dict[int, str]:
+        """Who asked for each two-person release still waiting for its second signature."""
+        return {h.id: s.first_actor for h, _ in shown
+                if (s := ctx.store.release_signature(h.id)) is not None and s.outcome == "pending"}
+
+    return ctx.render(request, "held.html", session, rows=shown, want=want, choices=choices,
+                      awaiting=await ctx.call(awaiting))
 
 
 @guarded("read")
@@ -94,8 +101,7 @@ async def _result_response(request: Request, session: Session, ctx: WebContext, 
                 "history": browse.history(patient_id=row["patient_id"], method=row["method"] or ""),
                 "deliveries": browse.deliveries(result_id, row["specimen"]),
                 "signature": ctx.store.release_signature(result_id),
-                "needs": review.second_person_needed(ctx.settings(), ctx.store, result_id)
-                if row["state"] == "held" else ()}
+                "needs": _needs(ctx, result_id) if row["state"] == "held" else ()}
 
     try:
         data = await ctx.call(load)
@@ -118,6 +124,14 @@ async def _result_response(request: Request, session: Session, ctx: WebContext, 
                       show_bytes=show_bytes, can_review=may(session.user, "review"), problem=problem,
                       done=DONE.get(request.query_params.get("done", ""), ""), signature=data["signature"],
                       needs=data["needs"], me=f"web:{session.user.name}")
+
+
+def _needs(ctx: WebContext, result_id: int) -> tuple[str, ...]:
+    """Why a release needs two people; when the configuration cannot be read the release will say so."""
+    try:
+        return review.second_person_needed(ctx.settings(), ctx.store, result_id)
+    except LabmwError:
+        return ()
 
 
 async def _decide(request: Request, session: Session, decision: str) -> Response:

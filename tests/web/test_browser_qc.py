@@ -178,6 +178,9 @@ def test_a_qc_failed_result_needs_a_second_person_and_then_reaches_the_lis(page:
     page.click("#release")  # type: ignore[attr-defined]
     assert "you (web:rita) signed the first release request" in page.inner_text("#problem")  # type: ignore[attr-defined]
     assert "Q1" not in lab.lis.by_specimen()
+    page.goto(f"{lab.url}/held")  # type: ignore[attr-defined]
+    row = page.inner_text(f"#held tr:has(a[href='/results/{result_id}'])")  # type: ignore[attr-defined]
+    assert "Awaiting a second person (release requested by web:rita)" in row
     _logout(page)
 
     _login(page, lab, "dora")
