@@ -113,6 +113,7 @@ def test_the_qc_page_charts_each_level_lists_the_rejected_run_and_its_impact(pag
     the rejected run with its impact (P1 released before it, C1 held by it), and overrides the run; the
     auditor reads the same pages but has no override button."""
     _login(page, lab, "audrey")
+    assert "QC_FAILED" in page.inner_text("#qc-state") and "c501" in page.inner_text("#qc-state")  # type: ignore[attr-defined]
     page.click("header >> text=QC")  # type: ignore[attr-defined]
     states = page.inner_text("#qc-states")  # type: ignore[attr-defined]
     assert "c501" in states and "ALT-T" in states and "failed" in states.lower()
