@@ -47,6 +47,7 @@ Confirmed = Callable[[int], None]
 READ_SIZE = 65536
 SLICE = 1024  # bytes fed to the engine between two yields to the event loop
 PACE_MAX = 0.05  # seconds: the longest pause between two slices of one read
+PACE_MIN = 0.002  # seconds: a pause shorter than this is owed until it adds up (timer granularity)
 
 
 def make_link(analyzer: AnalyzerSettings) -> AstmLink:
@@ -98,17 +99,24 @@ async def pump_astm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
         # A conforming sender waits for our reply to each frame, so its reads hold one frame; a
         # read of many slices is a pipelining peer, paced to a quarter of the loop's time (it waits
         # three times what its last slice cost) so that it cannot starve the store thread either.
-        spent = 0.0
+        # The pause is owed, not taken per slice: a timer sleep costs at least the loop's 1 ms clock
+        # granularity, so pausing after every cheap slice (junk, an over-long frame being skipped)
+        # would read 20 MB in 20 s. Slices that cost little only yield; the pause is taken once owed.
+        owed = 0.0
         for start in range(0, len(data), SLICE):
             if start:
-                await asyncio.sleep(min(PACE_MAX, spent * 3))
+                if owed >= PACE_MIN:
+                    await asyncio.sleep(min(PACE_MAX, owed))
+                    owed = 0.0
+                else:
+                    await asyncio.sleep(0)
             begun = time.perf_counter()
             try:
                 link.receive_data(data[start : start + SLICE], loop.time())
             except WireError as exc:
                 log.warning("astm_link_error", error=str(exc))
                 return f"link error: {exc}"
-            spent = time.perf_counter() - begun
+            owed += (time.perf_counter() - begun) * 3
             await _drain(link, handle, audit_discard, stats, confirmed)
             await _write(link, writer)
 
