@@ -26,7 +26,7 @@ CRITICAL_FLAGS = frozenset({"LL", "HH"})
 #: What ``[review] second_person`` may name.
 SECOND_PERSON_NAMES: tuple[str, ...] = (CRITICAL, *GATE_NAMES)
 #: Used when a configuration has no ``[review]`` section: the shipped choice (fail closed).
-DEFAULT_SECOND_PERSON: tuple[str, ...] = (CRITICAL, "QC_FAILED")
+DEFAULT_SECOND_PERSON: tuple[str, ...] = ("QC_FAILED",)  # CRITICAL is opt-in: it delays a critical value
 
 
 def second_person_reasons(policy: Iterable[str], *, gates: Iterable[str], flags: Iterable[str]) -> tuple[str, ...]:

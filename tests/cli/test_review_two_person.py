@@ -33,6 +33,8 @@ def _config(tmp_path: Path) -> Path:
                   "--mean", "50", "--sd", "2.5", "--specimen-id", "QC1", "--source", "insert (test)"]):
         result = invoke(path, *args)
         assert result.exit_code == 0, result.output
+    # This lab also asks two people for critical values (off in the shipped default).
+    path.write_text(path.read_text().replace('second_person = ["QC_FAILED"]', 'second_person = ["CRITICAL", "QC_FAILED"]'))
     settings = load(path)
     store = Store.open(settings.db_path)
     try:

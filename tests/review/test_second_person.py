@@ -82,7 +82,7 @@ def test_the_policy_names_critical_values_and_gates() -> None:
 
 
 def test_config_default_shipped_and_refused_names(tmp_path: Path) -> None:
-    assert settings(tmp_path).review.second_person == ("CRITICAL", "QC_FAILED"), "no [review]: fail closed"
+    assert settings(tmp_path).review.second_person == ("QC_FAILED",), "no [review]: the QC override needs two"
     assert settings(tmp_path, second_person=[]).review.second_person == ()
     assert settings(tmp_path, second_person=["ABSURD"]).review.second_person == ("ABSURD",)
     with pytest.raises(ConfigError, match=r"review\.second_person.*unknown name 'DELTAS'"):
@@ -94,7 +94,7 @@ def test_config_default_shipped_and_refused_names(tmp_path: Path) -> None:
     shipped = Path(__file__).resolve().parents[2] / "config" / "labmw.toml"
     from labmw.config import load
 
-    assert load(shipped).review.second_person == ("CRITICAL", "QC_FAILED")
+    assert load(shipped).review.second_person == ("QC_FAILED",)
 
 
 def test_a_qc_failed_hold_needs_two_different_people(rig: Rig) -> None:
@@ -124,7 +124,9 @@ def test_a_qc_failed_hold_needs_two_different_people(rig: Rig) -> None:
     assert signature is not None and (signature.outcome, signature.second_actor) == ("released", "bob")
 
 
-def test_a_critical_value_needs_two_people_and_one_person_suffices_otherwise(rig: Rig) -> None:
+def test_a_critical_value_needs_two_people_and_one_person_suffices_otherwise(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, settings(tmp_path, second_person=["CRITICAL", "QC_FAILED"]))  # a lab that opted in
+    rig.astm("QC1", "50")
     rig.astm("QC1", "58")
     rig.astm("C1", "1500", patient="P2")  # HH and QC_FAILED
     rig.astm("QC1", "50")  # accepted again
