@@ -59,12 +59,17 @@ def initial_text(data_dir: str) -> str:
     service.add("retention_years", 10)
     service["retention_years"].comment("audit retention; CLIA >= 2 y, HIPAA >= 6 y (refuses < 6)")
     header.add("service", service)
-    return tomlkit.dumps(header) + "\n" + shipped_library() + shipped_qc()
+    return tomlkit.dumps(header) + "\n" + shipped_library() + shipped_qc() + shipped_review()
 
 
 def shipped_qc() -> str:
     """The shipped ``[qc]`` defaults: interval and Westgard rule set, each with its source (labmw.qc)."""
     return resources.files("labmw").joinpath("data/qc.toml").read_text(encoding="utf-8")
+
+
+def shipped_review() -> str:
+    """The shipped ``[review]`` section: which held results need a second person (labmw.rules.second_person)."""
+    return resources.files("labmw").joinpath("data/review.toml").read_text(encoding="utf-8")
 
 
 def _write_atomic(path: Path, text: str) -> None:
