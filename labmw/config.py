@@ -50,6 +50,7 @@ from labmw.qc.settings import QcSettings, parse_qc
 from labmw.rules.age import parse_age
 from labmw.rules.gates import DEFAULT_TEXTS, FLAG_ACTIONS, GATE_ACTIONS, GATE_NAMES, UNMAPPED_ACTIONS, FlagRule
 from labmw.rules.range_checks import age_order_problem, ambiguous_pairs, describe_pair
+from labmw.rules.second_person import DEFAULT_SECOND_PERSON, SECOND_PERSON_NAMES
 from labmw.rules.version import rule_set_version
 
 DEFAULT_CONFIG = Path("/etc/labmw/labmw.toml")
@@ -194,6 +195,13 @@ class WebSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReviewSettings:
+    """``[review]``: which held results need a second person to release them (labmw.rules.second_person)."""
+
+    second_person: tuple[str, ...] = DEFAULT_SECOND_PERSON
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     path: Path
     data_dir: Path
@@ -211,6 +219,7 @@ class Settings:
     alerts: AlertSettings | None = None
     qc: QcSettings = field(default_factory=QcSettings)  # [qc]: labmw.qc.settings
     web: WebSettings | None = None
+    review: ReviewSettings = field(default_factory=ReviewSettings)  # [review]: second-person release
     # Several sites sharing one PostgreSQL history: this daemon's site name, and the database.
     site: str = ""
     store_url: str = ""
@@ -290,16 +299,18 @@ def parse(doc: Mapping[str, Any], path: Path) -> Settings:
     qc = parse_qc(doc.get("qc"), path, methods, analyzers)
     web_tbl = doc.get("web")
     web = v.web(web_tbl) if web_tbl is not None else None
+    review = v.review(doc["review"]) if "review" in doc else ReviewSettings()
     for key in doc:
-        if key not in ("service", "lis", "analyzers", "methods", "alerts", "autoverify", "qc", "web", "store"):
+        if key not in ("service", "lis", "analyzers", "methods", "alerts", "autoverify", "qc", "web", "review",
+                       "store"):
             raise ConfigError(path, key, "unknown section (expected service, lis, analyzers, methods, alerts,"
-                                         " autoverify, qc, web or store)")
+                                         " autoverify, qc, web, review or store)")
     return Settings(path=path, data_dir=data_dir, retention_years=retention, lis=lis,
                     analyzers=analyzers, methods=methods, autoverify=autoverify,
                     log_level=v.choice(service, "service.log_level", LOG_LEVELS, default="info"),
                     metrics_listen=v.endpoint(service, "service.metrics_listen"), digest=config_digest(doc),
                     alerts=v.alerts(doc["alerts"]) if "alerts" in doc else None, qc=qc, web=web,
-                    site=site, store_url=store_url)
+                    review=review, site=site, store_url=store_url)
 
 
 def config_digest(doc: Mapping[str, Any]) -> str:
@@ -854,6 +865,18 @@ class _Validator:
             max_address_failures=self.integer(tbl, "web.max_address_failures", default=20, low=1, high=1000),
             lockout_minutes=self.integer(tbl, "web.lockout_minutes", default=15, low=1, high=24 * 60),
         )
+
+    def review(self, tbl: Any) -> ReviewSettings:
+        if not isinstance(tbl, Mapping):
+            raise self.fail("review", "expected a table")
+        names = tbl.get("second_person", list(DEFAULT_SECOND_PERSON))
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise self.fail("review.second_person", f"expected a list of names from {', '.join(SECOND_PERSON_NAMES)}")
+        for name in names:
+            if name not in SECOND_PERSON_NAMES:
+                raise self.fail("review.second_person",
+                                f"unknown name {name!r} (expected CRITICAL or a gate: {', '.join(GATE_NAMES)})")
+        return ReviewSettings(second_person=tuple(dict.fromkeys(names)))
 
     def tls(self, tbl: Mapping[str, Any], key: str, *, server: bool) -> TlsSettings | None:
         """An optional ``tls`` sub-table; every named file must exist (checked now, not at 3 a.m.)."""

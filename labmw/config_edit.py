@@ -67,12 +67,17 @@ def initial_text(data_dir: str, *, store_url: str = "", site: str = "") -> str:
         store.add("url", store_url)
         store["url"].comment("PostgreSQL holds the store (README: PostgreSQL); absent: SQLite in data_dir")
         header.add("store", store)
-    return tomlkit.dumps(header) + "\n" + shipped_library() + shipped_qc()
+    return tomlkit.dumps(header) + "\n" + shipped_library() + shipped_qc() + shipped_review()
 
 
 def shipped_qc() -> str:
     """The shipped ``[qc]`` defaults: interval and Westgard rule set, each with its source (labmw.qc)."""
     return resources.files("labmw").joinpath("data/qc.toml").read_text(encoding="utf-8")
+
+
+def shipped_review() -> str:
+    """The shipped ``[review]`` section: which held results need a second person (labmw.rules.second_person)."""
+    return resources.files("labmw").joinpath("data/review.toml").read_text(encoding="utf-8")
 
 
 def _write_atomic(path: Path, text: str) -> None:

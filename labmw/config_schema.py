@@ -65,6 +65,8 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "web": frozenset({"listen", "tls", "session_minutes", "max_login_failures", "max_address_failures",
                       "lockout_minutes"}),
     "web.tls": frozenset({"ca_file", "cert_file", "key_file", "server_name"}),
+    # review (G): which held results need a second person to release them
+    "review": frozenset({"second_person"}),
     "alerts": frozenset({
         "command", "webhook_url", "timeout_seconds", "check_interval_seconds", "lis_down_minutes",
         "critical_unnotified_minutes", "disk_free_min_mb", "audit_verify_minutes",

@@ -16,6 +16,8 @@ from labmw import config_edit
 from labmw.cli.common import config_file, open_store, parse_time, print_json, print_table, settings
 from labmw.config import Settings, parse_decimal
 from labmw.errors import UsageError
+from labmw.qc.impact import run_impact
+from labmw.qc.override import accept_run
 from labmw.qc.settings import ControlMaterial
 from labmw.store import Store
 
@@ -185,11 +187,9 @@ def qc_accept(
     reason: Annotated[str, typer.Option(help="Why the run is acceptable (recorded with your OS user).")],
 ) -> None:
     """Accept a rejected run as a documented override: patient results of its analyzer x method flow again."""
-    if not reason.strip():
-        raise UsageError("--reason: a reason is required for a QC override")
     _, store = _with_store(ctx)
     try:
-        run = store.qc.accept(run_id, reason=reason.strip(), actor=config_edit.os_user(), now=datetime.now(UTC))
+        run = accept_run(store, run_id, reason=reason, actor=config_edit.os_user(), now=datetime.now(UTC))
     finally:
         store.close()
     typer.echo(f"QC run {run.id} ({run.analyzer} {run.method}) accepted by override; rules it violated: "
@@ -202,18 +202,20 @@ def qc_impact(
     run_id: Annotated[int, typer.Argument(metavar="RUN", help="The failed run's id (see `qc list`).")],
     json_: Json = False,
 ) -> None:
-    """Patient results released between the last accepted run and this one (the ones to re-run)."""
+    """Patient results released between the last accepted run and this one (the ones to re-run), and
+    those held because this run was rejected."""
     _, store = _with_store(ctx)
     try:
-        run = store.qc.run(run_id)
-        rows = store.qc.impact(run_id)
+        impact = run_impact(store, run_id)
     finally:
         store.close()
     if json_:
-        print_json({"run": run.as_dict(), "results": rows})
+        print_json(impact.as_dict())
         return
+    run, rows = impact.run, impact.released + impact.held
     typer.echo(f"QC run {run.id} {run.analyzer} {run.method} {run.status} ({', '.join(run.violated) or 'no rules'}):"
-               f" {len(rows)} patient result(s) released since the last accepted run")
+               f" {len(impact.released)} patient result(s) released since the last accepted run,"
+               f" {len(impact.held)} held by this run")
     print_table(("RESULT", "RECEIVED", "SPECIMEN", "PATIENT", "TEST", "VALUE", "STATE"),
                 [(r["result_id"], r["received_at"][:19], r["specimen"], r["patient"], r["test_code"],
                   f"{r['value']} {r['units']}".strip(), r["state"]) for r in rows])

@@ -55,6 +55,9 @@ def _next_attempts(store: Any, entries: list[Any]) -> dict[int, str]:
         failures = [ev for ev in store.audit_events(event="delivery_failed", since=since) if ev.ref == head.control_id]
         if failures and "retry_in_s" in failures[-1].data:
             at = datetime.fromisoformat(failures[-1].ts) + timedelta(seconds=float(failures[-1].data["retry_in_s"]))
+            # Shown to the second, rounded up: the attempt is never before the time printed.
+            if at.microsecond:
+                at = at.replace(microsecond=0) + timedelta(seconds=1)
             out[head.id] = at.isoformat(timespec="seconds")
     return out
 

@@ -25,19 +25,23 @@ def review_list(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json"
     store = open_store(ctx)
     try:
         held = store.held_results()
+        # A two-person release waiting for its second signature (labmw.daemon.review).
+        first = {h.id: s.first_actor for h in held
+                 if (s := store.release_signature(h.id)) is not None and s.outcome == "pending"}
     finally:
         store.close()
     if json_:
-        print_json([h.as_dict() for h in held])
+        print_json([{**h.as_dict(), "release_requested_by": first.get(h.id)} for h in held])
         return
     print_table(("ID", "ANALYZER", "SPECIMEN", "PATIENT", "METHOD", "VALUE", "GATES", "HELD SINCE", "REASON"),
                 [(h.id, h.analyzer, h.specimen, h.patient, h.method, f"{h.value} {h.units}".strip(),
                   ", ".join(h.gates) or "-", h.held_at or "-",
-                  ("CORRECTION of a delivered result; " if h.correction else "") + h.reason)
+                  (f"AWAITING A SECOND PERSON (release requested by {first[h.id]}); " if h.id in first else "")
+                  + ("CORRECTION of a delivered result; " if h.correction else "") + h.reason)
                  for h in held])
 
 
-def _decide(ctx: typer.Context, result_id: int, decision: str, reason: str) -> str:
+def _decide(ctx: typer.Context, result_id: int, decision: str, reason: str) -> review.Decided:
     cfg = settings(ctx)
     store = open_store(ctx, cfg)
     try:
@@ -49,9 +53,8 @@ def _decide(ctx: typer.Context, result_id: int, decision: str, reason: str) -> s
 
 @review_app.command("release")
 def review_release(ctx: typer.Context, result_id: Annotated[int, typer.Argument(metavar="ID")], reason: Reason) -> None:
-    """Release a held result: it is forwarded to the LIS."""
-    cid = _decide(ctx, result_id, "release", reason)
-    typer.echo(f"result {result_id} released; queued for the LIS as {cid}")
+    """Release a held result: it is forwarded to the LIS (a second person's release where [review] asks one)."""
+    typer.echo(f"result {result_id} {_decide(ctx, result_id, 'release', reason).message}")
 
 
 @review_app.command("reject")

@@ -7,8 +7,11 @@ backend draws without a display (a server has none); the file type follows the s
 
 from __future__ import annotations
 
+import io
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from labmw.errors import UsageError
 from labmw.store.qc import QcRun
@@ -24,6 +27,34 @@ def draw(runs: Sequence[QcRun], *, analyzer: str, method: str, out: Path, level:
     """
     if out.suffix.lower() not in FORMATS:
         raise UsageError(f"--out: expected a file ending in {' or '.join(FORMATS)}, got {out.name!r}")
+    try:
+        with _LOCK:
+            return _draw(runs, analyzer=analyzer, method=method, out=out, level=level)
+    except OSError as exc:
+        raise UsageError(f"--out: cannot write {out}: {exc.strerror}") from None
+
+
+def render(runs: Sequence[QcRun], *, analyzer: str, method: str, level: int | None = None,
+           fmt: str = "png") -> bytes:
+    """The same chart as :func:`draw`, as the bytes of a ``png`` or ``svg`` file (the review workstation).
+
+    Raises:
+        UsageError: an unsupported format or no QC results to plot.
+    """
+    if f".{fmt}" not in FORMATS:
+        raise UsageError(f"chart format: expected png or svg, got {fmt!r}")
+    buffer = io.BytesIO()
+    with _LOCK:
+        _draw(runs, analyzer=analyzer, method=method, out=buffer, level=level, fmt=fmt)
+    return buffer.getvalue()
+
+
+# pyplot keeps global state: one chart at a time (the web renders on worker threads).
+_LOCK = threading.Lock()
+
+
+def _draw(runs: Sequence[QcRun], *, analyzer: str, method: str, out: Path | BinaryIO, level: int | None,
+          fmt: str | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,9 +108,7 @@ def draw(runs: Sequence[QcRun], *, analyzer: str, method: str, out: Path, level:
     fig.suptitle(f"Levey-Jennings chart: {analyzer} {method}")
     fig.tight_layout()
     try:
-        fig.savefig(out, dpi=110)
-    except OSError as exc:
-        raise UsageError(f"--out: cannot write {out}: {exc.strerror}") from None
+        fig.savefig(out, dpi=110, format=fmt)
     finally:
         plt.close(fig)
     return points

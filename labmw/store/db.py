@@ -263,7 +263,23 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX login_failures_user ON login_failures (user_name, at);
     CREATE INDEX login_failures_peer ON login_failures (peer, at);
     """,
-    # 11 (issue 16): several sites may share one history (PostgreSQL); each result names the site that measured it.
+    # 11 (issue 15): second-person release. The first user's signed request to release a held result
+    # that needs two people ([review] second_person); the second user's release completes it. No
+    # foreign key: the retention purge deletes the row with its result.
+    """
+    CREATE TABLE release_signatures (
+        result_id INTEGER PRIMARY KEY,
+        needs TEXT NOT NULL,
+        first_actor TEXT NOT NULL,
+        first_reason TEXT NOT NULL,
+        first_at TEXT NOT NULL,
+        second_actor TEXT NOT NULL DEFAULT '',
+        second_reason TEXT NOT NULL DEFAULT '',
+        completed_at TEXT,
+        outcome TEXT NOT NULL DEFAULT 'pending'
+    );
+    """,
+    # 12 (issue 16): several sites may share one history (PostgreSQL); each result names the site that measured it.
     """
     ALTER TABLE results ADD COLUMN site TEXT NOT NULL DEFAULT '';
     ALTER TABLE results ADD COLUMN patient_authority TEXT NOT NULL DEFAULT '';

@@ -296,6 +296,28 @@ MIGRATIONS: tuple[str, ...] = (
         END IF;
     END $$;
     """,
+    # 3: SQLite migration 11 (issue 15): second-person release signatures. No foreign key, as there:
+    # the retention purge deletes the row with its result (the service's DELETE).
+    f"""
+    CREATE TABLE release_signatures (
+        result_id BIGINT PRIMARY KEY,
+        needs TEXT NOT NULL,
+        first_actor TEXT NOT NULL,
+        first_reason TEXT NOT NULL,
+        first_at TEXT NOT NULL,
+        second_actor TEXT NOT NULL DEFAULT '',
+        second_reason TEXT NOT NULL DEFAULT '',
+        completed_at TEXT,
+        outcome TEXT NOT NULL DEFAULT 'pending'
+    );
+    REVOKE ALL ON release_signatures FROM PUBLIC;
+    DO $$
+    BEGIN
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{SERVICE_ROLE}') THEN
+            GRANT SELECT, INSERT, UPDATE, DELETE ON release_signatures TO {SERVICE_ROLE};
+        END IF;
+    END $$;
+    """,
 )
 
 # One key for "the audit chain's tail" (pg_advisory_xact_lock): every write transaction takes it

@@ -42,6 +42,7 @@ def purge(conn: sqlite3.Connection, cutoff: datetime, audit: Any) -> dict[str, A
         conn.execute(f"DELETE FROM outbox_members WHERE result_id IN ({marks}) OR outbox_id IN"
                      f" (SELECT id FROM outbox WHERE result_id IN ({marks}))", chunk + chunk)
         conn.execute(f"DELETE FROM outbox WHERE result_id IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM release_signatures WHERE result_id IN ({marks})", chunk)  # issue 15
         conn.execute(f"UPDATE results SET superseded_by = NULL WHERE superseded_by IN ({marks})", chunk)
         conn.execute(f"DELETE FROM results WHERE id IN ({marks})", chunk)
     keys = conn.execute("DELETE FROM inbound_keys WHERE received_at < ?", (cutoff.isoformat(),)).rowcount

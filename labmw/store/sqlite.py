@@ -22,12 +22,13 @@ from labmw.errors import StoreError
 from labmw.model import Evaluation, PreviousResult, Result, Suspension
 from labmw.store import audit as audit_log
 from labmw.store import autoverify as av
-from labmw.store import browser, ops_stats, retention, seals, trail_check
+from labmw.store import browser, ops_stats, retention, seals, signatures, trail_check
 from labmw.store.audit import AuditEvent, Verification
 from labmw.store.browse import Browse
 from labmw.store.db import connect, transaction
 from labmw.store.qc import QcStore, QcTx
 from labmw.store.result_wire import with_wire
+from labmw.store.signatures import ReleaseSignature
 from labmw.store.users import Users
 
 
@@ -674,31 +675,83 @@ class Store:
         return result, evaluation, row["state"]
 
     def decide_held(self, result_id: int, *, decision: str, reason: str, actor: str, now: datetime,
-                    control_id: str = "", payload: bytes = b"") -> None:
+                    control_id: str = "", payload: bytes = b"", second_person: tuple[str, ...] = ()) -> None:
         """Release (enqueue ``payload`` under ``control_id``) or reject a held result, with an audit event.
 
+        ``second_person`` (why a release needs two people, labmw.rules.second_person): the release
+        completes the first signature of another user (checked in this transaction).
+
         Raises:
-            StoreError: the result does not exist or is not held (someone decided already).
+            StoreError: the result does not exist or is not held (someone decided already), or a release
+                needing a second person has no first signature by another user.
         """
         with self.transaction(now) as tx:
-            row = self._conn.execute("SELECT specimen, patient_id, analyzer, state, role FROM results WHERE id = ?",
-                                     (result_id,)).fetchone()
-            if row is None or row["state"] != "held":
-                raise StoreError(f"result {result_id} is not held for review"
-                                 + (f" (it is {row['state']})" if row is not None else ""))
-            if decision == "release" and row["role"] == "qc":
-                # A control result is never a patient result (issue 12): it can only be rejected.
-                raise StoreError(f"result {result_id} is a QC result: it is never sent to the LIS; add its "
-                                 "material with `labmw qc material add`, or reject it")
+            row = self._held_row(result_id, decision)
+            first = signatures.get(self._conn, result_id)
+            first = first if first is not None and first.outcome == "pending" else None
+            if decision == "release" and second_person and (first is None or first.first_actor == actor):
+                raise StoreError(f"result {result_id} needs a second person to release it "
+                                 f"({', '.join(second_person)}): "
+                                 + ("no first signature yet" if first is None else "you signed the first request"))
             new_state = "queued" if decision == "release" else "rejected"
             self._conn.execute("UPDATE results SET state = ? WHERE id = ?", (new_state, result_id))
             who = {"analyzer": row["analyzer"], "specimen": row["specimen"], "patient": row["patient_id"]}
+            extra: dict[str, Any] = {}
+            if first is not None:
+                signatures.complete(self._conn, result_id, outcome="released" if decision == "release" else "rejected",
+                                    actor=actor, reason=reason, now=now)
+                extra = {"first_signature": {"actor": first.first_actor, "reason": first.first_reason,
+                                             "at": first.first_at, "needs": list(first.needs)}}
             tx.audit(f"result_{'released' if decision == 'release' else 'rejected'}", actor=actor, ref=str(result_id),
-                     **who, data={"reason": reason, "result_id": result_id})
+                     **who, data={"reason": reason, "result_id": result_id, **extra})
             if decision == "release":
                 outbox_id = tx.enqueue(result_id=result_id, control_id=control_id, payload=payload)
                 tx.audit("result_queued", actor=actor, ref=control_id, **who,
                          data={"outbox_id": outbox_id, "result_id": result_id})
+
+    def _held_row(self, result_id: int, decision: str) -> sqlite3.Row:
+        """The result's row for a decision; StoreError when it is not held, or a release of a QC result."""
+        row = self._conn.execute("SELECT specimen, patient_id, analyzer, state, role FROM results WHERE id = ?",
+                                 (result_id,)).fetchone()
+        if row is None or row["state"] != "held":
+            raise StoreError(f"result {result_id} is not held for review"
+                             + (f" (it is {row['state']})" if row is not None else ""))
+        if decision == "release" and row["role"] == "qc":
+            # A control result is never a patient result (issue 12): it can only be rejected.
+            raise StoreError(f"result {result_id} is a QC result: it is never sent to the LIS; add its "
+                             "material with `labmw qc material add`, or reject it")
+        return row  # type: ignore[no-any-return]
+
+    # --- second-person release (issue 15) ---------------------------------------------------------
+    def held_result(self, result_id: int) -> HeldResult:
+        """One result as `review list` shows it (any state); StoreError when there is none."""
+        row = self._conn.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no result with id {result_id}")
+        return _held(row)
+
+    def release_signature(self, result_id: int) -> ReleaseSignature | None:
+        """The first signature of a two-person release of the result (any outcome), if there is one."""
+        return signatures.get(self._conn, result_id)
+
+    def sign_release(self, result_id: int, *, needs: tuple[str, ...], reason: str, actor: str,
+                     now: datetime) -> ReleaseSignature:
+        """The first of two signatures: audited as ``release_requested``; the result stays held.
+
+        Raises:
+            StoreError: the result is not held, is a QC result, or already has a pending first signature.
+        """
+        with self.transaction(now) as tx:
+            row = self._held_row(result_id, "release")
+            old = signatures.get(self._conn, result_id)
+            if old is not None and old.outcome != "pending":
+                self._conn.execute("DELETE FROM release_signatures WHERE result_id = ?", (result_id,))
+            signature = signatures.add_first(self._conn, result_id, needs=needs, actor=actor, reason=reason, now=now)
+            tx.audit("release_requested", actor=actor, ref=str(result_id), analyzer=row["analyzer"],
+                     specimen=row["specimen"], patient=row["patient_id"],
+                     data={"reason": reason, "result_id": result_id, "needs": list(needs),
+                           "awaiting": "a release by a second person"})
+        return signature
 
     # --- autoverification: kill switch, critical calls, report ----------------------------------
     def active_suspensions(self) -> tuple[Suspension, ...]:

@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from labmw.web import account_pages, review_pages, trail_pages
+from labmw.web import account_pages, qc_pages, review_pages, trail_pages
 from labmw.web.context import WebContext, ctx_of, session_of
 
 log = structlog.get_logger(__name__)
@@ -84,6 +84,10 @@ def build_app(ctx: WebContext) -> Starlette:
         Route("/results/{result_id:int}", review_pages.result_page, methods=["GET"]),
         Route("/results/{result_id:int}/release", review_pages.release, methods=["POST"]),
         Route("/results/{result_id:int}/reject", review_pages.reject, methods=["POST"]),
+        Route("/qc", qc_pages.qc_page, methods=["GET"]),
+        Route("/qc/chart.png", qc_pages.qc_chart, methods=["GET"]),
+        Route("/qc/runs/{run_id:int}", qc_pages.qc_run_page, methods=["GET"]),
+        Route("/qc/runs/{run_id:int}/accept", qc_pages.qc_accept, methods=["POST"]),
         Route("/audit", trail_pages.audit_page, methods=["GET"]),
         Route("/audit/verify", trail_pages.audit_verify, methods=["GET"]),
         Route("/messages", trail_pages.messages_page, methods=["GET"]),

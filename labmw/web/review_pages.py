@@ -24,6 +24,9 @@ from labmw.web.charts import Point, history_svg, parse_range
 from labmw.web.context import WebContext, ctx_of, guarded
 from labmw.web.render import show_bytes
 
+# What the page says after a decision (the redirect's ?done=, see labmw.daemon.review.Decided.state).
+DONE = {review.RELEASED: "Result released.", review.REJECTED: "Result rejected.",
+        review.REQUESTED: "Release requested: a second person must release this result."}
 REFRESH_SECONDS = 15  # the dashboard reloads itself (a meta refresh: no script needed)
 
 
@@ -71,7 +74,14 @@ async def held_list(request: Request, session: Session) -> Response:
              and (not want["method"] or h.method == want["method"])]
     await ctx.audit_view(request, session, patients=[h.patient for h, _ in shown],
                          specimens=[h.specimen for h, _ in shown])
-    return ctx.render(request, "held.html", session, rows=shown, want=want, choices=choices)
+
+    def awaiting() -> dict[int, str]:
+        """Who asked for each two-person release still waiting for its second signature."""
+        return {h.id: s.first_actor for h, _ in shown
+                if (s := ctx.store.release_signature(h.id)) is not None and s.outcome == "pending"}
+
+    return ctx.render(request, "held.html", session, rows=shown, want=want, choices=choices,
+                      awaiting=await ctx.call(awaiting))
 
 
 @guarded("read")
@@ -89,7 +99,9 @@ async def _result_response(request: Request, session: Session, ctx: WebContext, 
         message, _ = browse.message(row["message_id"])
         return {"row": row, "message": message, "evaluation": browse.evaluation(result_id, row["specimen"]),
                 "history": browse.history(patient_id=row["patient_id"], method=row["method"] or ""),
-                "deliveries": browse.deliveries(result_id, row["specimen"])}
+                "deliveries": browse.deliveries(result_id, row["specimen"]),
+                "signature": ctx.store.release_signature(result_id),
+                "needs": _needs(ctx, result_id) if row["state"] == "held" else ()}
 
     try:
         data = await ctx.call(load)
@@ -110,7 +122,16 @@ async def _result_response(request: Request, session: Session, ctx: WebContext, 
                       gates=hold_gates(data["evaluation"]) if row["state"] == "held" else [],
                       history=data["history"], chart=chart, deliveries=data["deliveries"],
                       show_bytes=show_bytes, can_review=may(session.user, "review"), problem=problem,
-                      done=request.query_params.get("done", ""))
+                      done=DONE.get(request.query_params.get("done", ""), ""), signature=data["signature"],
+                      needs=data["needs"], me=f"web:{session.user.name}")
+
+
+def _needs(ctx: WebContext, result_id: int) -> tuple[str, ...]:
+    """Why a release needs two people; when the configuration cannot be read the release will say so."""
+    try:
+        return review.second_person_needed(ctx.settings(), ctx.store, result_id)
+    except LabmwError:
+        return ()
 
 
 async def _decide(request: Request, session: Session, decision: str) -> Response:
@@ -119,16 +140,15 @@ async def _decide(request: Request, session: Session, decision: str) -> Response
     form = await request.form()
     reason = str(form.get("reason", ""))
     try:
-        await ctx.call(review.decide, ctx.settings(), ctx.store, result_id, decision=decision, reason=reason,
-                       actor=f"web:{session.user.name}", now=ctx.clock())
+        decided = await ctx.call(review.decide, ctx.settings(), ctx.store, result_id, decision=decision,
+                                 reason=reason, actor=f"web:{session.user.name}", now=ctx.clock())
     except UsageError as exc:
         return await _result_response(request, session, ctx, result_id, problem=str(exc), status_code=400)
     except StoreError as exc:
         return await _result_response(request, session, ctx, result_id, problem=str(exc), status_code=409)
     except LabmwError as exc:  # e.g. the configuration cannot be read right now
         return ctx.error(request, session, 500, "Not done", str(exc))
-    done = "released" if decision == "release" else "rejected"
-    return RedirectResponse(f"/results/{result_id}?done={done}", status_code=303)
+    return RedirectResponse(f"/results/{result_id}?done={decided.state}", status_code=303)
 
 
 @guarded("review")

@@ -12,6 +12,9 @@ from pathlib import Path
 from hl7.client import MLLPClient
 from peers import ACK, MllpLis, alt_message, astm_send, configure, daemon, free_port, labmw, wait_until
 
+from typer.testing import CliRunner
+
+from labmw.cli import app
 from labmw.wire.hl7_codec import parse_ack
 
 QC_DATA = Path(__file__).resolve().parents[1] / "data" / "qc"
@@ -85,9 +88,15 @@ def test_qc_results_are_judged_never_forwarded_and_gate_patient_results(tmp_path
             impact = json.loads(labmw(config, "qc", "impact", str(listed[1]["id"]), "--json").stdout)
             assert [r["specimen"] for r in impact["results"]] == ["S1"], "released between run 1 and the failure"
 
-            # The held result goes out through review like any other hold.
+            # The held result goes out through review, released by two people ([review] second_person
+            # names QC_FAILED by default): the first release is a signed request, a second OS user's sends it.
             s2 = held(config)["S2"]["id"]
-            labmw(config, "review", "release", str(s2), "--reason", "control re-run in range, result confirmed")
+            first = labmw(config, "review", "release", str(s2), "--reason", "control re-run in range, result confirmed")
+            assert "release requested" in first.stdout and "needs a second person (QC_FAILED)" in first.stdout
+            assert "S2" in held(config)
+            second = CliRunner().invoke(app, ["--config", str(config), "review", "release", str(s2), "--reason",
+                                              "agreed"], env={"LOGNAME": "second-tech", "USER": "second-tech"})
+            assert second.exit_code == 0 and "second signature" in second.output, second.output
             wait_until(lambda: "S2" in arrived(), what="S2 released through review")
 
             # A documented override opens the gate for new results.
