@@ -278,6 +278,19 @@ def test_accounts_qc_autoverification_and_the_browser_on_both_engines(store: Sto
 
     store.mark_delivered(entry, now=T0, ack_code="AA", ack_text="")
     assert store.load_result(other)[2] == "delivered", "an ORU member is delivered with its entry"
+
+    held = _keep(store, _alt("1500", T0, specimen="C1"))
+    with store.transaction(T0) as tx:
+        tx.hold_result(held, notes=("critical",))
+    store.sign_release(held, needs=("CRITICAL",), reason="called", actor="ann", now=T0)
+    with pytest.raises(StoreError, match="second person"):
+        store.decide_held(held, decision="release", reason="me again", actor="ann", now=T0, control_id="c-x",
+                          payload=b"MSH|x", second_person=("CRITICAL",))
+    store.decide_held(held, decision="release", reason="read back", actor="bob", now=T0, control_id="c-x",
+                      payload=b"MSH|x", second_person=("CRITICAL",))
+    signature = store.release_signature(held)
+    assert signature is not None and (signature.first_actor, signature.second_actor, signature.outcome) == (
+        "ann", "bob", "released")
     assert store.verify_audit().ok and store.verify_audit_since_checkpoint().ok
 
 
