@@ -17,7 +17,6 @@ import pytest
 from labmw.store import Store
 from labmw.store.engines import open_store
 
-
 _SHARE_KEY = pytest.StashKey[Path]()
 
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import Engine
 
 from labmw.errors import StoreError
 from labmw.model import Evaluation, Result
 from labmw.store import OutboxEntry, Store
-from conftest import Engine
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
@@ -74,11 +74,10 @@ def test_audit_chain_verifies_and_names_the_first_altered_event(store: Store, en
 def test_audit_rows_cannot_be_updated_or_deleted(store: Store) -> None:
     """The triggers make the audit table append-only."""
     store.append_audit("x", now=T0, actor="a")
-    with pytest.raises(StoreError):
-        with store.transaction(T0) as tx:
-            tx._conn.execute("DELETE FROM audit")  # noqa: SLF001 - proving the database refuses it
+    with pytest.raises(StoreError), store.transaction(T0) as tx:
+        tx._conn.execute("DELETE FROM audit")
     with pytest.raises((sqlite3.DatabaseError, StoreError)):
-        store._conn.execute("UPDATE audit SET actor='mallory'")  # noqa: SLF001
+        store._conn.execute("UPDATE audit SET actor='mallory'")
     assert store.verify_audit().ok
 
 
@@ -93,11 +92,10 @@ def test_a_deleted_event_breaks_the_chain(store: Store, engine: Engine) -> None:
 
 def test_transaction_rolls_back_everything_on_error(store: Store) -> None:
     """A failure inside a transaction leaves no result, outbox entry or audit event behind."""
-    with pytest.raises(RuntimeError):
-        with store.transaction(T0) as tx:
-            tx.add_message(analyzer="a", protocol="astm", peer="p", raw=b"r", sha256="s", outcome="accepted")
-            tx.audit("message_received")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.transaction(T0) as tx:
+        tx.add_message(analyzer="a", protocol="astm", peer="p", raw=b"r", sha256="s", outcome="accepted")
+        tx.audit("message_received")
+        raise RuntimeError("boom")
     assert store.audit_events() == []
     assert _head(store) is None
 
@@ -143,7 +141,7 @@ def test_read_only_database_raises_store_error(tmp_path: Path) -> None:
     path = tmp_path / "data" / "labmw.sqlite3"
     Store.open(path).close()
     ro = Store(sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None), path)
-    ro._conn.row_factory = sqlite3.Row  # noqa: SLF001
+    ro._conn.row_factory = sqlite3.Row
     with pytest.raises(StoreError):
         ro.append_audit("x", now=T0, actor="a")
     ro.close()

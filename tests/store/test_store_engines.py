@@ -206,7 +206,7 @@ def test_a_lost_connection_fails_one_write_and_the_next_reconnects(pg_engine: En
     try:
         assert isinstance(store, PgStore)
         store.append_audit("before", now=T0, actor="a")
-        backend = store._pg.execute("SELECT pg_backend_pid()").fetchone()[0]  # noqa: SLF001
+        backend = store._pg.execute("SELECT pg_backend_pid()").fetchone()[0]
         assert pg_engine.cluster is not None
         with pg_engine.cluster.admin() as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
