@@ -61,12 +61,16 @@ def add_critical(conn: sqlite3.Connection, result_id: int, flag: str, now: datet
                  (result_id, flag, now.isoformat()))
 
 
-def criticals(conn: sqlite3.Connection, *, only_open: bool = False) -> list[dict[str, Any]]:
+def criticals(conn: sqlite3.Connection, *, only_open: bool = False, site: str = "") -> list[dict[str, Any]]:
+    """Critical-value notifications, oldest first; ``site``: only that site's results (sites sharing a database)."""
     sql = ("SELECT c.*, r.analyzer, r.specimen, r.patient_id, r.method, r.raw_value, r.units, r.state "
-           "FROM critical_notifications c JOIN results r ON r.id = c.result_id")
+           "FROM critical_notifications c JOIN results r ON r.id = c.result_id WHERE 1=1")
+    args: tuple[str, ...] = ()
     if only_open:
-        sql += " WHERE c.notified_at IS NULL"
-    rows = conn.execute(sql + " ORDER BY c.id").fetchall()
+        sql += " AND c.notified_at IS NULL"
+    if site:
+        sql, args = sql + " AND r.site IN (?, '')", (site,)  # '': stored before sites were named
+    rows = conn.execute(sql + " ORDER BY c.id", args).fetchall()
     return [{"id": r["id"], "result_id": r["result_id"], "flag": r["flag"], "analyzer": r["analyzer"],
              "specimen": r["specimen"], "patient": r["patient_id"], "method": r["method"] or "",
              "value": r["raw_value"], "units": r["units"], "detected_at": r["detected_at"],
@@ -87,9 +91,9 @@ def notify_critical(conn: sqlite3.Connection, critical_id: int, *, to: str, read
     return {"id": critical_id, "result_id": row["result_id"]}
 
 
-def overdue_criticals(conn: sqlite3.Connection, *, before: datetime) -> list[dict[str, Any]]:
+def overdue_criticals(conn: sqlite3.Connection, *, before: datetime, site: str = "") -> list[dict[str, Any]]:
     """Unnotified critical values detected before ``before``."""
-    return [c for c in criticals(conn, only_open=True) if c["detected_at"] < before.isoformat()]
+    return [c for c in criticals(conn, only_open=True, site=site) if c["detected_at"] < before.isoformat()]
 
 
 def mark_alerted(conn: sqlite3.Connection, ids: Sequence[int], now: datetime) -> None:

@@ -77,7 +77,7 @@ def probe_writable(conn: sqlite3.Connection) -> None:
         raise StoreError(f"the database is not writable: {exc}") from None
 
 
-def unnotified_criticals(conn: sqlite3.Connection, *, received_before: datetime) -> int:
+def unnotified_criticals(conn: sqlite3.Connection, *, received_before: datetime, site: str = "") -> int:
     """Critical results (HH/LL) received before ``received_before`` that have not reached the LIS.
 
     Results waiting in the queue, held for review or dead-lettered all count: the clinician has not been told.
@@ -86,5 +86,6 @@ def unnotified_criticals(conn: sqlite3.Connection, *, received_before: datetime)
     row = conn.execute(
         "SELECT count(*) FROM results r JOIN messages m ON m.id = r.message_id "
         "WHERE r.state IN ('queued', 'held', 'dead') AND r.superseded_by IS NULL AND m.received_at < ? "
-        "AND (r.flags LIKE '%\"HH\"%' OR r.flags LIKE '%\"LL\"%')", (received_before.isoformat(),)).fetchone()
+        "AND (r.flags LIKE '%\"HH\"%' OR r.flags LIKE '%\"LL\"%')" + (" AND r.site IN (?, '')" if site else ""),
+        (received_before.isoformat(), *((site,) if site else ()))).fetchone()
     return int(row[0])

@@ -369,7 +369,8 @@ class Tx(History):
 
     def alert_overdue_criticals(self, *, before: datetime) -> int:
         """Audit ``critical_overdue`` once for each unnotified critical detected before ``before``."""
-        fresh = [c for c in av.overdue_criticals(self._conn, before=before) if c["alerted_at"] is None]
+        # Sites sharing a database each alert their own (their staff call their clinicians).
+        fresh = [c for c in av.overdue_criticals(self._conn, before=before, site=self.site) if c["alerted_at"] is None]
         av.mark_alerted(self._conn, [c["id"] for c in fresh], self.now)
         for c in fresh:
             self.audit("critical_overdue", analyzer=c["analyzer"], specimen=c["specimen"], patient=c["patient"],
@@ -774,7 +775,7 @@ class Store:
         return ids
 
     def criticals(self, *, only_open: bool = False) -> list[dict[str, Any]]:
-        return av.criticals(self._conn, only_open=only_open)
+        return av.criticals(self._conn, only_open=only_open, site=self.site)
 
     def notify_critical(self, critical_id: int, *, to: str, readback: bool, actor: str, now: datetime) -> None:
         """Record who notified whom of a critical value, when, and whether it was read back; audited."""
@@ -785,7 +786,7 @@ class Store:
 
     def alert_overdue_criticals(self, *, before: datetime, now: datetime) -> list[dict[str, Any]]:
         """Unnotified criticals detected before ``before``; each not yet alerted raises one audit event."""
-        overdue = av.overdue_criticals(self._conn, before=before)
+        overdue = av.overdue_criticals(self._conn, before=before, site=self.site)
         if any(c["alerted_at"] is None for c in overdue):
             with self.transaction(now) as tx:
                 tx.alert_overdue_criticals(before=before)
@@ -826,7 +827,7 @@ class Store:
 
     def unnotified_criticals(self, *, received_before: datetime) -> int:
         """Critical results received before the time that have not reached the LIS (the alert loop)."""
-        return ops_stats.unnotified_criticals(self._conn, received_before=received_before)
+        return ops_stats.unnotified_criticals(self._conn, received_before=received_before, site=self.site)
 
     def retention_plan(self, cutoff: datetime) -> dict[str, Any]:
         """What :meth:`purge_older_than` would remove (see :mod:`labmw.store.retention`)."""

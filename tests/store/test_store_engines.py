@@ -377,3 +377,23 @@ def test_the_service_role_cannot_rewrite_what_a_seal_covers(pg_engine: Engine, s
         assert store.verify_audit().ok
     finally:
         store.close()
+
+
+def test_each_site_lists_and_alerts_its_own_critical_values(pg_engine: Engine) -> None:
+    """North's daemon alerts north's overdue critical value, never south's (its staff could not act on it,
+    and marking it alerted would silence south's own alert)."""
+    north, south = pg_engine.open(site="north"), pg_engine.open(site="south")
+    try:
+        for store, specimen in ((north, "N1"), (south, "S1")):
+            rid = _keep(store, _alt("1500", T0, specimen=specimen))
+            with store.transaction(T0) as tx:
+                tx.add_critical(rid, "HH")
+        later = T0 + timedelta(hours=1)
+        assert [c["specimen"] for c in north.criticals()] == ["N1"]
+        assert [c["specimen"] for c in north.alert_overdue_criticals(before=later, now=later)] == ["N1"]
+        assert [c["specimen"] for c in south.alert_overdue_criticals(before=later, now=later)] == ["S1"]
+        alerted = [(e.data["site"], e.specimen) for e in north.audit_events(event="critical_overdue")]
+        assert alerted == [("north", "N1"), ("south", "S1")]
+    finally:
+        north.close()
+        south.close()
