@@ -26,25 +26,27 @@ def record_gates(conn: sqlite3.Connection, result_id: int, evaluation: Evaluatio
          now.isoformat() if evaluation.hold else None, result_id))
 
 
-def active_suspensions(conn: sqlite3.Connection) -> tuple[Suspension, ...]:
-    rows = conn.execute("SELECT * FROM autoverify_suspensions WHERE resumed_at IS NULL ORDER BY id")
+def active_suspensions(conn: sqlite3.Connection, site: str = "") -> tuple[Suspension, ...]:
+    """Suspensions in force; ``site``: that site's and those made without a site (sites sharing a database)."""
+    rows = conn.execute("SELECT * FROM autoverify_suspensions WHERE resumed_at IS NULL"
+                        + (" AND site IN (?, '')" if site else "") + " ORDER BY id", (site,) if site else ())
     return tuple(Suspension(id=r["id"], analyzer=r["analyzer"], method=r["method"], reason=r["reason"],
                             actor=r["actor"], since=r["suspended_at"]) for r in rows)
 
 
 def suspend(conn: sqlite3.Connection, *, analyzer: str, method: str, reason: str, actor: str,
-            now: datetime) -> int:
+            now: datetime, site: str = "") -> int:
     cur = conn.execute(
-        "INSERT INTO autoverify_suspensions (analyzer, method, reason, actor, suspended_at) VALUES (?,?,?,?,?)",
-        (analyzer, method, reason, actor, now.isoformat()))
+        "INSERT INTO autoverify_suspensions (analyzer, method, reason, actor, suspended_at, site)"
+        " VALUES (?,?,?,?,?,?)", (analyzer, method, reason, actor, now.isoformat(), site))
     return int(cur.lastrowid or 0)
 
 
 def resume(conn: sqlite3.Connection, *, analyzer: str, method: str, reason: str, actor: str,
-           now: datetime) -> list[int]:
-    """End the active suspensions of exactly this scope; returns their ids (none: StoreError)."""
+           now: datetime, site: str = "") -> list[int]:
+    """End the active suspensions of exactly this scope (and site); returns their ids (none: StoreError)."""
     rows = conn.execute("SELECT id FROM autoverify_suspensions WHERE resumed_at IS NULL AND analyzer = ? AND "
-                        "method = ?", (analyzer, method)).fetchall()
+                        "method = ? AND site IN (?, '')", (analyzer, method, site)).fetchall()
     ids = [int(r["id"]) for r in rows]
     if not ids:
         raise StoreError("no active suspension for "

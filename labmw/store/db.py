@@ -279,10 +279,12 @@ MIGRATIONS: tuple[str, ...] = (
         outcome TEXT NOT NULL DEFAULT 'pending'
     );
     """,
-    # 12 (issue 16): several sites may share one history (PostgreSQL); each result names the site that measured it.
+    # 12 (issue 16): several sites may share one history (PostgreSQL); each result names the site that measured it,
+    # each autoverification suspension the site that made it.
     """
     ALTER TABLE results ADD COLUMN site TEXT NOT NULL DEFAULT '';
     ALTER TABLE results ADD COLUMN patient_authority TEXT NOT NULL DEFAULT '';
+    ALTER TABLE autoverify_suspensions ADD COLUMN site TEXT NOT NULL DEFAULT '';
     """,
 )
 

@@ -296,9 +296,11 @@ MIGRATIONS: tuple[str, ...] = (
         END IF;
     END $$;
     """,
-    # 3: SQLite migration 11 (issue 15): second-person release signatures. No foreign key, as there:
+    # 3: the suspending site (SQLite migration 12); SQLite migration 11 (issue 15): second-person
+    # release signatures. No foreign key, as there:
     # the retention purge deletes the row with its result (the service's DELETE).
     f"""
+    ALTER TABLE autoverify_suspensions ADD COLUMN site TEXT NOT NULL DEFAULT '';  -- the site that suspended
     CREATE TABLE release_signatures (
         result_id BIGINT PRIMARY KEY,
         needs TEXT NOT NULL,

@@ -342,7 +342,7 @@ class Tx(History):
 
     def active_suspensions(self) -> tuple[Suspension, ...]:
         """The kill switches in force now (read at judgement time: effective at once)."""
-        return av.active_suspensions(self._conn)
+        return av.active_suspensions(self._conn, self.site)
 
     def note_rules_version(self, version: str, *, actor: str, how: str, before: str = "") -> bool:
         """Record the rule-set version in force; a change is a ``rules_version_changed`` event with both.
@@ -756,12 +756,13 @@ class Store:
 
     # --- autoverification: kill switch, critical calls, report ----------------------------------
     def active_suspensions(self) -> tuple[Suspension, ...]:
-        return av.active_suspensions(self._conn)
+        return av.active_suspensions(self._conn, self.site)
 
     def suspend_autoverify(self, *, analyzer: str, method: str, reason: str, actor: str, now: datetime) -> int:
         """Suspend autoverification (empty analyzer/method: all); audited. Returns the suspension's id."""
         with self.transaction(now) as tx:
-            sid = av.suspend(self._conn, analyzer=analyzer, method=method, reason=reason, actor=actor, now=now)
+            sid = av.suspend(self._conn, analyzer=analyzer, method=method, reason=reason, actor=actor, now=now,
+                             site=self.site)
             tx.audit("autoverify_suspended", actor=actor, analyzer=analyzer, ref=str(sid),
                      data={"analyzer": analyzer, "method": method, "reason": reason})
         return sid
@@ -769,7 +770,8 @@ class Store:
     def resume_autoverify(self, *, analyzer: str, method: str, reason: str, actor: str, now: datetime) -> list[int]:
         """End the suspensions of exactly this scope; audited. Raises StoreError when there is none."""
         with self.transaction(now) as tx:
-            ids = av.resume(self._conn, analyzer=analyzer, method=method, reason=reason, actor=actor, now=now)
+            ids = av.resume(self._conn, analyzer=analyzer, method=method, reason=reason, actor=actor, now=now,
+                            site=self.site)
             tx.audit("autoverify_resumed", actor=actor, analyzer=analyzer, ref=",".join(map(str, ids)),
                      data={"analyzer": analyzer, "method": method, "reason": reason, "suspensions": ids})
         return ids

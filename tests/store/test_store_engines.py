@@ -397,3 +397,25 @@ def test_each_site_lists_and_alerts_its_own_critical_values(pg_engine: Engine) -
     finally:
         north.close()
         south.close()
+
+
+def test_a_suspension_holds_only_the_site_that_made_it(engine: Engine) -> None:
+    """North's director suspending all autoverification holds north's results, not south's; on SQLite
+    (one site) it is the suspension it always was."""
+    north = engine.open(site="north")
+    south = engine.open(site="south") if engine.cluster is not None else None
+    try:
+        sid = north.suspend_autoverify(analyzer="", method="", reason="drift", actor="dir", now=T0)
+        assert [s.id for s in north.active_suspensions()] == [sid]
+        with north.transaction(T0) as tx:
+            assert [s.id for s in tx.active_suspensions()] == [sid]
+        if south is not None:
+            assert south.active_suspensions() == ()
+            with pytest.raises(StoreError, match="no active suspension"):
+                south.resume_autoverify(analyzer="", method="", reason="not ours", actor="dir", now=T0)
+        assert north.resume_autoverify(analyzer="", method="", reason="fixed", actor="dir", now=T0) == [sid]
+        assert north.active_suspensions() == ()
+    finally:
+        north.close()
+        if south is not None:
+            south.close()
