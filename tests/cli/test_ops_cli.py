@@ -244,8 +244,10 @@ def test_help_texts_name_values_not_python_types() -> None:
     root = typer.main.get_command(app)
     paths = list(_commands(root))
     assert len(paths) > 40
-    for path in paths:
-        result = runner.invoke(app, [*path, "--help"], terminal_width=200)
+    from click.testing import CliRunner as ClickRunner
+
+    for path in paths:  # the command tree built once (typer builds it anew on every invoke of the app)
+        result = ClickRunner().invoke(root, [*path, "--help"], terminal_width=200, prog_name="labmw")
         assert result.exit_code == 0, path
         for noise in ("<str>", "<bool>", "<int>", "<float>", "<list[", "<path>"):
             assert noise not in result.output, (path, result.output)

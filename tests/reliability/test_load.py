@@ -16,7 +16,7 @@ from pathlib import Path
 import tomlkit
 from fault_tools import AstmPeer, Daemon, MakeLab, fast_lis, outbox, poll
 from lis_peers import ScriptedLis
-from peers import ACK, alt_message, free_port, labmw
+from peers import ACK, alt_message, free_port, free_ports, labmw
 
 ANALYZERS = 50
 RESULTS = 200
@@ -41,7 +41,7 @@ def test_fifty_analyzers_sending_two_hundred_results_each_all_arrive_once(tmp_pa
     lis_port = free_port()
     config = lab(lis_port, free_port())
     fast_lis(config, ack_timeout=10.0)
-    ports = [free_port() for _ in range(ANALYZERS)]
+    ports = free_ports(ANALYZERS)
     _add_analyzers(config, ports)
     db = tmp_path / "data" / "labmw.sqlite3"
     acked: dict[int, int] = {}
