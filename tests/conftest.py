@@ -26,6 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput") and pg_cluster.SHARE_ENV not in os.environ:
         os.environ[pg_cluster.SHARE_ENV] = tempfile.mkdtemp(prefix="labmw-pg-share-")
         config.stash[_SHARE_KEY] = Path(os.environ[pg_cluster.SHARE_ENV])
+        (config.stash[_SHARE_KEY] / "controller.pid").write_text(str(os.getpid()))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -151,7 +151,19 @@ def shared() -> Cluster:
         cluster = start(durable=False)
         info.write_text(json.dumps({"root": str(cluster.root), "port": cluster.port,
                                     "bin_dir": str(cluster.bin_dir), "run_as": cluster.run_as}))
+        _reap_after(int((share / "controller.pid").read_text()), cluster, share)
         return cluster
+
+
+def _reap_after(controller: int, cluster: Cluster, share: Path) -> None:
+    """A detached watcher that stops the cluster once the run's controller is gone, however it ended
+    (a run killed by a timeout never reaches pytest_unconfigure)."""
+    stop = " ".join(cluster._cmd(str(cluster.bin_dir / "pg_ctl"), "-D", str(cluster.root / "data"), "stop",
+                                 "-m", "immediate"))
+    script = (f"while kill -0 {controller} 2>/dev/null; do sleep 2; done; "
+              f"{stop} >/dev/null 2>&1; rm -rf {cluster.root} {share}")
+    subprocess.Popen(["sh", "-c", script], start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def stop_shared(share: Path) -> None:
