@@ -419,3 +419,17 @@ def test_a_suspension_holds_only_the_site_that_made_it(engine: Engine) -> None:
         north.close()
         if south is not None:
             south.close()
+
+
+def test_the_shim_speaks_the_sqlite_idioms_the_store_uses() -> None:
+    """The store's SQL is written once (SQLite's); these few idioms get PostgreSQL's words."""
+    from labmw.store.postgres import translate
+
+    assert translate("BEGIN IMMEDIATE") == "BEGIN"
+    assert translate("INSERT OR REPLACE INTO meta VALUES (?, ?)") == (
+        "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+    assert translate("INSERT OR IGNORE INTO critical_notifications (result_id) VALUES (?)") == (
+        "INSERT INTO critical_notifications (result_id) VALUES (%s) ON CONFLICT DO NOTHING")
+    assert translate("SELECT group_concat(DISTINCT r.specimen) FROM results r", placeholders=False) == (
+        "SELECT string_agg(DISTINCT r.specimen, ',') FROM results r")
+    assert translate("SELECT 1 WHERE flags LIKE '%\"HH\"%' AND id = ?") == "SELECT 1 WHERE flags LIKE '%%\"HH\"%%' AND id = %s"
