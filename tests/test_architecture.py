@@ -39,7 +39,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
             "typer", "tomlkit", "serial", "hl7", "labmw.web", "labmw.qc"),
     # The review workstation sits beside the CLI at the top: only the CLI imports it.
     "web": (*_BASE, "labmw.config", "labmw.store", "labmw.daemon", "labmw.web", "structlog", "starlette",
-            "uvicorn", "jinja2", "argon2", "labmw.qc"),
+            "uvicorn", "jinja2", "argon2", "labmw.qc", "labmw.wire.visible"),
     "__main__": ("labmw.cli",),
     "__init__": (),
 }

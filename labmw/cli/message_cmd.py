@@ -8,30 +8,13 @@ import typer
 
 from labmw.cli.common import open_store, parse_time, print_json, print_table, settings
 from labmw.errors import UsageError
+from labmw.wire.visible import show_bytes
 
 message_app = typer.Typer(no_args_is_help=True, help="Browse stored messages: search, trace, reprocess.")
-
-_NAMES = {0x02: "<STX>", 0x03: "<ETX>", 0x04: "<EOT>", 0x05: "<ENQ>", 0x06: "<ACK>", 0x0A: "<LF>", 0x0B: "<VT>",
-          0x0D: "<CR>", 0x15: "<NAK>", 0x17: "<ETB>", 0x1C: "<FS>"}
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(message_app, name="message")
-
-
-def readable(raw: bytes) -> str:
-    """Bytes as received, control characters named (``<STX>``, ``<CR>``), other bytes ``\\xNN``; a line per record."""
-    out: list[str] = []
-    for byte in raw:
-        if byte in _NAMES:
-            out.append(_NAMES[byte])
-            if byte in (0x0D, 0x0A) or byte == 0x03:
-                out.append("\n")
-        elif 0x20 <= byte < 0x7F:
-            out.append(chr(byte))
-        else:
-            out.append(f"\\x{byte:02x}")
-    return "".join(out).replace("<CR>\n<LF>\n", "<CR><LF>\n").replace("<ETX>\n", "<ETX>")
 
 
 @message_app.command("list")
@@ -74,13 +57,13 @@ def message_show(ctx: typer.Context, message_id: Annotated[int, typer.Argument(h
         store.close()
     records = _records(detail)
     if json_:
-        print_json({**detail, "raw": readable(detail["raw"]), "records": records,
-                    "sent": [{**o, "payload": readable(o["payload"])} for o in detail["sent"]]})
+        print_json({**detail, "raw": show_bytes(detail["raw"]), "records": records,
+                    "sent": [{**o, "payload": show_bytes(o["payload"])} for o in detail["sent"]]})
         return
     typer.echo(f"message {detail['id']}  {detail['received_at']}  {detail['analyzer']} ({detail['protocol']})  "
                f"from {detail['peer']}  {detail['outcome']}  sha256 {detail['sha256'][:16]}...")
     typer.echo("\n-- bytes as received --")
-    typer.echo(readable(detail["raw"]))
+    typer.echo(show_bytes(detail["raw"]))
     typer.echo("\n-- records --")
     for number, record in enumerate(records, start=1):
         typer.echo(f"{number:>3}  {record}")
@@ -100,7 +83,7 @@ def message_show(ctx: typer.Context, message_id: Annotated[int, typer.Argument(h
         typer.echo("nothing (held, rejected, or not sendable)")
     for o in detail["sent"]:
         typer.echo(f"MSH-10 {o['control_id']}  {o['state']}  attempts {o['attempts']}  results {o['result_ids']}")
-        typer.echo(readable(o["payload"]))
+        typer.echo(show_bytes(o["payload"]))
         for a in o["answers"]:
             typer.echo(f"  LIS answered {a['ack_code'] or a['event']} {a['ack_text'] or a['error']} at {a['ts']}")
 

@@ -164,6 +164,7 @@ class Pipeline:
         """
         prejudged: list[Judged | None] = []
         inputs = autoverify.static_inputs(self.settings, analyzer)
+        grouped = self.settings.lis is None or self.settings.lis.group == "specimen"
         for result in decoded.results:
             method = self._method(analyzer, result)
             try:
@@ -177,7 +178,8 @@ class Pipeline:
                                                         **inputs)
                                           if snapshot is not None else judge(result, method, **inputs))
                 payload = None
-                if not evaluation.hold:
+                # One ORU per specimen (the default) is built in the transaction, from the whole group.
+                if not evaluation.hold and not grouped:
                     payload = oru_for(self.settings, result, evaluation, method, CID_PLACEHOLDER, now)
             except Exception:  # noqa: BLE001 - anything odd is judged in the transaction, as before
                 prejudged.append(None)

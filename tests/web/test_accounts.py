@@ -142,8 +142,11 @@ def test_the_history_chart_is_svg_with_the_range_band() -> None:
 
 
 def test_raw_bytes_show_their_control_characters() -> None:
-    """Framing bytes are named, text decoded in runs (multi-byte characters survive)."""
-    assert show_bytes(b"\x021H|M\xc3\xbcller\r\x0317\r\n\x1f") == "<STX>1H|Müller<CR>\n<ETX>17<CR>\n<LF><0x1F>"
+    """Framing bytes are named, text decoded in runs (multi-byte characters survive); a line per frame."""
+    assert show_bytes(b"\x021H|M\xc3\xbcller\r\x0317\r\n\x1f") == "<STX>1H|Müller<CR><ETX>17<CR><LF>\n<0x1F>"
+    # Frames sent without CR LF still get a line each; HL7 segments a line each.
+    assert show_bytes(b"\x021H\r\x0318\x022L|1\r\x0309") == "<STX>1H<CR><ETX>18\n<STX>2L|1<CR><ETX>09"
+    assert show_bytes(b"\x0bMSH|^~\\&\rPID|1\r\x1c\r") == "<VT>MSH|^~\\&<CR>\nPID|1<CR>\n<FS><CR>\n"
     assert show_bytes(b"M\xfcller", "latin-1") == "Müller"
 
 
