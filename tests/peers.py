@@ -154,6 +154,16 @@ OWN_PROCESS = frozenset({"run", "web"})
 _cli: Any = None
 
 
+def cli_command() -> Any:
+    """The `labmw` CLI as one Click command, built once (Typer builds it anew on every call of the app)."""
+    global _cli
+    if _cli is None:
+        from labmw.cli import app
+
+        _cli = typer.main.get_command(app)
+    return _cli
+
+
 def run_cli(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     """The `labmw` CLI's own Click command, run in this process; the answer shaped like the process's.
 
@@ -161,12 +171,7 @@ def run_cli(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     Python start-up and an import of every command per call: the suite runs about 400 of them.
     An exception the CLI let escape is a traceback on stderr and exit status 1, as in a process.
     """
-    global _cli
-    if _cli is None:
-        from labmw.cli import app
-
-        _cli = typer.main.get_command(app)
-    result = CliRunner().invoke(_cli, list(argv), prog_name="labmw", catch_exceptions=True)
+    result = CliRunner().invoke(cli_command(), list(argv), prog_name="labmw", catch_exceptions=True)
     stderr = result.stderr
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += "".join(traceback.format_exception(result.exception))

@@ -9,14 +9,13 @@ both need two people to release ([review] second_person, the shipped default).
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from browser_kit import audit, cli, listening, login, shot
 from peers import MllpLis, alt_message, astm_send, configure, daemon, field, free_port, wait_until
-from test_browser import _browser, _page, cli  # noqa: F401 - the browser and page fixtures
 
 PASSWORDS = {"rita": "rita-reviews-alt", "dora": "dora-directs-qc", "audrey": "audrey-reads-only"}
 ROLES = {"rita": "reviewer", "dora": "director", "audrey": "auditor"}
@@ -30,14 +29,6 @@ class QcLab:
     shots: Path
     held: dict[str, int]  # specimen -> held result id
     failed_run: int
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def _control(specimen: str, value: str) -> list[bytes]:
@@ -59,7 +50,7 @@ def _lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QcLab]:
     lis = MllpLis(lis_port).start()
     try:
         with daemon(config, wait_port=analyzer_port, log=tmp / "daemon.log"):
-            wait_until(lambda: _listening(web_port), what="the daemon's web listener")
+            wait_until(lambda: listening(web_port), what="the daemon's web listener")
             astm_send(analyzer_port, [
                 _control("QC1", "50"), _control("QC2", "151"), _control("QC1", "51"), _control("QC2", "148"),
                 _control("QC1", "49"), _control("QC2", "150"),
@@ -82,10 +73,7 @@ def _lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QcLab]:
 
 
 def _login(page: object, lab: QcLab, name: str) -> None:
-    page.goto(f"{lab.url}/login")  # type: ignore[attr-defined]
-    page.fill("input[name=name]", name)  # type: ignore[attr-defined]
-    page.fill("input[name=password]", PASSWORDS[name])  # type: ignore[attr-defined]
-    page.click("#login")  # type: ignore[attr-defined]
+    login(page, lab.url, name, PASSWORDS[name])
     page.wait_for_selector("#held-count")  # type: ignore[attr-defined]
 
 
@@ -95,17 +83,11 @@ def _logout(page: object) -> None:
 
 
 def _shot(page: object, lab: QcLab, name: str) -> None:
-    """Screenshot the page and check it rendered: a real image, our layout, no error page."""
-    path = lab.shots / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, f"{name}: screenshot looks empty"
-    assert page.locator(".error-page").count() == 0, f"{name}: an error page: {page.inner_text('main')}"  # type: ignore[attr-defined]
-    assert page.locator("header .brand").count() == 1  # type: ignore[attr-defined]
+    shot(page, lab.shots, name)
 
 
 def _audit(lab: QcLab, *args: str) -> list[dict[str, object]]:
-    return json.loads(cli(lab.config, "audit", "list", *args, "--json"))  # type: ignore[no-any-return]
+    return audit(lab.config, *args)
 
 
 def test_the_qc_page_charts_each_level_lists_the_rejected_run_and_its_impact(page: object, lab: QcLab) -> None:
