@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from conftest import Engine
+from engine_kit import Engine
 from peers import labmw
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Engine
+from engine_kit import Engine
 from typer.testing import CliRunner
 
 from labmw.cli import app

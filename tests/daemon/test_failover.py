@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import Engine
+from engine_kit import Engine
 from peers import MllpLis, alt_message, astm_send, daemon, free_port, labmw, wait_until
 from pg_failover import FirstAlive, listening, node_config
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Engine
+from engine_kit import Engine
 from peers import MllpLis, alt_message, astm_send, daemon, free_port, labmw, wait_until
 
 

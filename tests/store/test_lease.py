@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from conftest import Engine
+from engine_kit import Engine
 
 from labmw.errors import StoreError
 from labmw.store.lease import Lease

@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import Engine
+from engine_kit import Engine
 
 from labmw.errors import StoreError
 from labmw.model import Evaluation, Result

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Engine
+from engine_kit import Engine
 
 from labmw.errors import StoreError
 from labmw.model import Evaluation, Result
@@ -160,7 +160,7 @@ def test_the_owner_is_stopped_by_the_triggers(pg_engine: Engine) -> None:
 
 def test_an_unreachable_database_is_a_store_error_without_the_password() -> None:
     """No server: StoreError naming the database, password hidden."""
-    from conftest import pg_cluster
+    import pg_cluster
 
     url = f"postgresql://labmw_service:secret@127.0.0.1:{pg_cluster.free_port()}/labmw"
     with pytest.raises(StoreError) as info:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from conftest import Engine
+from engine_kit import Engine
 
 from labmw.errors import StoreError
 from labmw.model import Evaluation, Result

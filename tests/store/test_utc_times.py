@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from conftest import Engine
+from engine_kit import Engine
 
 from labmw.model import Evaluation, Result
 from labmw.store import Store
