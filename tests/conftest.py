@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -62,3 +63,30 @@ def pg_module_db(pg: pg_cluster.Cluster) -> Iterator[str]:
 def _postgres(cluster: pg_cluster.Cluster, dbname: str) -> Iterator[Engine]:
     yield Engine("postgres", cluster.url(dbname, "labmw_service"), cluster, dbname)
     cluster.reset_database(dbname)
+
+
+@pytest.fixture(autouse=True)
+def _machine_share(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests share the machine; an ``exclusive`` one (a latency measurement) has it to itself.
+
+    A readers-writer lock across the run's xdist workers, on two files in the run's shared directory:
+    every test holds ``rw`` shared; an exclusive test takes ``gate`` first, so that no new test starts,
+    then ``rw`` exclusively once the running ones end. The other workers wait meanwhile: a latency
+    figure taken while three other workers load two cores would judge the machine, not labmw.
+    """
+    share = Path(os.environ.get(pg_cluster.SHARE_ENV) or tempfile.gettempdir())
+    exclusive = request.node.get_closest_marker("exclusive") is not None
+    with open(share / "machine.gate", "a+") as gate, open(share / "machine.rw", "a+") as rw:
+        if exclusive:
+            fcntl.flock(gate, fcntl.LOCK_EX)
+            fcntl.flock(rw, fcntl.LOCK_EX)
+        else:
+            fcntl.flock(gate, fcntl.LOCK_SH)
+            fcntl.flock(rw, fcntl.LOCK_SH)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(rw, fcntl.LOCK_UN)
+            if exclusive:
+                fcntl.flock(gate, fcntl.LOCK_UN)

@@ -320,6 +320,16 @@ MIGRATIONS: tuple[str, ...] = (
         END IF;
     END $$;
     """,
+    # 4: the retention purge also removes the QC runs of the messages it removes and the logged
+    # critical-value notifications of the results it removes (labmw.store.retention).
+    f"""
+    DO $$
+    BEGIN
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{SERVICE_ROLE}') THEN
+            GRANT DELETE ON qc_runs, qc_results, critical_notifications TO {SERVICE_ROLE};
+        END IF;
+    END $$;
+    """,
 )
 
 # One key for "the audit chain's tail" (pg_advisory_xact_lock): every write transaction takes it

@@ -1,10 +1,11 @@
 """Retention: raw messages and results older than ``service.retention_years`` leave the database.
 
 What goes: results that are finished (delivered to the LIS, or rejected by a person) whose message
-arrived before the cut-off, their delivered outbox rows, the messages none of whose results stay,
-and the HL7 duplicate keys of that age. What stays: everything still on its way or waiting for a
-person (queued, held, dead-lettered: nothing is lost to a purge), and the whole audit trail, which is
-append-only and hash-chained. The purge itself is an audit event (``retention_purged``) holding the
+arrived before the cut-off, their delivered outbox rows and logged critical-value notifications, the
+messages none of whose results stay (with their QC runs and control results), and the HL7 duplicate
+keys of that age. What stays: everything still on its way or waiting for a person (queued, held,
+dead-lettered, a critical value nobody logged as notified: nothing is lost to a purge), and the whole
+audit trail, which is append-only and hash-chained. The purge itself is an audit event (``retention_purged``) holding the
 cut-off, the counts and a SHA-256 over the removed ids, chained like every other event, so
 `labmw audit verify` passes afterwards and shows when and what was purged.
 
@@ -20,16 +21,20 @@ from datetime import datetime
 from typing import Any
 
 FINISHED = ("delivered", "rejected")
+# A critical value nobody has logged as notified still waits for a person: its result stays.
+_OPEN_CRITICAL = "SELECT 1 FROM critical_notifications c WHERE c.result_id = r.id AND c.notified_at IS NULL"
 _OLD_RESULTS = (
     "SELECT r.id, r.message_id FROM results r JOIN messages m ON m.id = r.message_id "
-    f"WHERE m.received_at < ? AND r.state IN ({', '.join(repr(s) for s in FINISHED)}) ORDER BY r.id")
+    f"WHERE m.received_at < ? AND r.state IN ({', '.join(repr(s) for s in FINISHED)}) "
+    f"AND NOT EXISTS ({_OPEN_CRITICAL}) ORDER BY r.id")
 
 
 def plan(conn: sqlite3.Connection, cutoff: datetime) -> dict[str, Any]:
     """What a purge at ``cutoff`` would remove (nothing is changed)."""
     found = _select(conn, cutoff)
     return {"cutoff": cutoff.isoformat(), "results": len(found["results"]), "messages": len(found["messages"]),
-            "inbound_keys": found["inbound_keys"], "kept_unfinished": found["kept_unfinished"]}
+            "qc_runs": found["qc_runs"], "inbound_keys": found["inbound_keys"],
+            "kept_unfinished": found["kept_unfinished"], "kept_open_criticals": found["kept_open_criticals"]}
 
 
 def purge(conn: sqlite3.Connection, cutoff: datetime, audit: Any) -> dict[str, Any]:
@@ -43,16 +48,26 @@ def purge(conn: sqlite3.Connection, cutoff: datetime, audit: Any) -> dict[str, A
                      f" (SELECT id FROM outbox WHERE result_id IN ({marks}))", chunk + chunk)
         conn.execute(f"DELETE FROM outbox WHERE result_id IN ({marks})", chunk)
         conn.execute(f"DELETE FROM release_signatures WHERE result_id IN ({marks})", chunk)  # issue 15
+        # The notification of a critical value goes with its result (who was told, and when, stays in
+        # the audit trail's critical_notified event).
+        conn.execute(f"DELETE FROM critical_notifications WHERE result_id IN ({marks})", chunk)
         conn.execute(f"UPDATE results SET superseded_by = NULL WHERE superseded_by IN ({marks})", chunk)
         conn.execute(f"DELETE FROM results WHERE id IN ({marks})", chunk)
     keys = conn.execute("DELETE FROM inbound_keys WHERE received_at < ?", (cutoff.isoformat(),)).rowcount
+    qc_runs = 0
     for chunk in _chunks(messages):
         marks = ",".join("?" * len(chunk))
+        # QC runs (issue 12) of a message that goes: their control results with them (the runs' judgements
+        # stay in the audit trail).
+        conn.execute(f"DELETE FROM qc_results WHERE run_id IN (SELECT id FROM qc_runs WHERE message_id IN ({marks}))",
+                     chunk)
+        qc_runs += conn.execute(f"DELETE FROM qc_runs WHERE message_id IN ({marks})", chunk).rowcount
         keys += conn.execute(f"DELETE FROM inbound_keys WHERE message_id IN ({marks})", chunk).rowcount
         conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
     digest = hashlib.sha256((",".join(map(str, results)) + "|" + ",".join(map(str, messages))).encode()).hexdigest()
-    summary = {"cutoff": cutoff.isoformat(), "results": len(results), "messages": len(messages),
+    summary = {"cutoff": cutoff.isoformat(), "results": len(results), "messages": len(messages), "qc_runs": qc_runs,
                "inbound_keys": keys, "kept_unfinished": found["kept_unfinished"],
+               "kept_open_criticals": found["kept_open_criticals"],
                "first_result_id": results[0] if results else None, "last_result_id": results[-1] if results else None,
                "removed_ids_sha256": digest}
     audit(summary)
@@ -85,7 +100,13 @@ def _select(conn: sqlite3.Connection, cutoff: datetime) -> dict[str, Any]:
         "SELECT count(*) FROM results r JOIN messages m ON m.id = r.message_id WHERE m.received_at < ? AND "
         f"r.state NOT IN ({', '.join(repr(s) for s in FINISHED)})", (at,)).fetchone()[0]
     keys = conn.execute("SELECT count(*) FROM inbound_keys WHERE received_at < ?", (at,)).fetchone()[0]
-    return {"results": results, "messages": messages, "inbound_keys": int(keys), "kept_unfinished": int(kept)}
+    open_criticals = conn.execute(
+        "SELECT count(*) FROM results r JOIN messages m ON m.id = r.message_id WHERE m.received_at < ? AND "
+        f"r.state IN ({', '.join(repr(s) for s in FINISHED)}) AND EXISTS ({_OPEN_CRITICAL})", (at,)).fetchone()[0]
+    qc_runs = sum(int(conn.execute("SELECT count(*) FROM qc_runs WHERE message_id = ?", (m,)).fetchone()[0])
+                  for m in messages)
+    return {"results": results, "messages": messages, "qc_runs": qc_runs, "inbound_keys": int(keys),
+            "kept_unfinished": int(kept), "kept_open_criticals": int(open_criticals)}
 
 
 def _chunks(ids: list[int], size: int = 500) -> list[list[int]]:

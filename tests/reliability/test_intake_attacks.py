@@ -102,13 +102,12 @@ class Probe:
         return ordered[int(len(ordered) * 0.99)] if ordered else float("inf")
 
     def check(self, rig: Lab, baseline: float) -> None:
-        """The good analyzer kept flowing: p99 under 50 ms, or (on a machine too loaded to reach that
-        even without an attack) under twice the p99 measured just before it; peak RSS under 150 MB."""
+        """The good analyzer kept flowing: p99 under 50 ms (the test runs ``exclusive``: no other test
+        loads the machine meanwhile); peak RSS under 150 MB. ``baseline``, the same probe just before
+        the attack, is printed beside it."""
         assert self.error is None, f"the good analyzer failed: {self.error!r}"
         assert len(self.sent) >= 3, f"the good analyzer got only {len(self.sent)} messages through"
-        # 50 ms on a quiet machine; when the suite's workers share the cores, 3x what the same probe
-        # measured just before the attack (the attack must not be what makes the good analyzer slow).
-        limit = max(P99_LIMIT, 3 * baseline)
+        limit = P99_LIMIT
         print(f"good analyzer p99 {self.p99() * 1000:.1f} ms over {len(self.latencies)} replies "
               f"(baseline p99 {baseline * 1000:.1f} ms); peak RSS {rig.daemon.memory_kb('VmHWM')} kB")
         assert self.p99() < limit, (f"good analyzer p99 {self.p99() * 1000:.1f} ms over {len(self.latencies)} "
@@ -173,6 +172,7 @@ def _whole_message(specimen: str) -> bytes:
                                                     value="77"))
 
 
+@pytest.mark.exclusive  # its p99 is a latency measurement
 def test_etb_floods_are_bounded_and_others_keep_flowing(rig: Lab) -> None:
     """16,000 ETB frames each holding a whole message then an ETX; then 8 s of tiny ETB frames: NAKed
     past the transfer's bounds, audited, and the good analyzer stays under 50 ms p99."""
@@ -243,6 +243,7 @@ def test_a_rerun_is_a_new_result_but_a_resend_after_a_lost_ack_is_not(rig: Lab) 
     assert [e for e in audit_events(rig.db, "duplicate_message") if e["analyzer"] == "c501"]
 
 
+@pytest.mark.exclusive  # its p99 is a latency measurement
 def test_idle_and_refused_connection_floods(rig: Lab) -> None:
     """500 idle ASTM and 64 idle HL7 connections do not lock the analyzers out; 5,000 refused
     connections make fewer than 20 audit rows."""

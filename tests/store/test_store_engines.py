@@ -433,3 +433,30 @@ def test_the_shim_speaks_the_sqlite_idioms_the_store_uses() -> None:
     assert translate("SELECT group_concat(DISTINCT r.specimen) FROM results r", placeholders=False) == (
         "SELECT string_agg(DISTINCT r.specimen, ',') FROM results r")
     assert translate("SELECT 1 WHERE flags LIKE '%\"HH\"%' AND id = ?") == "SELECT 1 WHERE flags LIKE '%%\"HH\"%%' AND id = %s"
+
+
+def test_retention_purges_qc_runs_and_logged_criticals_and_keeps_an_unlogged_critical(store: Store) -> None:
+    """A QC-only message and a delivered critical whose notification was logged go with their age; a
+    delivered critical nobody logged as notified stays (it still waits for a person). No foreign key stops it."""
+    with store.transaction(T0) as tx:
+        mid = tx.add_message(analyzer="c501", protocol="astm", peer="x", raw=b"qc", sha256="1" * 64,
+                             outcome="accepted")
+        run = tx.qc.add_run(message_id=mid, analyzer="c501", method="ALT-T", violated=(), warnings=())
+        tx.qc.add_result(run_id=run, material="ALT-L1", level=1, lot="L1", specimen="QC1", test_code="ALTL",
+                         raw_value="50", value=Decimal(50), units="U/L", mean=Decimal(50), sd=Decimal(2),
+                         z=Decimal(0), completed_at=T0)
+        tx.audit("qc_run_judged", ref=str(run))
+    logged, unlogged = (_keep(store, _alt("1500", T0, specimen=s)) for s in ("CRIT-LOGGED", "CRIT-OPEN"))
+    with store.transaction(T0) as tx:
+        tx.add_critical(logged, "HH")
+        tx.add_critical(unlogged, "HH")
+    for entry in store.pending_after(0, 10):
+        store.mark_delivered(entry, now=T0, ack_code="AA", ack_text="")
+    (critical,) = [c for c in store.criticals() if c["result_id"] == logged]
+    store.notify_critical(critical["id"], to="Dr Ward", readback=True, actor="alice", now=T0)
+
+    summary = store.purge_older_than(T0 + timedelta(days=1), now=T0, actor="labmw")
+    assert summary["results"] == 1 and summary["qc_runs"] == 1 and summary["kept_open_criticals"] == 1
+    assert [c["result_id"] for c in store.criticals()] == [unlogged]
+    assert store.qc.runs() == []
+    assert store.verify_audit().ok
