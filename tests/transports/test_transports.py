@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+import tty
 from pathlib import Path
 
 from peers import (
@@ -58,13 +59,18 @@ def test_serial_analyzer_on_a_pty_reaches_the_lis(tmp_path: Path) -> None:
     config = configure(tmp_path, lis_port, free_port())
     labmw(config, "analyzer", "remove", "c501")
     master, slave = os.openpty()
+    # A serial line does not echo; a fresh pty does (ENQ would come back as "^E") until the daemon's
+    # pyserial puts it in raw mode, so make it raw now, whenever the daemon gets to open it.
+    tty.setraw(slave)
     device = os.ttyname(slave)
     labmw(config, "analyzer", "add", "ser1", "--protocol", "astm", "--transport", "serial", "--device", device,
           "--baud", "9600", "--map", "ALTL=ALT-T")
     lis = MllpLis(lis_port).start()
+    log = tmp_path / "daemon.log"
     try:
-        with daemon(config, log=tmp_path / "daemon.log"):
-            time.sleep(3.0)  # the daemon opens the device (slower when the suite's workers share the cores)
+        with daemon(config, log=log):
+            wait_until(lambda: log.exists() and '"analyzer_started"' in log.read_text() and "ser1" in log.read_text(),
+                       what="the daemon to open the serial device")
             # A bad checksum first: NAKed; the retransmission is accepted.
             os.write(master, ENQ)
             assert _read_byte(master) == ACK
