@@ -45,10 +45,13 @@ def labmw(config: Path, *args: str) -> str:
     return proc.stdout
 
 
-def configure(workdir: Path, lis_port: int, analyzer_ports: Sequence[int]) -> Path:
-    """Write a configuration with one ALT method, its ranges and delta check, the LIS and the analyzers."""
-    config = workdir / "lab.toml"
-    labmw(config, "init", "--data-dir", str(workdir / "data"))
+#: Every panel code of the workload mapped to the one judged method, as `analyzer add` arguments.
+PANEL_MAPS = [arg for code in PANEL for arg in ("--map", f"{code}=ALT-T")]
+
+
+def configure_lab(config: Path, data_dir: Path, lis_port: int, *init_args: str) -> None:
+    """The README's commands for the workload: init, one ALT method with its ranges and delta check, the LIS."""
+    labmw(config, "init", "--data-dir", str(data_dir), *init_args)
     labmw(config, "method", "add", "ALT-T", "--analyte", "ALT", "--units", "U/L", "--loinc", "1743-4",
           "--measuring-range", "5-7000", "--critical-high", "1000")
     labmw(config, "range", "add", "ALT-T", "--sex", "M", "--age-min", "18y", "--low", "9", "--high", "59")
@@ -56,9 +59,14 @@ def configure(workdir: Path, lis_port: int, analyzer_ports: Sequence[int]) -> Pa
     labmw(config, "delta", "set", "ALT-T", "--abs", "30", "--pct", "50")
     # One ORU per result, as the workload says (the default groups by specimen: one ORU per message here).
     labmw(config, "lis", "set", "--connect", f"127.0.0.1:{lis_port}", "--group", "result")
-    maps = [arg for code in PANEL for arg in ("--map", f"{code}=ALT-T")]
+
+
+def configure(workdir: Path, lis_port: int, analyzer_ports: Sequence[int]) -> Path:
+    """Write a configuration with one ALT method, its ranges and delta check, the LIS and the analyzers."""
+    config = workdir / "lab.toml"
+    configure_lab(config, workdir / "data", lis_port)
     labmw(config, "analyzer", "add", "a001", "--protocol", "astm", "--transport", "tcp-server",
-          "--listen", f"127.0.0.1:{analyzer_ports[0]}", *maps)
+          "--listen", f"127.0.0.1:{analyzer_ports[0]}", *PANEL_MAPS)
     text = config.read_text(encoding="utf-8")
     match = re.search(r"^\[analyzers\.a001\]\n.*?(?=^\[(?!analyzers\.a001[.\]])|\Z)", text, re.M | re.S)
     if match is None:

@@ -30,8 +30,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' throwaway PostgreSQL cluster
 
 import pg_cluster
-from daemon_ctl import Daemon, free_ports, labmw
-from loadgen import PANEL, Lis, run_senders, workload
+from daemon_ctl import PANEL_MAPS, Daemon, configure_lab, free_ports, labmw
+from loadgen import Lis, run_senders, workload
 from table import Row, rate, render
 
 FULL = {"messages": 800, "per_message": 4, "site_messages": 200, "kills": 20, "timeout": 180.0}
@@ -47,18 +47,10 @@ def configure(workdir: Path, lis_port: int, ports: list[tuple[str, int]], *, url
     workdir.mkdir(parents=True)
     config = workdir / "lab.toml"
     store = ["--store-url", url, "--site", site] if url else []
-    labmw(config, "init", "--data-dir", str(workdir / "data"), *store)
-    labmw(config, "method", "add", "ALT-T", "--analyte", "ALT", "--units", "U/L", "--loinc", "1743-4",
-          "--measuring-range", "5-7000", "--critical-high", "1000")
-    labmw(config, "range", "add", "ALT-T", "--sex", "M", "--age-min", "18y", "--low", "9", "--high", "59")
-    labmw(config, "range", "add", "ALT-T", "--sex", "F", "--age-min", "18y", "--low", "8", "--high", "41")
-    labmw(config, "delta", "set", "ALT-T", "--abs", "30", "--pct", "50")
-    # One ORU per result, as the workload counts them (bench/daemon_ctl.py does the same).
-    labmw(config, "lis", "set", "--connect", f"127.0.0.1:{lis_port}", "--group", "result")
-    maps = [arg for code in PANEL for arg in ("--map", f"{code}=ALT-T")]
+    configure_lab(config, workdir / "data", lis_port, *store)
     for n, (host, port) in enumerate(ports, start=1):
         labmw(config, "analyzer", "add", f"a{n:03d}", "--protocol", "astm", "--transport", "tcp-server",
-              "--listen", f"{host}:{port}", *maps)
+              "--listen", f"{host}:{port}", *PANEL_MAPS)
     return config
 
 
