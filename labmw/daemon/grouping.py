@@ -33,16 +33,25 @@ class Ready:
     received: dict[str, Any] = field(default_factory=dict)
 
 
-def oru_group_for(settings: Settings, items: Sequence[Ready], cid: str, now: datetime) -> bytes:
-    """The ORU for ``items`` (one specimen). Raises MappingError as build_oru does."""
+def oru_of(settings: Settings, items: Sequence[tuple[Result, Evaluation, Method | None]], cid: str,
+           now: datetime) -> bytes:
+    """The ORU^R01 for ``items`` (one specimen), with the [lis] header fields; the one place the pipeline,
+    the grouping and review releases build it. A result sent without a status goes out as F, as the rules
+    treated it. Raises MappingError as build_oru_group does."""
     lis = settings.lis
     return build_oru_group(
-        [(r.result if r.result.status else replace(r.result, status="F"), r.evaluation, r.method) for r in items],
+        [(result if result.status else replace(result, status="F"), evaluation, method)
+         for result, evaluation, method in items],
         control_id=cid, now=now,
         sending_application=lis.sending_application if lis else "LABMW",
         sending_facility=lis.sending_facility if lis else "",
         receiving_application=lis.receiving_application if lis else "LIS",
         receiving_facility=lis.receiving_facility if lis else "")
+
+
+def oru_group_for(settings: Settings, items: Sequence[Ready], cid: str, now: datetime) -> bytes:
+    """The ORU for ``items`` (one specimen). Raises MappingError as build_oru does."""
+    return oru_of(settings, [(r.result, r.evaluation, r.method) for r in items], cid, now)
 
 
 def queue_by_specimen(tx: Tx, settings: Settings, ready: Sequence[Ready], control_id: Callable[[int], str]) -> int:

@@ -26,9 +26,8 @@ from typing import Any
 from labmw.config import AnalyzerSettings, Settings
 from labmw.daemon import autoverify
 from labmw.daemon.fidelity import keep_wire, method_for, record_gates
-from labmw.daemon.grouping import Ready, queue_by_specimen
+from labmw.daemon.grouping import Ready, oru_of, queue_by_specimen
 from labmw.errors import LabmwError, StoreError
-from labmw.mapping.hl7_oru import build_oru
 from labmw.mapping.identity import apply_gates
 from labmw.model import Decision, Evaluation, Method, Outcome, PreviousResult, RelatedResult, Result
 from labmw.qc.intake import qc_gate, split_controls, store_controls
@@ -475,14 +474,7 @@ def oru_for(settings: Settings, result: Result, evaluation: Evaluation, method: 
     Raises:
         MappingError: the result cannot be expressed as an ORU (e.g. no test code).
     """
-    lis = settings.lis
-    return build_oru(
-        result if result.status else replace(result, status="F"), evaluation, method=method, control_id=cid,
-        now=now,
-        sending_application=lis.sending_application if lis else "LABMW",
-        sending_facility=lis.sending_facility if lis else "",
-        receiving_application=lis.receiving_application if lis else "LIS",
-        receiving_facility=lis.receiving_facility if lis else "")
+    return oru_of(settings, ((result, evaluation, method),), cid, now)
 
 
 def astm_content_key(text: bytes) -> str:
