@@ -103,8 +103,8 @@ def _select(conn: sqlite3.Connection, cutoff: datetime) -> dict[str, Any]:
     open_criticals = conn.execute(
         "SELECT count(*) FROM results r JOIN messages m ON m.id = r.message_id WHERE m.received_at < ? AND "
         f"r.state IN ({', '.join(repr(s) for s in FINISHED)}) AND EXISTS ({_OPEN_CRITICAL})", (at,)).fetchone()[0]
-    qc_runs = sum(int(conn.execute("SELECT count(*) FROM qc_runs WHERE message_id = ?", (m,)).fetchone()[0])
-                  for m in messages)
+    qc_runs = sum(int(conn.execute(f"SELECT count(*) FROM qc_runs WHERE message_id IN ({','.join('?' * len(chunk))})",
+                                   chunk).fetchone()[0]) for chunk in _chunks(messages))
     return {"results": results, "messages": messages, "qc_runs": qc_runs, "inbound_keys": int(keys),
             "kept_unfinished": int(kept), "kept_open_criticals": int(open_criticals)}
 
