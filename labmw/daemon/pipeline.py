@@ -151,6 +151,11 @@ class Pipeline:
         self.store = store
         self.clock = clock
 
+    @property
+    def _by_specimen(self) -> bool:
+        """Whether results go one ORU per specimen (``lis.group = "specimen"``, the default)."""
+        return self.settings.lis is None or self.settings.lis.group == "specimen"
+
     # --- off the store thread --------------------------------------------------------------------
     def prepare(self, analyzer: AnalyzerSettings, decoded: Decoded, now: datetime,
                 history: History | None = None) -> Decoded:
@@ -163,7 +168,7 @@ class Pipeline:
         """
         prejudged: list[Judged | None] = []
         inputs = autoverify.static_inputs(self.settings, analyzer)
-        grouped = self.settings.lis is None or self.settings.lis.group == "specimen"
+        grouped = self._by_specimen
         for result in decoded.results:
             method = self._method(analyzer, result)
             try:
@@ -265,8 +270,7 @@ class Pipeline:
             queued, held = 0, store_controls(tx, self.settings, analyzer, message_id, controls)
             judged = {id(result) for result, _ in controls}
             # lis.group "specimen": results are collected here and queued one ORU per specimen.
-            ready: list[Ready] | None = [] if self.settings.lis is None or self.settings.lis.group == "specimen" \
-                else None
+            ready: list[Ready] | None = [] if self._by_specimen else None
             for result, evaluation in zip(results, prejudged, strict=True):
                 if id(result) in judged:
                     continue
