@@ -3,8 +3,8 @@
 :func:`evaluate_inputs` gives :func:`labmw.rules.engine.evaluate` the analyzer's gate policy (its
 gate actions, unmapped-code policy and instrument-flag table), the kill switches active *now*
 (read from the store in the judging transaction, so ``labmw autoverify suspend`` holds the very
-next result) and the rule-set version. :func:`after_store` keeps the gates with the stored result
-and opens a critical-value notification for HH/LL. Kept apart from the pipeline so that the
+next result) and the rule-set version (stored with each result by ``Tx.add_result``).
+:func:`after_store` opens a critical-value notification for HH/LL. Kept apart from the pipeline so that the
 pipeline stays one call each.
 """
 
@@ -86,8 +86,7 @@ def suspended(inputs: dict[str, Any], result: Result, method: Method | None) -> 
 
 
 def after_store(tx: Tx, result_id: int, evaluation: Evaluation) -> None:
-    """Keep the gates with the stored result; a critical flag opens a notification to be logged."""
-    tx.record_gates(result_id, evaluation)
+    """A critical flag opens a notification to be logged (the gates were stored with the result)."""
     for flag in evaluation.flags:
         if flag in (Flag.CRITICAL_HIGH.value, Flag.CRITICAL_LOW.value):
             tx.add_critical(result_id, flag)

@@ -145,7 +145,6 @@ def _hold_unknown(tx: Tx, analyzer: AnalyzerSettings, message_id: int, result: R
                                                 inputs={"reason": recognition.reason, "test_code": result.test_code,
                                                         "specimen": result.specimen_id}),))
     result_id = tx.add_result(message_id=message_id, result=result, evaluation=evaluation, state="held")
-    tx.record_gates(result_id, evaluation)
     tx.qc.mark_control(result_id)
     tx.audit("result_held", analyzer=analyzer.name, specimen=result.specimen_id, patient=result.patient_id,
              ref=str(result_id), data={"notes": [note], "qc": True})

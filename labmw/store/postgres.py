@@ -392,17 +392,9 @@ class PgStore(Store):
         """As for SQLite (each entry checked against its seal), this site's entries only."""
         if not self.site:
             return super().pending_after(after_id, limit)
-        where = "WHERE o.state = 'pending' AND o.id > ?"
-        sql = trail_check.PENDING_WITH_SEALS.replace(where, where + " AND (r.site = ? OR r.id IS NULL)")
-        out = []
-        for row in self._pg.execute(sql, (after_id, self.site, limit)):
-            entry = _entry(row)
-            if not entry.problem:
-                problem = trail_check.outbox_seal_problem(self._conn, row)
-                if problem:
-                    entry = dataclasses.replace(entry, payload=b"", problem=problem)
-            out.append(entry)
-        return out
+        where = trail_check.PENDING_WHERE
+        sql = trail_check.PENDING_WITH_SEAL_HASH.replace(where, where + " AND (r.site = ? OR r.id IS NULL)")
+        return self._checked_entries(self._pg.execute(sql, (after_id, self.site, limit)))
 
     def outbox(self, *, states: tuple[str, ...] = ("pending", "dead")) -> list[OutboxEntry]:
         clause, args = self._site_clause("r")

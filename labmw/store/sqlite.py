@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -58,6 +58,11 @@ class OutboxEntry:
 
 def _iso(value: datetime | date | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def _json_list(items: Sequence[str]) -> str:
+    """A list column's JSON (most are empty: flags, gates, notes)."""
+    return json.dumps(list(items)) if items else "[]"
 
 
 def _as_zone_of(reference: datetime, utc: str) -> datetime:
@@ -170,14 +175,26 @@ class Tx(History):
         # flush): a message makes some fifteen events, and one executemany beats fifteen round trips.
         self._audit_tail: tuple[int, str] | None = None
         self._audit_rows: list[audit_log.Row] = []
-        # Rows inserted here whose hash the next audit event with the same ref will carry (seals.py).
-        self._unsealed: list[tuple[tuple[str, ...], str, int]] = []  # (refs it may be named by, table, id)
+        # Rows inserted here whose hash the next audit event with the same ref will carry (seals.py):
+        # (refs it may be named by, table, the sealed values as inserted, id first).
+        self._unsealed: list[tuple[tuple[str, ...], str, tuple[Any, ...]]] = []
+        # (audit seq, outbox id): each entry's pointer to its seal, written with the audit rows (flush).
+        self._seal_seqs: list[tuple[int, int]] = []
+        self._suspensions: tuple[Suspension, ...] | None = None
+        self.now_text = self.now.isoformat()
         # The site this daemon serves ([service] site): stored with each result and in each audit
         # event's data, so sites sharing one database keep their own views (see labmw.store.postgres).
         self.site = ""
+        self.seal_memory: trail_check.SealMemory | None = None  # told the seal of every queue entry written
 
-    def _stored(self, table: str, row_id: int, *refs: str) -> None:
-        self._unsealed.append((refs, table, row_id))
+    def _stored(self, table: str, values: tuple[Any, ...], *refs: str) -> None:
+        """Seal a row just inserted: ``values`` are its :data:`seals.SEALED` columns as bound, id first.
+
+        The seal is computed from the values bound to the INSERT, not read back: the sealed columns
+        are TEXT, INTEGER and BLOB, which store exactly what was bound (both engines), and
+        ``audit verify`` re-reads every row against it.
+        """
+        self._unsealed.append((refs, table, values))
 
     def _take_seals(self, ref: str, seq: int) -> list[dict[str, Any]]:
         """The seals of rows waiting for an event about ``ref`` (which gets sequence ``seq``)."""
@@ -188,11 +205,11 @@ class Tx(History):
             return []
         self._unsealed = [item for item in self._unsealed if ref not in item[0]]
         out = []
-        for _, table, row_id in taken:
-            out.append({"table": table, "id": row_id, "sha256": seals.stored_hash(self._conn, table, row_id)})
+        for _, table, values in taken:
+            out.append({"table": table, "id": values[0], "sha256": seals.row_hash(table, values)})
             if table == "outbox":
                 # The forwarder finds the seal of an entry by this pointer (the seal itself is in the chain).
-                self._conn.execute("UPDATE outbox SET seal_seq = ? WHERE id = ?", (seq, row_id))
+                self._seal_seqs.append((seq, values[0]))
         return out
 
     @property
@@ -208,30 +225,39 @@ class Tx(History):
         if self._audit_rows:
             self._conn.executemany(audit_log.INSERT, self._audit_rows)
             self._audit_rows = []
+        if self._seal_seqs:
+            self._conn.executemany("UPDATE outbox SET seal_seq = ? WHERE id = ?", self._seal_seqs)
+            self._seal_seqs = []
 
     def add_message(self, *, analyzer: str, protocol: str, peer: str, raw: bytes, sha256: str, outcome: str) -> int:
+        raw = bytes(raw)  # a bytearray or memoryview is stored as the BLOB bytes the seal must hash
+        values = (analyzer, protocol, peer, self.now_text, sha256, raw)
         cur = self._conn.execute(
             "INSERT INTO messages (analyzer, protocol, peer, received_at, sha256, raw, outcome) VALUES (?,?,?,?,?,?,?)",
-            (analyzer, protocol, peer, self.now.isoformat(), sha256, raw, outcome))
+            (*values, outcome))
         message_id = int(cur.lastrowid or 0)
-        self._stored("messages", message_id, str(message_id))
+        self._stored("messages", (message_id, *values), str(message_id))
         return message_id
 
     def add_result(self, *, message_id: int, result: Result, evaluation: Evaluation, state: str) -> int:
+        """Insert a result with its evaluation's flags, notes, gates and rule-set version; returns its id."""
+        sealed = (message_id, result.analyzer, result.specimen_id, result.patient_id, result.patient_name,
+                  _iso(result.birth_date), result.sex, result.test_code, evaluation.method, result.raw_value,
+                  str(result.value) if result.value is not None else None, result.comparator, result.units,
+                  _json_list(result.instrument_flags), result.status, _iso(result.collected_at),
+                  _iso(result.completed_at), _json_list(evaluation.flags), evaluation.applied_range)
         cur = self._conn.execute(
             "INSERT INTO results (message_id, analyzer, specimen, patient_id, patient_name, birth_date, sex, test_code,"
             " method, raw_value, value, comparator, units, instrument_flags, status, collected_at, completed_at,"
-            " flags, applied_range, notes, state, collected_utc, completed_utc, site, patient_authority)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (message_id, result.analyzer, result.specimen_id, result.patient_id, result.patient_name,
-             _iso(result.birth_date), result.sex, result.test_code, evaluation.method, result.raw_value,
-             str(result.value) if result.value is not None else None, result.comparator, result.units,
-             json.dumps(list(result.instrument_flags)), result.status, _iso(result.collected_at),
-             _iso(result.completed_at), json.dumps(list(evaluation.flags)), evaluation.applied_range,
-             json.dumps(list(evaluation.notes)), state, utc_text(result.collected_at), utc_text(result.completed_at),
-             self.site, result.patient_authority))
+            " flags, applied_range, notes, state, collected_utc, completed_utc, site, patient_authority,"
+            " gates, review_notes, rules_version, held_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (*sealed, _json_list(evaluation.notes), state, utc_text(result.collected_at),
+             utc_text(result.completed_at), self.site, result.patient_authority, _json_list(evaluation.gates),
+             _json_list(evaluation.review_notes), evaluation.rules_version,
+             self.now_text if evaluation.hold else None))
         result_id = int(cur.lastrowid or 0)
-        self._stored("results", result_id, str(result_id))
+        self._stored("results", (result_id, *sealed), str(result_id))
         return result_id
 
     def set_result_wire(self, result_id: int, wire: str) -> None:
@@ -257,13 +283,14 @@ class Tx(History):
                                [(outbox_id, rid) for rid in result_ids])
 
     def enqueue(self, *, result_id: int, control_id: str, payload: bytes) -> int:
+        payload = bytes(payload)
         cur = self._conn.execute(
             "INSERT INTO outbox (result_id, control_id, payload, state, created_at, updated_at)"
             " VALUES (?,?,?,'pending',?,?)",
-            (result_id, control_id, payload, self.now.isoformat(), self.now.isoformat()))
+            (result_id, control_id, payload, self.now_text, self.now_text))
         outbox_id = int(cur.lastrowid or 0)
         # Named by its MSH-10 (result_queued) or by its result (result_received, the one intake).
-        self._stored("outbox", outbox_id, control_id, str(result_id))
+        self._stored("outbox", (outbox_id, result_id, control_id, payload, self.now_text), control_id, str(result_id))
         return outbox_id
 
     def corrected_result(self, *, analyzer: str, specimen: str, test_code: str) -> tuple[int, str] | None:
@@ -292,6 +319,10 @@ class Tx(History):
             data = {**(data or {}), "stored": sealed}
         row = audit_log.make_row(self._audit_tail, event, ts=self.now, actor=actor, analyzer=analyzer,
                                  specimen=specimen, patient=patient, ref=ref, data=data)
+        if sealed and self.seal_memory is not None:
+            for seal in sealed:
+                if seal["table"] == "outbox":
+                    self.seal_memory.remember(seal["id"], row[0], row[-1], seal["sha256"])
         self._audit_rows.append(row)
         self._audit_tail = (row[0], row[-1])
         return row[0]
@@ -342,7 +373,10 @@ class Tx(History):
 
     def active_suspensions(self) -> tuple[Suspension, ...]:
         """The kill switches in force now (read at judgement time: effective at once)."""
-        return av.active_suspensions(self._conn, self.site)
+        # Read once per transaction: it holds the write lock, so no suspension can change meanwhile.
+        if self._suspensions is None:
+            self._suspensions = av.active_suspensions(self._conn, self.site)
+        return self._suspensions
 
     def note_rules_version(self, version: str, *, actor: str, how: str, before: str = "") -> bool:
         """Record the rule-set version in force; a change is a ``rules_version_changed`` event with both.
@@ -388,6 +422,7 @@ class Store:
         self._group_depth = 0  # > 0 inside group(): transactions become savepoints
         self.site = ""  # [service] site, handed to every Tx
         self._reader: HistoryReader | None = None
+        self.seal_memory = trail_check.SealMemory()  # the queue entries sealed by this process
         row = conn.execute("SELECT value FROM meta WHERE key = 'install_id'").fetchone()
         self.install_id: str = row[0]
 
@@ -457,6 +492,7 @@ class Store:
     def _tx(self, now: datetime) -> Tx:
         tx = Tx(self._conn, now)
         tx.site = self.site
+        tx.seal_memory = self.seal_memory
         return tx
 
     @contextlib.contextmanager
@@ -529,12 +565,15 @@ class Store:
         that cannot be read as stored (e.g. a payload stored as TEXT), comes back with ``problem``
         set and an empty payload, so that it is refused instead of sent or stopping the queue.
         """
-        rows = self._conn.execute(trail_check.PENDING_WITH_SEALS, (after_id, limit))
+        return self._checked_entries(self._conn.execute(trail_check.PENDING_WITH_SEAL_HASH, (after_id, limit)))
+
+    def _checked_entries(self, rows: Iterable[sqlite3.Row]) -> list[OutboxEntry]:
+        """Entries of pending rows, each checked against its seal (a mismatch: ``problem``, no payload)."""
         out = []
         for row in rows:
             entry = _entry(row)
             if not entry.problem:
-                problem = trail_check.outbox_seal_problem(self._conn, row)
+                problem = trail_check.entry_seal_problem(self._conn, row, self.seal_memory)
                 if problem:
                     entry = replace(entry, payload=b"", problem=problem)
             out.append(entry)
@@ -605,6 +644,7 @@ class Store:
             self._conn.executemany("UPDATE results SET state='delivered' WHERE id IN"
                                    " (SELECT result_id FROM outbox_members WHERE outbox_id=?)",
                                    [(entry.id,) for entry, _, _ in items])
+            self.seal_memory.forget(entry.id for entry, _, _ in items)
             for entry, ack_code, ack_text in items:
                 tx.audit("result_delivered", analyzer=entry.analyzer, specimen=entry.specimen, patient=entry.patient,
                          ref=entry.control_id, data={"outbox_id": entry.id, "ack_code": ack_code,

@@ -5,14 +5,15 @@
   problem is reported.
 - :func:`verify_since_checkpoint` (the daemon at start): the chain from the last verified checkpoint
   on, so that it costs the same however long the trail is; the checkpoint then moves to the head.
-- :func:`outbox_seal_problem` (the forwarder, via ``Store.pending_after``): is this queue entry the one
-  the trail recorded?
+- :func:`entry_seal_problem` (the forwarder, via ``Store.pending_after``): is this queue entry the one
+  the trail recorded? (:class:`SealMemory` answers for the entries this process wrote.)
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 
 from labmw.store import audit as audit_log
 from labmw.store import seals
@@ -21,13 +22,59 @@ from labmw.store.db import transaction
 
 CHECKPOINT_KEY = "audit_checkpoint"
 
-# Pending entries with the audit event their seal is in (columns prefixed a_), for outbox_seal_problem.
-PENDING_WITH_SEALS = (
+# Pending entries with the hash of the audit event their seal is in (for SealMemory.confirms).
+PENDING_WHERE = "WHERE o.state = 'pending' AND o.id > ?"
+PENDING_WITH_SEAL_HASH = (
+    "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code, a.hash AS a_hash"
+    " FROM outbox o LEFT JOIN results r ON r.id = o.result_id LEFT JOIN audit a ON a.seq = o.seal_seq"
+    f" {PENDING_WHERE} ORDER BY o.id LIMIT ?")
+# One entry with the whole audit event its seal is in (columns prefixed a_), for outbox_seal_problem.
+ENTRY_WITH_SEAL = (
     "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code, a.ts AS a_ts, a.event AS a_event,"
     " a.actor AS a_actor, a.analyzer AS a_analyzer, a.specimen AS a_specimen, a.patient AS a_patient,"
     " a.ref AS a_ref, a.data AS a_data, a.prev_hash AS a_prev_hash, a.hash AS a_hash"
     " FROM outbox o LEFT JOIN results r ON r.id = o.result_id LEFT JOIN audit a ON a.seq = o.seal_seq"
-    " WHERE o.state = 'pending' AND o.id > ? ORDER BY o.id LIMIT ?")
+    " WHERE o.id = ?")
+
+
+class SealMemory:
+    """The seals of the queue entries this process wrote, so the forwarder need not re-read them.
+
+    An entry is sent only if it is the one the trail recorded. For an entry written here that is
+    known without reading its audit event again: it must still point at the event this process
+    wrote (same sequence, same hash) and hash to the seal this process computed. Anything else --
+    an entry from before a restart, another daemon's, a rolled-back write whose id was reused, an
+    edit -- takes the full check (:func:`outbox_seal_problem`). An edit of the event itself is
+    caught by ``audit verify`` and the start-up check, and cannot make an edited entry pass here.
+    """
+
+    LIMIT = 50_000  # entries remembered; older ones (a long LIS outage) take the full check
+
+    def __init__(self) -> None:
+        self._seals: dict[int, tuple[int, str, str]] = {}  # outbox id -> (event seq, event hash, row hash)
+
+    def remember(self, outbox_id: int, seq: int, event_hash: str, row_digest: str) -> None:
+        self._seals[outbox_id] = (seq, event_hash, row_digest)
+        if len(self._seals) > self.LIMIT:
+            del self._seals[next(iter(self._seals))]
+
+    def forget(self, outbox_ids: Iterable[int]) -> None:
+        for outbox_id in outbox_ids:
+            self._seals.pop(outbox_id, None)
+
+    def confirms(self, row: sqlite3.Row) -> bool:
+        """Whether ``row`` (from :data:`PENDING_WITH_SEAL_HASH`) is, as stored, the entry sealed here."""
+        known = self._seals.get(int(row["id"]))
+        return (known is not None and row["seal_seq"] == known[0] and row["a_hash"] == known[1]
+                and seals.row_hash("outbox", tuple(row[c] for c in seals.SEALED["outbox"])) == known[2])
+
+
+def entry_seal_problem(conn: sqlite3.Connection, row: sqlite3.Row, memory: SealMemory) -> str:
+    """Why the pending entry in ``row`` must not be sent ("" when it may): the memory, else the full check."""
+    if memory.confirms(row):
+        return ""
+    full = conn.execute(ENTRY_WITH_SEAL, (int(row["id"]),)).fetchone()
+    return outbox_seal_problem(conn, full) if full is not None else "the entry is no longer stored"
 
 
 def verify_all(conn: sqlite3.Connection, *, expect_head: tuple[int, str] | None = None) -> Verification:
@@ -87,7 +134,7 @@ def _sealed_after(conn: sqlite3.Connection, table: str) -> int:
 
 
 def outbox_seal_problem(conn: sqlite3.Connection, row: sqlite3.Row) -> str:
-    """Why the entry in ``row`` (from :data:`PENDING_WITH_SEALS`) is not the one the trail recorded ("" when it is).
+    """Why the entry in ``row`` (from :data:`ENTRY_WITH_SEAL`) is not the one the trail recorded ("" when it is).
 
     The seal's own event is re-hashed too, so an edit of the payload and of its seal together
     shows here without walking the chain.
