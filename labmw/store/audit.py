@@ -65,6 +65,11 @@ def chain_hash(prev_hash: str, canonical: bytes) -> str:
     return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
 
 
+def event_time(ts: datetime) -> str:
+    """An event's ``ts`` column: ISO 8601 to the millisecond."""
+    return ts.isoformat(timespec="milliseconds")
+
+
 INSERT = "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 Row = tuple[int, str, str, str, str, str, str, str, str, str, str]
 
@@ -75,11 +80,14 @@ def tail(conn: sqlite3.Connection) -> tuple[int, str]:
     return (int(last[0]), str(last[1])) if last else (0, GENESIS)
 
 
-def make_row(after: tuple[int, str], event: str, *, ts: datetime, actor: str, analyzer: str = "",
+def make_row(after: tuple[int, str], event: str, *, ts: datetime | str, actor: str, analyzer: str = "",
              specimen: str = "", patient: str = "", ref: str = "", data: Mapping[str, Any] | None = None) -> Row:
-    """The row that follows the event ``after`` = (sequence, hash) in the chain (nothing is written)."""
+    """The row that follows the event ``after`` = (sequence, hash) in the chain (nothing is written).
+
+    ``ts``: the event's time, or already as :func:`event_time` text (a transaction's events share one).
+    """
     seq, prev = after[0] + 1, after[1]
-    ts_text = ts.isoformat(timespec="milliseconds")
+    ts_text = ts if isinstance(ts, str) else event_time(ts)
     data_json = json.dumps(dict(data or {}), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                            default=str)
     digest = chain_hash(prev, _canonical(seq, ts_text, event, actor, analyzer, specimen, patient, ref, data_json))

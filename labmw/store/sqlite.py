@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -77,6 +78,7 @@ def _as_zone_of(reference: datetime, utc: str) -> datetime:
         return value.replace(tzinfo=None)
 
 
+@functools.lru_cache(maxsize=4096)  # an analyzer's results share their few collection times
 def utc_text(value: datetime | None) -> str | None:
     """``value`` as the UTC instant in fixed-width text (seconds), for comparisons in SQL.
 
@@ -182,6 +184,7 @@ class Tx(History):
         self._seal_seqs: list[tuple[int, int]] = []
         self._suspensions: tuple[Suspension, ...] | None = None
         self.now_text = self.now.isoformat()
+        self._event_time: str | None = None
         # The site this daemon serves ([service] site): stored with each result and in each audit
         # event's data, so sites sharing one database keep their own views (see labmw.store.postgres).
         self.site = ""
@@ -317,7 +320,9 @@ class Tx(History):
         sealed = self._take_seals(ref, self._audit_tail[0] + 1)
         if sealed:
             data = {**(data or {}), "stored": sealed}
-        row = audit_log.make_row(self._audit_tail, event, ts=self.now, actor=actor, analyzer=analyzer,
+        if self._event_time is None:
+            self._event_time = audit_log.event_time(self.now)
+        row = audit_log.make_row(self._audit_tail, event, ts=self._event_time, actor=actor, analyzer=analyzer,
                                  specimen=specimen, patient=patient, ref=ref, data=data)
         if sealed and self.seal_memory is not None:
             for seal in sealed:

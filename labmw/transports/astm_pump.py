@@ -72,7 +72,9 @@ async def pump_astm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
             if deadline is None:
                 data = await reader.read(READ_SIZE)
             else:
-                data = await asyncio.wait_for(reader.read(READ_SIZE), max(0.0, deadline - loop.time()))
+                # asyncio.timeout_at, not wait_for: wait_for wraps every read in a task of its own.
+                async with asyncio.timeout_at(deadline):
+                    data = await reader.read(READ_SIZE)
         except TimeoutError:
             link.handle_timer(loop.time())
             await _drain(link, handle, audit_discard, stats, confirmed)
