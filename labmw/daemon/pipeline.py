@@ -271,10 +271,13 @@ class Pipeline:
             judged = {id(result) for result, _ in controls}
             # lis.group "specimen": results are collected here and queued one ORU per specimen.
             ready: list[Ready] | None = [] if self._by_specimen else None
+            # The gate policy with the kill switches in force now: one read for the message's results.
+            inputs = autoverify.evaluate_inputs(self.settings, analyzer, tx) if len(judged) < len(results) else None
             for result, evaluation in zip(results, prejudged, strict=True):
                 if id(result) in judged:
                     continue
-                if self._store_result(tx, analyzer, message_id, digest, result, evaluation, ready=ready):
+                if self._store_result(tx, analyzer, message_id, digest, result, evaluation, ready=ready,
+                                      inputs=inputs):
                     held += 1
                 else:
                     queued += 1
@@ -313,8 +316,12 @@ class Pipeline:
         return self.settings.methods.get(name) if name else None
 
     def _store_result(self, tx: Tx, analyzer: AnalyzerSettings, message_id: int, digest: str, result: Result,
-                      judged: Judged | None, ready: list[Ready] | None = None) -> bool:
-        """Store, audit and queue (or hold) one result, judged here unless done off the thread; True when held."""
+                      judged: Judged | None, ready: list[Ready] | None = None,
+                      inputs: dict[str, Any] | None = None) -> bool:
+        """Store, audit and queue (or hold) one result, judged here unless done off the thread; True when held.
+
+        ``inputs``: :func:`autoverify.evaluate_inputs` read in this transaction (read here without).
+        """
         method = self._method(analyzer, result)
         corrected = (tx.corrected_result(analyzer=analyzer.name, specimen=result.specimen_id,
                                          test_code=result.test_code)
@@ -322,11 +329,12 @@ class Pipeline:
         previous: PreviousResult | None = None
         evaluation: Evaluation | None = None
         related: tuple[RelatedResult, ...] | list[RelatedResult] = ()
-        # The gate policy with the kill switches in force now (read here, in the judging transaction).
-        inputs = autoverify.evaluate_inputs(self.settings, analyzer, tx)
+        # The gate policy with the kill switches in force now (read in the judging transaction).
+        if inputs is None:
+            inputs = autoverify.evaluate_inputs(self.settings, analyzer, tx)
         # The QC state of this analyzer x method, read here too (labmw.qc): None when no control applies.
         gate = qc_gate(tx, self.settings, analyzer.name, method.name if method else None)
-        inputs["qc"] = gate
+        inputs = {**inputs, "qc": gate}
         try:
             if judged is not None and judged.history is not None:
                 # The snapshot the judgement used must still be the history now, in this transaction.
