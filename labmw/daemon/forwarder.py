@@ -164,6 +164,7 @@ class Forwarder:
         self._rejecting = False  # inside an episode of LIS rejections (one alert per episode)
         self._stopping = False
         self._after_id = 0  # entries up to this id were sent in this run (their marks may be in flight)
+        self._rescan_at = 0.0  # (loop time) when the queue is next looked at from its start
         self._marks: set[asyncio.Future[None]] = set()
         self._delivered: list[tuple[OutboxEntry, str, str]] = []  # accepted, not yet handed to the store
         # Accepted by the LIS, but the store failed to record it: held here (never resent) until recorded.
@@ -206,18 +207,23 @@ class Forwarder:
             await self._settle_marks()
         if self._unrecorded:
             await self._record_unrecorded()
+        # The wake-up is cleared before looking: an entry committed after this point wakes the sleep below.
+        self.wake.clear()
         batch = await self.runner.call(self.runner.store.pending_after, self._after_id, BATCH)
         if not batch:
-            # Nothing newer. Clear the wake-up first, then look once more from the start (a dead
-            # letter put back by `labmw queue retry` keeps its older id; an entry queued meanwhile is
-            # not missed), and only then sleep.
-            self.wake.clear()
-            if self._after_id:
+            # Nothing newer. Now and then look again from the start: a dead letter put back by
+            # `labmw queue retry` keeps its older id, and on PostgreSQL an entry may commit after
+            # one with a higher id. Not after every wake-up: at a steady flow that second look
+            # (with the wait for the delivery marks it needs) cost as much as the delivery itself.
+            now = asyncio.get_running_loop().time()
+            if self._after_id and now >= self._rescan_at:
                 await self._settle_marks()
                 self._after_id = 0
-            batch = await self.runner.call(self.runner.store.pending_after, 0, BATCH)
+                self._rescan_at = now + POLL_INTERVAL
+                batch = await self.runner.call(self.runner.store.pending_after, 0, BATCH)
             if not batch:
-                await self._sleep(POLL_INTERVAL, wake=True)
+                wait = POLL_INTERVAL if not self._after_id else max(0.0, self._rescan_at - now)
+                await self._sleep(min(POLL_INTERVAL, wait), wake=True)
                 return
         try:
             for entry in batch:
