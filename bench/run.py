@@ -172,7 +172,10 @@ def network_rows(results: dict[str, Any], relay: dict[Any, Any], commits: float,
         if not isinstance(got, dict):
             rows.append(row.fail(relay.get("error", "not run")))
             continue
-        row.value, row.verdict, row.data = rate(got["results_per_s"], "results/s"), "floor", got
+        runs = got.get("runs_results_per_s", [])
+        row.value = rate(got["results_per_s"], "results/s") + (
+            f" (mean of {', '.join(f'{r:,.0f}' for r in runs)})" if len(runs) > 1 else "")
+        row.verdict, row.data = "floor", got
         rows.append(row)
     rows += memory_rows(results, quick)
     return rows
@@ -208,18 +211,38 @@ async def network(workdir: Path, plan: scenarios.Plan) -> tuple[dict[str, Any], 
     lis = await Lis().start()
     ports = free_ports(scenarios.MEMORY_ANALYZERS)
     try:
-        log("raw relay floor")
-        try:
-            relay: dict[Any, Any] = await scenarios.relay_floor(lis, ports, plan, log)
-        except (OSError, RuntimeError, TimeoutError, scenarios.ProtocolFailure) as exc:
-            relay = {"error": f"{type(exc).__name__}: {exc}"}
+        # The relay is measured before and after labmw and the two runs averaged: on a shared
+        # 2-core VM its rate alone varied 2x between runs (it is latency-bound, one block in flight),
+        # and the ratios to it are what issue 10 judges.
+        runs = [await _relay(lis, ports, plan, "before")]
         try:
             results = await scenarios.labmw_run(lis, ports, workdir, plan, log)
         except (OSError, RuntimeError, TimeoutError) as exc:
             results = {"error": f"{type(exc).__name__}: {exc}"}
+        runs.append(await _relay(lis, ports, plan, "after"))
     finally:
         await lis.stop()
-    return results, relay
+    return results, _mean_relay(runs)
+
+
+async def _relay(lis: Lis, ports: list[int], plan: scenarios.Plan, when: str) -> dict[Any, Any]:
+    log(f"raw relay floor ({when} labmw)")
+    try:
+        return await scenarios.relay_floor(lis, ports, plan, log)
+    except (OSError, RuntimeError, TimeoutError, scenarios.ProtocolFailure) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _mean_relay(runs: list[dict[Any, Any]]) -> dict[Any, Any]:
+    """Per analyzer count: the mean rate of the relay runs that succeeded, with each run's rate."""
+    good = [run for run in runs if "error" not in run]
+    if not good:
+        return runs[0]
+    out: dict[Any, Any] = {}
+    for n in scenarios.ANALYZER_COUNTS:
+        rates = [run[n]["results_per_s"] for run in good]
+        out[n] = {**good[0][n], "results_per_s": sum(rates) / len(rates), "runs_results_per_s": rates}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
