@@ -61,6 +61,19 @@ def _iso(value: datetime | date | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _sealed_insert(table: str, *more: str) -> str:
+    """The INSERT of a sealed table: its sealed columns in :data:`seals.SEALED` order (the id is
+    assigned), then ``more``; the seal is hashed from the first values bound (``Tx._stored``)."""
+    columns = (*seals.SEALED[table][1:], *more)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({','.join('?' * len(columns))})"
+
+
+_INSERT_MESSAGE = _sealed_insert("messages", "outcome")
+_INSERT_RESULT = _sealed_insert("results", "notes", "state", "collected_utc", "completed_utc", "site",
+                                "patient_authority", "gates", "review_notes", "rules_version", "held_at")
+_INSERT_OUTBOX = _sealed_insert("outbox", "state", "updated_at")
+
+
 def _json_list(items: Sequence[str]) -> str:
     """A list column's JSON (most are empty: flags, gates, notes)."""
     return json.dumps(list(items)) if items else "[]"
@@ -235,9 +248,7 @@ class Tx(History):
     def add_message(self, *, analyzer: str, protocol: str, peer: str, raw: bytes, sha256: str, outcome: str) -> int:
         raw = bytes(raw)  # a bytearray or memoryview is stored as the BLOB bytes the seal must hash
         values = (analyzer, protocol, peer, self.now_text, sha256, raw)
-        cur = self._conn.execute(
-            "INSERT INTO messages (analyzer, protocol, peer, received_at, sha256, raw, outcome) VALUES (?,?,?,?,?,?,?)",
-            (*values, outcome))
+        cur = self._conn.execute(_INSERT_MESSAGE, (*values, outcome))
         message_id = int(cur.lastrowid or 0)
         self._stored("messages", (message_id, *values), str(message_id))
         return message_id
@@ -250,11 +261,7 @@ class Tx(History):
                   _json_list(result.instrument_flags), result.status, _iso(result.collected_at),
                   _iso(result.completed_at), _json_list(evaluation.flags), evaluation.applied_range)
         cur = self._conn.execute(
-            "INSERT INTO results (message_id, analyzer, specimen, patient_id, patient_name, birth_date, sex, test_code,"
-            " method, raw_value, value, comparator, units, instrument_flags, status, collected_at, completed_at,"
-            " flags, applied_range, notes, state, collected_utc, completed_utc, site, patient_authority,"
-            " gates, review_notes, rules_version, held_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            _INSERT_RESULT,
             (*sealed, _json_list(evaluation.notes), state, utc_text(result.collected_at),
              utc_text(result.completed_at), self.site, result.patient_authority, _json_list(evaluation.gates),
              _json_list(evaluation.review_notes), evaluation.rules_version,
@@ -286,14 +293,11 @@ class Tx(History):
                                [(outbox_id, rid) for rid in result_ids])
 
     def enqueue(self, *, result_id: int, control_id: str, payload: bytes) -> int:
-        payload = bytes(payload)
-        cur = self._conn.execute(
-            "INSERT INTO outbox (result_id, control_id, payload, state, created_at, updated_at)"
-            " VALUES (?,?,?,'pending',?,?)",
-            (result_id, control_id, payload, self.now_text, self.now_text))
+        values = (result_id, control_id, bytes(payload), self.now_text)
+        cur = self._conn.execute(_INSERT_OUTBOX, (*values, "pending", self.now_text))
         outbox_id = int(cur.lastrowid or 0)
         # Named by its MSH-10 (result_queued) or by its result (result_received, the one intake).
-        self._stored("outbox", (outbox_id, result_id, control_id, payload, self.now_text), control_id, str(result_id))
+        self._stored("outbox", (outbox_id, *values), control_id, str(result_id))
         return outbox_id
 
     def corrected_result(self, *, analyzer: str, specimen: str, test_code: str) -> tuple[int, str] | None:
@@ -559,9 +563,7 @@ class Store:
 
     # --- outbox ----------------------------------------------------------------------------------
     # LEFT JOIN: an entry whose result row is gone is still listed (with its problem), never invisible.
-    _OUTBOX_SELECT = (
-        "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code FROM outbox o"
-        " LEFT JOIN results r ON r.id = o.result_id")
+    _OUTBOX_SELECT = f"SELECT {trail_check.OUTBOX_COLUMNS} {trail_check.OUTBOX_FROM}"
 
     def pending_after(self, after_id: int, limit: int) -> list[OutboxEntry]:
         """Up to ``limit`` entries waiting for the LIS with ids above ``after_id``, oldest first.

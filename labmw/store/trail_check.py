@@ -22,19 +22,20 @@ from labmw.store.db import transaction
 
 CHECKPOINT_KEY = "audit_checkpoint"
 
+# Queue entries with what the store shows of their result (Store.outbox, the forwarder's reads).
+OUTBOX_COLUMNS = "o.*, r.analyzer, r.specimen, r.patient_id, r.test_code"
+OUTBOX_FROM = "FROM outbox o LEFT JOIN results r ON r.id = o.result_id"
+_WITH_SEAL_EVENT = f"{OUTBOX_FROM} LEFT JOIN audit a ON a.seq = o.seal_seq"
 # Pending entries with the hash of the audit event their seal is in (for SealMemory.confirms).
 PENDING_WHERE = "WHERE o.state = 'pending' AND o.id > ?"
-PENDING_WITH_SEAL_HASH = (
-    "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code, a.hash AS a_hash"
-    " FROM outbox o LEFT JOIN results r ON r.id = o.result_id LEFT JOIN audit a ON a.seq = o.seal_seq"
-    f" {PENDING_WHERE} ORDER BY o.id LIMIT ?")
+PENDING_WITH_SEAL_HASH = (f"SELECT {OUTBOX_COLUMNS}, a.hash AS a_hash {_WITH_SEAL_EVENT}"
+                          f" {PENDING_WHERE} ORDER BY o.id LIMIT ?")
 # One entry with the whole audit event its seal is in (columns prefixed a_), for outbox_seal_problem.
 ENTRY_WITH_SEAL = (
-    "SELECT o.*, r.analyzer, r.specimen, r.patient_id, r.test_code, a.ts AS a_ts, a.event AS a_event,"
-    " a.actor AS a_actor, a.analyzer AS a_analyzer, a.specimen AS a_specimen, a.patient AS a_patient,"
-    " a.ref AS a_ref, a.data AS a_data, a.prev_hash AS a_prev_hash, a.hash AS a_hash"
-    " FROM outbox o LEFT JOIN results r ON r.id = o.result_id LEFT JOIN audit a ON a.seq = o.seal_seq"
-    " WHERE o.id = ?")
+    f"SELECT {OUTBOX_COLUMNS}, "
+    + ", ".join(f"a.{c} AS a_{c}" for c in ("ts", "event", "actor", "analyzer", "specimen", "patient", "ref",
+                                              "data", "prev_hash", "hash"))
+    + f" {_WITH_SEAL_EVENT} WHERE o.id = ?")
 
 
 class SealMemory:
