@@ -35,7 +35,7 @@ from labmw.store import audit as audit_log
 from labmw.store import autoverify as av
 from labmw.store import pg_schema, retention, trail_check
 from labmw.store.audit import AuditEvent, Verification
-from labmw.store.sqlite import HeldResult, HistoryReader, OutboxEntry, Store, Tx, _entry, _held
+from labmw.store.sqlite import HeldResult, HistoryReader, OutboxEntry, Store, _entry, _held
 
 # Tables whose INSERT hands back the new row's id (sqlite3's cursor.lastrowid): those with an
 # identity column ``id`` (pg_schema); the others (meta, users, sessions, outbox_members, leases) have none.
@@ -308,48 +308,12 @@ class PgStore(Store):
                         conn.execute("ROLLBACK")
                 raise
 
-    @contextlib.contextmanager
-    def transaction(self, now: datetime) -> Iterator[Tx]:
-        try:
-            if self._group_depth:
-                self._group_depth += 1
-                name = f"sp{self._group_depth}"
-                self._pg.execute(f"SAVEPOINT {name}")
-                try:
-                    tx = self._tx(now)
-                    yield tx
-                    tx.flush()
-                except BaseException:
-                    self._pg.execute(f"ROLLBACK TO {name}")
-                    self._pg.execute(f"RELEASE {name}")
-                    raise
-                else:
-                    self._pg.execute(f"RELEASE {name}")
-                finally:
-                    self._group_depth -= 1
-            else:
-                with self._begin():
-                    tx = self._tx(now)
-                    yield tx
-                    tx.flush()
-        except psycopg.Error as exc:
-            raise StoreError(f"database write failed: {_text(exc)}") from exc
-        except StoreError as exc:
-            raise StoreError(f"database write failed: {exc}") from exc
-
-    @contextlib.contextmanager
-    def group(self) -> Iterator[None]:
-        try:
-            with self._begin():
-                self._group_depth = 1
-                try:
-                    yield
-                finally:
-                    self._group_depth = 0
-        except psycopg.Error as exc:
-            raise StoreError(f"database write failed: {_text(exc)}") from exc
-        except StoreError as exc:
-            raise StoreError(f"database write failed: {exc}") from exc
+    def _write_failed(self, exc: Exception) -> StoreError | None:
+        if isinstance(exc, psycopg.Error):
+            return StoreError(f"database write failed: {_text(exc)}")
+        if isinstance(exc, StoreError):  # the connection shim's own (PgConnection.execute)
+            return StoreError(f"database write failed: {exc}")
+        return None
 
     def mark_delivered_many(self, items: Sequence[tuple[OutboxEntry, str, str]], *, now: datetime) -> None:
         """As for SQLite: outside a group, the delivery mark need not wait for the WAL flush (a lost

@@ -468,7 +468,7 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self, now: datetime) -> Iterator[Tx]:
-        """A write transaction; commit on normal exit. Any sqlite failure becomes StoreError.
+        """A write transaction; commit on normal exit. Any database failure becomes StoreError.
 
         Inside :meth:`group` it is a SAVEPOINT: its work is undone alone if it fails, and becomes
         durable only with the group's COMMIT.
@@ -491,12 +491,25 @@ class Store:
                 finally:
                     self._group_depth -= 1
             else:
-                with transaction(self._conn):
+                with self._begin():
                     tx = self._tx(now)
                     yield tx
                     tx.flush()
-        except sqlite3.Error as exc:
-            raise StoreError(f"database write failed: {exc}") from exc
+        except Exception as exc:
+            failed = self._write_failed(exc)
+            if failed is None:
+                raise
+            raise failed from exc
+
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[None]:
+        """BEGIN .. COMMIT of one write transaction, ROLLBACK on any error (each engine its own)."""
+        with transaction(self._conn):
+            yield
+
+    def _write_failed(self, exc: Exception) -> StoreError | None:
+        """The StoreError that ``exc``, raised inside a write transaction, becomes (None: it goes on as it is)."""
+        return StoreError(f"database write failed: {exc}") if isinstance(exc, sqlite3.Error) else None
 
     def _tx(self, now: datetime) -> Tx:
         tx = Tx(self._conn, now)
@@ -512,14 +525,17 @@ class Store:
             StoreError: BEGIN or COMMIT failed; then nothing of the group is stored.
         """
         try:
-            with transaction(self._conn):
+            with self._begin():
                 self._group_depth = 1
                 try:
                     yield
                 finally:
                     self._group_depth = 0
-        except sqlite3.Error as exc:
-            raise StoreError(f"database write failed: {exc}") from exc
+        except Exception as exc:
+            failed = self._write_failed(exc)
+            if failed is None:
+                raise
+            raise failed from exc
 
     # --- audit -----------------------------------------------------------------------------------
     def append_audit(self, event: str, *, now: datetime, actor: str, analyzer: str = "", specimen: str = "",
