@@ -94,27 +94,40 @@ def make_row(after: tuple[int, str], event: str, *, ts: datetime | str, actor: s
     return (seq, ts_text, event, actor, analyzer, specimen, patient, ref, data_json, prev, digest)
 
 
+@dataclass(frozen=True, slots=True)
+class JsonSql:
+    """How an engine's SQL reads an audit row's JSON text ``data`` (``{key}`` is filled in, ``?`` bound)."""
+
+    list_holds: str  # the list data.{key} holds the value
+    field_is: str  # data.{key}, as text, is the value
+
+
+SQLITE_JSON = JsonSql(list_holds="EXISTS (SELECT 1 FROM json_each(audit.data, '$.{key}') WHERE json_each.value = ?)",
+                      field_is="json_extract(audit.data, '$.{key}') = ?")
+
+
 def query(conn: sqlite3.Connection, *, specimen: str | None = None, patient: str | None = None,
           analyzer: str | None = None, event: str | None = None, since: datetime | None = None,
-          until: datetime | None = None, limit: int | None = None) -> list[AuditEvent]:
+          until: datetime | None = None, limit: int | None = None, site: str | None = None,
+          json_sql: JsonSql = SQLITE_JSON) -> list[AuditEvent]:
     """Events matching every given filter, oldest first.
 
     A message-level event lists its specimens in ``data.specimens``; filtering by specimen finds it too.
+    ``site``: events whose ``data.site`` is that site. ``json_sql``: the engine's JSON reading.
     """
     where: list[str] = []
     args: list[Any] = []
-    if specimen is not None:
-        where.append("(specimen = ? OR EXISTS (SELECT 1 FROM json_each(audit.data, '$.specimens') "
-                     "WHERE json_each.value = ?))")
-        args += [specimen, specimen]
-    if patient is not None:
-        where.append("(patient = ? OR EXISTS (SELECT 1 FROM json_each(audit.data, '$.patients') "
-                     "WHERE json_each.value = ?))")
-        args += [patient, patient]
+    for column, key, value in (("specimen", "specimens", specimen), ("patient", "patients", patient)):
+        if value is not None:
+            where.append(f"({column} = ? OR {json_sql.list_holds.format(key=key)})")
+            args += [value, value]
     for column, value in (("analyzer", analyzer), ("event", event)):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
+    if site is not None:
+        where.append(json_sql.field_is.format(key="site"))
+        args.append(site)
     # Stored times are UTC; a bound given with another offset is the same instant in UTC (text
     # comparison across offsets would be wrong by the offset).
     if since is not None:

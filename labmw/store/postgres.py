@@ -20,7 +20,7 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -331,7 +331,7 @@ class PgStore(Store):
     # --- reads ---------------------------------------------------------------------------------------
     def audit_events(self, **filters: Any) -> list[AuditEvent]:
         try:
-            return _audit_query(self._pg, **filters)
+            return audit_log.query(self._pg, json_sql=_PG_JSON, **filters)  # type: ignore[arg-type]
         except StoreError as exc:
             raise StoreError(f"cannot read the audit trail: {exc}") from exc
 
@@ -424,36 +424,6 @@ def _text(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _audit_query(conn: PgConnection, *, specimen: str | None = None, patient: str | None = None,
-                 analyzer: str | None = None, event: str | None = None, since: datetime | None = None,
-                 until: datetime | None = None, limit: int | None = None, site: str | None = None) -> list[AuditEvent]:
-    """labmw.store.audit.query in PostgreSQL's JSON operators (the data column is JSON text)."""
-    where: list[str] = []
-    args: list[Any] = []
-    if specimen is not None:
-        where.append("(specimen = ? OR (audit.data::jsonb -> 'specimens') @> to_jsonb(?::text))")
-        args += [specimen, specimen]
-    if patient is not None:
-        where.append("(patient = ? OR (audit.data::jsonb -> 'patients') @> to_jsonb(?::text))")
-        args += [patient, patient]
-    for column, value in (("analyzer", analyzer), ("event", event)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    if site is not None:
-        where.append("audit.data::jsonb ->> 'site' = ?")
-        args.append(site)
-    # Stored times are UTC (as in labmw.store.audit.query).
-    if since is not None:
-        where.append("ts >= ?")
-        args.append((since.astimezone(UTC) if since.tzinfo else since).isoformat(timespec="milliseconds"))
-    if until is not None:
-        where.append("ts <= ?")
-        args.append((until.astimezone(UTC) if until.tzinfo else until).isoformat(timespec="milliseconds"))
-    sql = "SELECT * FROM audit"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY seq"
-    if limit is not None:
-        sql += f" LIMIT {int(limit)}"
-    return [audit_log._event(row) for row in conn.execute(sql, args)]
+# The audit data column is JSON text: read with PostgreSQL's operators.
+_PG_JSON = audit_log.JsonSql(list_holds="(audit.data::jsonb -> '{key}') @> to_jsonb(?::text)",
+                             field_is="audit.data::jsonb ->> '{key}' = ?")
