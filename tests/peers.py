@@ -45,6 +45,15 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``host:port`` right now."""
+    try:
+        socket.create_connection((host, port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -198,15 +207,11 @@ def daemon(config: Path, wait_port: int | None = None, log: Path | None = None) 
     proc = subprocess.Popen([*LABMW, "--config", str(config), "run"], stdout=out, stderr=subprocess.STDOUT)
     try:
         if wait_port is not None:
-            def listening() -> bool:
+            def up() -> bool:
                 if proc.poll() is not None:
                     raise AssertionError(f"daemon exited early with {proc.returncode}")
-                try:
-                    socket.create_connection(("127.0.0.1", wait_port), timeout=0.2).close()
-                    return True
-                except OSError:
-                    return False
-            wait_until(listening, what="daemon to listen")
+                return listening(wait_port)
+            wait_until(up, what="daemon to listen")
         yield proc
     finally:
         if proc.poll() is None:

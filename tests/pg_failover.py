@@ -82,9 +82,3 @@ def node_config(tmp_path: Path, engine: Engine, name: str, host: str, port: int,
     return config
 
 
-def listening(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from engine_kit import Engine
-from peers import MllpLis, alt_message, astm_send, daemon, free_port, labmw, wait_until
-from pg_failover import FirstAlive, listening, node_config
+from peers import MllpLis, alt_message, astm_send, daemon, free_port, labmw, listening, wait_until
+from pg_failover import FirstAlive, node_config
 
 HANDOVER_LIMIT = 15.0
 
@@ -49,18 +49,18 @@ def test_kill9_of_the_active_hands_over_and_loses_nothing(tmp_path: Path, pg_eng
 
     try:
         with daemon(node_a, wait_port=None) as a:
-            wait_until(lambda: listening(a_host, port), what="node a to become active")
+            wait_until(lambda: listening(port, a_host), what="node a to become active")
             with daemon(node_b, wait_port=None):
                 wait_until(lambda: _role(node_b) == "standby", interval=0.5,  # each poll is a CLI process
                            what="node b to report standby")
-                assert not listening(b_host, port), "the standby holds no listener"
+                assert not listening(port, b_host), "the standby holds no listener"
                 assert _role(node_a) == "active"
                 sender = threading.Thread(target=analyzer, daemon=True)
                 sender.start()
                 wait_until(lambda: len(acked) >= 5, what="traffic through the active node")
                 os.kill(a.pid, signal.SIGKILL)
                 killed_at = time.monotonic()
-                wait_until(lambda: listening(b_host, port), timeout=HANDOVER_LIMIT + 5, interval=0.1,
+                wait_until(lambda: listening(port, b_host), timeout=HANDOVER_LIMIT + 5, interval=0.1,
                            what="node b to take over")
                 handover = time.monotonic() - killed_at
                 count_at_handover = len(acked)

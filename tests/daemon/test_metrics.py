@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from peers import ACK, ENQ, NAK, MllpLis, alt_message, astm_send, configure, daemon, free_port, labmw, wait_until
+from peers import ACK, ENQ, NAK, MllpLis, alt_message, astm_send, configure, daemon, free_port, labmw, listening, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -51,7 +51,7 @@ def test_metrics_move_under_traffic_and_healthz_follows_the_endpoints(tmp_path: 
     config.write_text(text.replace("[lis]\n", "[lis]\nretry_initial = 0.2\nretry_max = 0.5\n", 1))
     labmw(config, "delta", "set", "ALT-T", "--abs", "50", "--action", "hold")
     with daemon(config, wait_port=analyzer_port, log=tmp_path / "daemon.log") as proc:
-        wait_until(lambda: _port_open(metrics_port), what="the metrics listener")
+        wait_until(lambda: listening(metrics_port), what="the metrics listener")
         before = _samples(metrics_port)
         assert _one(before, "labmw_analyzer_results_total", analyzer="c501") == 0
         assert _one(before, "labmw_lis_link_state", state="up") == 0
@@ -105,9 +105,3 @@ def test_metrics_move_under_traffic_and_healthz_follows_the_endpoints(tmp_path: 
         assert _get(metrics_port, "/nope")[0] == 404
 
 
-def _port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False

@@ -26,6 +26,7 @@ from peers import (
     daemon,
     free_port,
     labmw,
+    listening,
     obx8,
     wait_until,
 )
@@ -194,7 +195,7 @@ def test_sighup_adds_an_analyzer_and_keeps_existing_connections(tmp_path: Path) 
             labmw(config, "analyzer", "add", "b", "--protocol", "astm", "--transport", "tcp-server", "--listen",
                   f"127.0.0.1:{port_b}", "--map", "ALTL=ALT-T")
             proc.send_signal(signal.SIGHUP)
-            wait_until(lambda: _listening(port_b), what="the new analyzer to listen")
+            wait_until(lambda: listening(port_b), what="the new analyzer to listen")
             replies = _send_over(sock.sendall, lambda: sock.recv(1), [
                 alt_message(specimen="HUP1", patient="PH", sex="M", birth="19800101", value="44")])
             assert set(replies) == {ACK}, "the connection opened before the reload still works"
@@ -203,19 +204,13 @@ def test_sighup_adds_an_analyzer_and_keeps_existing_connections(tmp_path: Path) 
             wait_until(lambda: len(lis.received) >= 2, what="results from both analyzers")
             labmw(config, "analyzer", "remove", "b")
             proc.send_signal(signal.SIGHUP)
-            wait_until(lambda: not _listening(port_b), what="the removed analyzer to stop")
+            wait_until(lambda: not listening(port_b), what="the removed analyzer to stop")
     finally:
         lis.stop()
     reloads = json.loads(labmw(config, "audit", "list", "--event", "config_reloaded", "--json").stdout)
     assert reloads[0]["data"]["added"] == ["b"] and reloads[1]["data"]["removed"] == ["b"]
 
 
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def test_storage_failure_naks_instead_of_acking(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ The ``browser`` and ``page`` fixtures are in this folder's conftest.py.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,6 @@ def cli(config: Path, *args: str, input: str | None = None) -> str:
     result = CliRunner().invoke(cli_command(), ["--config", str(config), *args], input=input, prog_name="labmw")
     assert result.exit_code == 0, f"labmw {' '.join(args)}: {result.output}"
     return result.output
-
-
-def listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def login(page: object, url: str, name: str, password: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from browser_kit import audit, cli, listening, login, shot
+from browser_kit import audit, cli, login, shot
 from peers import (
     MllpLis,
     alt_message,
@@ -22,6 +22,7 @@ from peers import (
     daemon,
     field,
     free_port,
+    listening,
     wait_until,
 )
 

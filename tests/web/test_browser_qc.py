@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from browser_kit import audit, cli, listening, login, shot
-from peers import MllpLis, alt_message, astm_send, configure, daemon, field, free_port, wait_until
+from browser_kit import audit, cli, login, shot
+from peers import MllpLis, alt_message, astm_send, configure, daemon, field, free_port, listening, wait_until
 
 PASSWORDS = {"rita": "rita-reviews-alt", "dora": "dora-directs-qc", "audrey": "audrey-reads-only"}
 ROLES = {"rita": "reviewer", "dora": "director", "audrey": "auditor"}
