@@ -173,28 +173,29 @@ def cli_command() -> Any:
     return _cli
 
 
-def run_cli(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+def run_cli(argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
     """The `labmw` CLI's own Click command, run in this process; the answer shaped like the process's.
 
     The same code path as the console script (``labmw.cli:main`` only calls the app), without a
     Python start-up and an import of every command per call: the suite runs about 400 of them.
     An exception the CLI let escape is a traceback on stderr and exit status 1, as in a process.
     """
-    result = CliRunner().invoke(cli_command(), list(argv), prog_name="labmw", catch_exceptions=True)
+    result = CliRunner().invoke(cli_command(), list(argv), input=input, prog_name="labmw", catch_exceptions=True)
     stderr = result.stderr
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += "".join(traceback.format_exception(result.exception))
     return subprocess.CompletedProcess([*LABMW, *argv], result.exit_code, result.stdout, stderr)
 
 
-def labmw(config: Path, *args: str, check: bool = True, process: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run a `labmw` command: in this process (:func:`run_cli`), or the real console script when
-    ``process`` is set or the command is one of :data:`OWN_PROCESS`."""
+def labmw(config: Path, *args: str, check: bool = True, process: bool = False,
+          input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a `labmw` command (``input`` on its stdin): in this process (:func:`run_cli`), or the real
+    console script when ``process`` is set or the command is one of :data:`OWN_PROCESS`."""
     argv = ["--config", str(config), *args]
     if process or (args and args[0] in OWN_PROCESS):
-        proc = subprocess.run([*LABMW, *argv], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([*LABMW, *argv], capture_output=True, text=True, timeout=60, input=input)
     else:
-        proc = run_cli(argv)
+        proc = run_cli(argv, input=input)
     if check and proc.returncode != 0:
         raise AssertionError(f"labmw {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

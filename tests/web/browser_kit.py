@@ -1,5 +1,6 @@
-"""What the browser tests share: Debian's chromium, the labmw CLI in this process, and the steps every
-page test takes (log in, screenshot and check the page rendered, read the audit trail).
+"""What the browser tests share: Debian's chromium, the labmw CLI in this process, the lab they run
+against (:func:`workstation`), and the steps every page test takes (log in, screenshot and check the
+page rendered, read the audit trail).
 
 The ``browser`` and ``page`` fixtures are in this folder's conftest.py.
 """
@@ -7,11 +8,13 @@ The ``browser`` and ``page`` fixtures are in this folder's conftest.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from peers import cli_command
+from peers import MllpLis, configure, daemon, free_port, labmw, listening, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -24,10 +27,44 @@ def require_chromium() -> None:
 
 
 def cli(config: Path, *args: str, input: str | None = None) -> str:
-    """One labmw command in this process; what it printed. The daemon itself is a real process."""
-    result = CliRunner().invoke(cli_command(), ["--config", str(config), *args], input=input, prog_name="labmw")
-    assert result.exit_code == 0, f"labmw {' '.join(args)}: {result.output}"
-    return result.output
+    """One labmw command in this process (peers.labmw); what it printed. The daemon itself is a real process."""
+    return labmw(config, *args, input=input).stdout
+
+
+@dataclass
+class Station:
+    """A running lab with the workstation: where to send results and where to browse."""
+
+    config: Path
+    url: str
+    lis: MllpLis
+    analyzer_port: int
+    shots: Path  # screenshots go here
+
+
+@contextmanager
+def workstation(tmp: Path, users: Mapping[str, tuple[str, str]], *, setup: Callable[[Path], object] | None = None,
+                web: str = "") -> Iterator[Station]:
+    """The README's lab with ``[web]`` (and the ``web`` lines), ``users`` (name -> role, password), a
+    real MLLP LIS and the daemon serving. ``setup(config)`` runs before the daemon starts."""
+    lis_port, analyzer_port, web_port = free_port(), free_port(), free_port()
+    config = configure(tmp, lis_port, analyzer_port)
+    if setup is not None:
+        setup(config)
+    with config.open("a") as fh:
+        fh.write(f'\n[web]\nlisten = "127.0.0.1:{web_port}"\n{web}')
+    for name, (role, password) in users.items():
+        cli(config, "user", "add", name, "--role", role, "--password-stdin", input=password + "\n")
+    shots = tmp / "screenshots"
+    shots.mkdir()
+    lis = MllpLis(lis_port).start()
+    try:
+        with daemon(config, wait_port=analyzer_port, log=tmp / "daemon.log"):
+            wait_until(lambda: listening(web_port), what="the daemon's web listener")
+            yield Station(config=config, url=f"http://127.0.0.1:{web_port}", lis=lis, analyzer_port=analyzer_port,
+                          shots=shots)
+    finally:
+        lis.stop()
 
 
 def login(page: object, url: str, name: str, password: str) -> None:

@@ -13,16 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from browser_kit import audit, cli, login, shot
+from browser_kit import audit, cli, login, shot, workstation
 from peers import (
     MllpLis,
     alt_message,
     astm_send,
-    configure,
-    daemon,
     field,
-    free_port,
-    listening,
     wait_until,
 )
 
@@ -40,37 +36,25 @@ class Lab:
 
 @pytest.fixture(scope="module", name="lab")
 def _lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    tmp = tmp_path_factory.mktemp("web")
-    lis_port, analyzer_port, web_port = free_port(), free_port(), free_port()
-    config = configure(tmp, lis_port, analyzer_port, labmw=cli)
-    cli(config, "delta", "set", "ALT-T", "--abs", "20", "--action", "hold")
-    with config.open("a") as fh:
-        fh.write(f'\n[web]\nlisten = "127.0.0.1:{web_port}"\nmax_login_failures = 2\n')
-    for name, password in PASSWORDS.items():
-        cli(config, "user", "add", name, "--role", ROLES[name], "--password-stdin", input=password + "\n")
-    lis = MllpLis(lis_port).start()
-    try:
-        with daemon(config, wait_port=analyzer_port, log=tmp / "daemon.log"):
-            wait_until(lambda: listening(web_port), what="the daemon's web listener")
-            astm_send(analyzer_port, [
-                alt_message(specimen="W1", patient="PW", sex="M", birth="19800101", value="40",
-                            collected="20261120080000"),
-                alt_message(specimen="W2", patient="PW", sex="M", birth="19800101", value="300",
-                            collected="20261122080000"),
-                alt_message(specimen="V1", patient="PV", sex="F", birth="19700101", value="30",
-                            collected="20261120080000"),
-                alt_message(specimen="V2", patient="PV", sex="F", birth="19700101", value="250",
-                            collected="20261122080000"),
-            ])
-            wait_until(lambda: len(lis.received) >= 2, what="the two unremarkable results at the LIS")
-            held = json.loads(cli(config, "review", "list", "--json"))
-            assert sorted(h["specimen"] for h in held) == ["V2", "W2"], held
-            shots = tmp / "screenshots"
-            shots.mkdir()
-            yield Lab(config=config, url=f"http://127.0.0.1:{web_port}", lis=lis, shots=shots,
-                      held={h["specimen"]: h["id"] for h in held})
-    finally:
-        lis.stop()
+    users = {name: (ROLES[name], password) for name, password in PASSWORDS.items()}
+    with workstation(tmp_path_factory.mktemp("web"), users, web="max_login_failures = 2\n",
+                     setup=lambda config: cli(config, "delta", "set", "ALT-T", "--abs", "20", "--action", "hold"),
+                     ) as station:
+        astm_send(station.analyzer_port, [
+            alt_message(specimen="W1", patient="PW", sex="M", birth="19800101", value="40",
+                        collected="20261120080000"),
+            alt_message(specimen="W2", patient="PW", sex="M", birth="19800101", value="300",
+                        collected="20261122080000"),
+            alt_message(specimen="V1", patient="PV", sex="F", birth="19700101", value="30",
+                        collected="20261120080000"),
+            alt_message(specimen="V2", patient="PV", sex="F", birth="19700101", value="250",
+                        collected="20261122080000"),
+        ])
+        wait_until(lambda: len(station.lis.received) >= 2, what="the two unremarkable results at the LIS")
+        held = json.loads(cli(station.config, "review", "list", "--json"))
+        assert sorted(h["specimen"] for h in held) == ["V2", "W2"], held
+        yield Lab(config=station.config, url=station.url, lis=station.lis, shots=station.shots,
+                  held={h["specimen"]: h["id"] for h in held})
 
 
 def _login(page: object, lab: Lab, name: str, password: str | None = None) -> None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from browser_kit import audit, cli, login, shot
-from peers import MllpLis, alt_message, astm_send, configure, daemon, field, free_port, listening, wait_until
+from browser_kit import audit, cli, login, shot, workstation
+from peers import MllpLis, alt_message, astm_send, field, wait_until
 
 PASSWORDS = {"rita": "rita-reviews-alt", "dora": "dora-directs-qc", "audrey": "audrey-reads-only"}
 ROLES = {"rita": "reviewer", "dora": "director", "audrey": "auditor"}
@@ -35,41 +35,31 @@ def _control(specimen: str, value: str) -> list[bytes]:
     return alt_message(specimen=specimen, patient="", sex="", birth="", value=value)
 
 
-@pytest.fixture(scope="module", name="lab")
-def _lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QcLab]:
-    tmp = tmp_path_factory.mktemp("webqc")
-    lis_port, analyzer_port, web_port = free_port(), free_port(), free_port()
-    config = configure(tmp, lis_port, analyzer_port, labmw=cli)
+def _materials(config: Path) -> None:
     for name, level, mean, sd in (("ALT-L1", "1", "50", "2"), ("ALT-L2", "2", "150", "5")):
         cli(config, "qc", "material", "add", name, "--method", "ALT-T", "--level", level, "--lot", f"LOT{level}",
             "--mean", mean, "--sd", sd, "--specimen-id", f"QC{level}", "--source", "manufacturer insert (test)")
-    with config.open("a") as fh:
-        fh.write(f'\n[web]\nlisten = "127.0.0.1:{web_port}"\n')
-    for name, password in PASSWORDS.items():
-        cli(config, "user", "add", name, "--role", ROLES[name], "--password-stdin", input=password + "\n")
-    lis = MllpLis(lis_port).start()
-    try:
-        with daemon(config, wait_port=analyzer_port, log=tmp / "daemon.log"):
-            wait_until(lambda: listening(web_port), what="the daemon's web listener")
-            astm_send(analyzer_port, [
-                _control("QC1", "50"), _control("QC2", "151"), _control("QC1", "51"), _control("QC2", "148"),
-                _control("QC1", "49"), _control("QC2", "150"),
-                alt_message(specimen="P1", patient="PA", sex="M", birth="19800101", value="40"),
-                _control("QC1", "58"),  # z = +4: 1-3s, the run is rejected
-                alt_message(specimen="Q1", patient="PQ", sex="M", birth="19800101", value="45"),
-                alt_message(specimen="C1", patient="PC", sex="F", birth="19700101", value="1500"),
-            ])
-            wait_until(lambda: "P1" in lis.by_specimen(), what="P1 at the LIS after accepted QC")
-            held = json.loads(cli(config, "review", "list", "--json"))
-            assert sorted(h["specimen"] for h in held) == ["C1", "Q1"], held
-            runs = json.loads(cli(config, "qc", "list", "--json"))
-            assert [r["status"] for r in runs][-1] == "rejected" and len(runs) == 7
-            shots = tmp / "screenshots"
-            shots.mkdir()
-            yield QcLab(config=config, url=f"http://127.0.0.1:{web_port}", lis=lis, shots=shots,
-                        held={h["specimen"]: h["id"] for h in held}, failed_run=runs[-1]["id"])
-    finally:
-        lis.stop()
+
+
+@pytest.fixture(scope="module", name="lab")
+def _lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QcLab]:
+    users = {name: (ROLES[name], password) for name, password in PASSWORDS.items()}
+    with workstation(tmp_path_factory.mktemp("webqc"), users, setup=_materials) as station:
+        astm_send(station.analyzer_port, [
+            _control("QC1", "50"), _control("QC2", "151"), _control("QC1", "51"), _control("QC2", "148"),
+            _control("QC1", "49"), _control("QC2", "150"),
+            alt_message(specimen="P1", patient="PA", sex="M", birth="19800101", value="40"),
+            _control("QC1", "58"),  # z = +4: 1-3s, the run is rejected
+            alt_message(specimen="Q1", patient="PQ", sex="M", birth="19800101", value="45"),
+            alt_message(specimen="C1", patient="PC", sex="F", birth="19700101", value="1500"),
+        ])
+        wait_until(lambda: "P1" in station.lis.by_specimen(), what="P1 at the LIS after accepted QC")
+        held = json.loads(cli(station.config, "review", "list", "--json"))
+        assert sorted(h["specimen"] for h in held) == ["C1", "Q1"], held
+        runs = json.loads(cli(station.config, "qc", "list", "--json"))
+        assert [r["status"] for r in runs][-1] == "rejected" and len(runs) == 7
+        yield QcLab(config=station.config, url=station.url, lis=station.lis, shots=station.shots,
+                    held={h["specimen"]: h["id"] for h in held}, failed_run=runs[-1]["id"])
 
 
 def _login(page: object, lab: QcLab, name: str) -> None:
