@@ -379,18 +379,22 @@ def _statements(script: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(conn: sqlite3.Connection,
+                quiet: tuple[type[BaseException], ...] = ()) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE .. COMMIT (ROLLBACK on any error).
 
     IMMEDIATE takes the write lock up front, so the audit chain's "read last hash, append" is
     serialised across processes (the daemon and a CLI editing the config at the same time).
+    ``quiet``: errors of a ROLLBACK that are dropped so that the error that caused it is raised
+    (PostgreSQL's shim: a lost connection fails the ROLLBACK too).
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
     except BaseException:
         if conn.in_transaction:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(*quiet):
+                conn.execute("ROLLBACK")
         raise
     else:
         try:
@@ -399,5 +403,6 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             # A COMMIT that fails (disk full, I/O error, deferred constraint) can leave the
             # transaction open; roll it back so no later COMMIT stores what was refused here.
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(*quiet):
+                    conn.execute("ROLLBACK")
             raise

@@ -35,6 +35,7 @@ from labmw.store import audit as audit_log
 from labmw.store import autoverify as av
 from labmw.store import pg_schema, retention, trail_check
 from labmw.store.audit import AuditEvent, Verification
+from labmw.store.db import transaction
 from labmw.store.sqlite import HeldResult, HistoryReader, OutboxEntry, Store, _entry, _held
 
 # Tables whose INSERT hands back the new row's id (sqlite3's cursor.lastrowid): those with an
@@ -287,26 +288,12 @@ class PgStore(Store):
     # --- transactions ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _begin(self) -> Iterator[None]:
-        conn = self._pg
-        conn.execute("BEGIN")
-        try:
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (pg_schema.AUDIT_CHAIN_LOCK,))
+        # BEGIN (the shim reads SQLite's BEGIN IMMEDIATE so), then the chain lock and the site's fence.
+        with transaction(self._pg, quiet=(StoreError, psycopg.Error)):  # type: ignore[arg-type]
+            self._pg.execute("SELECT pg_advisory_xact_lock(?)", (pg_schema.AUDIT_CHAIN_LOCK,))
             if self.fence is not None:
-                self.fence(conn)
+                self.fence(self._pg)
             yield
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(StoreError, psycopg.Error):
-                    conn.execute("ROLLBACK")
-            raise
-        else:
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(StoreError, psycopg.Error):
-                        conn.execute("ROLLBACK")
-                raise
 
     def _write_failed(self, exc: Exception) -> StoreError | None:
         if isinstance(exc, psycopg.Error):
