@@ -2,13 +2,15 @@
 
 CLINICAL.md and PRODUCT.md name a second-person approval only for activating a rule set (item 21);
 for held results they are silent, so the choice is the laboratory director's, made in ``[review]
-second_person`` of the configuration. The shipped choice (config/labmw.toml, labmw/data/review.toml):
+second_person`` of the configuration. The names, and the shipped choice (config/labmw.toml,
+labmw/data/review.toml, :data:`DEFAULT_SECOND_PERSON`):
 
-- ``CRITICAL``: the result carries LL or HH (at or beyond a critical limit): a wrong release of such a
-  value is the costliest error, and a second reader catches a mis-identified specimen;
-- ``QC_FAILED``: the result was held because its analyzer x method's last QC run was rejected:
-  releasing it overrides the QC gate (CAP GEN.43878: autoverification blocked when QC is unacceptable),
-  which a lab documents with two signatures.
+- ``QC_FAILED`` (shipped): the result was held because its analyzer x method's last QC run was
+  rejected: releasing it overrides the QC gate (CAP GEN.43878: autoverification blocked when QC is
+  unacceptable), which a lab documents with two signatures;
+- ``CRITICAL`` (opt-in): the result carries LL or HH (at or beyond a critical limit): a second reader
+  catches a mis-identified specimen, but waiting for one delays a value a clinician must get at once
+  (CLIA 493.1291(g)), so a lab adds it only with the staffing for it.
 
 A name is either ``CRITICAL`` or one of the autoverification gates (:data:`labmw.rules.gates.GATE_NAMES`).
 
